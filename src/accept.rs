@@ -1,0 +1,161 @@
+//! The accept loop and the connection task it spawns.
+//!
+//! The loop only waits for capacity, accepts, counts and spawns: nothing slow (socket
+//! tuning hooks, TLS, the handler) runs on it, so one stalled client can never stop others
+//! from being accepted.
+//!
+//! Accept errors fall in two groups. Errors that concern one connection (ECONNABORTED,
+//! ECONNRESET, EINTR) are retried at once. Everything else, notably running out of file
+//! descriptors (EMFILE, ENFILE) or memory (ENOBUFS, ENOMEM), would come back immediately and
+//! forever (the pending connection stays in the backlog) and spin a core: the loop backs off
+//! on a timer, 5 ms doubling to 1 s, reports the first error of each such episode to the
+//! error hook, and resumes at full speed after the next successful accept. The shutdown flag
+//! is checked on every turn, so shutdown works even at the fd limit.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_lite::FutureExt as _;
+
+use crate::conn::{Conn, Outcome, Supervised};
+use crate::error::Error;
+use crate::handler::Handler;
+use crate::listener::{Accepted, Listener};
+use crate::server::{Permit, Shared, TuneHook};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Errors that concern only the connection being accepted.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Waits until a connection may be accepted under `max_connections`. Returns false if
+/// shutdown began meanwhile.
+async fn capacity(shared: &Shared, max: Option<usize>) -> bool {
+    let Some(max) = max else { return true };
+    let below = async {
+        while shared.pool.count() >= max {
+            let listener = shared.shutdown.conn_closed.listen();
+            if shared.pool.count() < max {
+                break;
+            }
+            listener.await;
+        }
+        true
+    };
+    let stop = async {
+        shared.shutdown.stop_accepting.wait().await;
+        false
+    };
+    stop.or(below).await
+}
+
+pub(crate) async fn accept_loop<L: Listener, H: Handler>(
+    shared: Arc<Shared>,
+    listener: L,
+    handler: Arc<H>,
+    tune: Option<TuneHook<L::Stream>>,
+) {
+    let max = shared.config.max_connections;
+    let mut backoff: Option<Duration> = None;
+    while !shared.shutdown.stop_accepting.is_set() {
+        if !capacity(&shared, max).await {
+            break;
+        }
+        // Shutdown first: `or` polls its left side first, so a ready shutdown always wins
+        // over a ready accept.
+        let stop = async {
+            shared.shutdown.stop_accepting.wait().await;
+            None
+        };
+        let accepted = stop.or(async { Some(listener.accept().await) }).await;
+        match accepted {
+            None => break,
+            Some(Ok(accepted)) => {
+                backoff = None;
+                shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                let permit = Permit::new(shared.clone());
+                let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                let task = connection(permit, handler.clone(), tune.clone(), accepted, id);
+                shared.runtime.spawn(Box::pin(task));
+            }
+            Some(Err(e)) if is_per_connection(&e) => {}
+            Some(Err(source)) => {
+                shared
+                    .counters
+                    .accept_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                let delay = backoff.map_or(BACKOFF_MIN, |d| (d * 2).min(BACKOFF_MAX));
+                if backoff.is_none() {
+                    shared.hooks.error(&Error::Accept {
+                        source,
+                        backoff: delay,
+                    });
+                }
+                backoff = Some(delay);
+                let stop = shared.shutdown.stop_accepting.wait();
+                stop.or(shared.runtime.sleep(delay)).await;
+            }
+        }
+    }
+    drop(listener);
+    shared.shutdown.accept_stopped.set();
+}
+
+/// One connection's task: tune the socket, run the handler, report a panic.
+async fn connection<S, H>(
+    permit: Permit,
+    handler: Arc<H>,
+    tune: Option<TuneHook<S>>,
+    accepted: Accepted<S>,
+    id: u64,
+) where
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static,
+    H: Handler,
+{
+    let shared = permit.shared().clone();
+    if let Some(tune) = tune {
+        let tuned =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tune(&accepted.stream)));
+        let error = match tuned {
+            Ok(Ok(())) => None,
+            Ok(Err(source)) => Some(Error::Tune {
+                peer: accepted.peer_addr,
+                source,
+            }),
+            Err(payload) => Some(Error::HookPanicked {
+                hook: "tune",
+                message: crate::error::panic_message(&*payload),
+            }),
+        };
+        if let Some(error) = error {
+            // Dropping the permit and the stream closes the connection and fixes the count.
+            shared.hooks.error(&error);
+            return;
+        }
+    }
+    let conn = Conn::new(
+        permit,
+        accepted.stream,
+        id,
+        accepted.peer_addr,
+        accepted.local_addr,
+    );
+    let handle = conn.handle();
+    if let Outcome::Panicked(message) = Supervised::new(handler.call(conn), handle).await {
+        shared.hooks.error(&Error::HandlerPanicked {
+            conn_id: id,
+            message,
+        });
+    }
+}

@@ -1,0 +1,280 @@
+//! Server configuration: one plain struct, serde-friendly, with every default in one place.
+//!
+//! | field             | default            | meaning                                                        |
+//! |-------------------|--------------------|----------------------------------------------------------------|
+//! | `address`         | `"127.0.0.1:7000"` | `HOST:PORT` to listen on; port 0 picks a free port             |
+//! | `idle_timeout`    | unset (off)        | close connections with no read/write progress for this long    |
+//! | `drain_timeout`   | `10s`              | grace period used by [`ServerHandle::shutdown_graceful`]       |
+//! | `nodelay`         | `true`             | set `TCP_NODELAY` on every accepted socket                     |
+//! | `backlog`         | `1024`             | kernel accept queue length                                     |
+//! | `reuse_port`      | `false`            | set `SO_REUSEPORT` so several processes can share the port     |
+//! | `max_connections` | unset (no limit)   | stop accepting while this many connections are open            |
+//!
+//! Durations are written the human way in TOML/JSON/YAML: `"30s"`, `"5m"`, `"250ms"`.
+//!
+//! ```
+//! let config: berth::Config = toml::from_str(r#"
+//!     address = "127.0.0.1:0"
+//!     idle_timeout = "30s"
+//!     max_connections = 10000
+//! "#).unwrap();
+//! config.validate().unwrap();
+//! assert_eq!(config.idle_timeout, Some(std::time::Duration::from_secs(30)));
+//! ```
+//!
+//! [`ServerHandle::shutdown_graceful`]: crate::ServerHandle::shutdown_graceful
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// The largest timeout berth accepts: a year. Larger values are almost certainly a unit
+/// mistake, and would overflow `Instant` arithmetic on some platforms.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How a server listens and treats its connections. See the [module docs](self) for the
+/// table of defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `HOST:PORT` to listen on. `HOST` may be an IPv4 address, a bracketed IPv6 address
+    /// (`"[::1]:7000"`), a host name that resolves, or empty (`":7000"`: all IPv4 interfaces).
+    pub address: String,
+    /// Close a connection that made no read or write progress for longer than this.
+    /// `None` disables idle reaping. Sub-second values work.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Grace period for [`ServerHandle::shutdown_graceful`](crate::ServerHandle::shutdown_graceful):
+    /// how long handlers may take to finish before they are force-closed.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Set `TCP_NODELAY` on accepted sockets (on by default: request/response protocols
+    /// want their small writes sent at once).
+    pub nodelay: bool,
+    /// Length of the kernel's queue of connections not yet accepted.
+    pub backlog: u32,
+    /// Set `SO_REUSEPORT` on the listening socket (Unix only; ignored elsewhere).
+    pub reuse_port: bool,
+    /// At most this many connections open at once. At the limit berth stops calling
+    /// `accept`, so new clients wait in the kernel backlog instead of being accepted and
+    /// dropped. `None`: no limit.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            address: "127.0.0.1:7000".to_owned(),
+            idle_timeout: None,
+            drain_timeout: Duration::from_secs(10),
+            nodelay: true,
+            backlog: 1024,
+            reuse_port: false,
+            max_connections: None,
+        }
+    }
+}
+
+impl Config {
+    /// A default configuration listening on `address`.
+    pub fn new(address: impl Into<String>) -> Self {
+        Config {
+            address: address.into(),
+            ..Config::default()
+        }
+    }
+
+    /// Checks every field, resolving the address. Binding calls this too, so calling it
+    /// yourself is only needed to fail early (e.g. when loading a configuration file).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.resolve_address()?;
+        self.validate_settings()
+    }
+
+    /// Everything `validate` checks except the address (which a server given its own
+    /// listener does not use).
+    pub(crate) fn validate_settings(&self) -> Result<(), ConfigError> {
+        if self.idle_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroIdleTimeout);
+        }
+        for (name, value) in [
+            ("idle_timeout", self.idle_timeout),
+            ("drain_timeout", Some(self.drain_timeout)),
+        ] {
+            if let Some(value) = value.filter(|v| *v > MAX_TIMEOUT) {
+                return Err(ConfigError::TimeoutTooLarge {
+                    name,
+                    value,
+                    max: MAX_TIMEOUT,
+                });
+            }
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::ZeroMaxConnections);
+        }
+        if self.backlog == 0 || i32::try_from(self.backlog).is_err() {
+            return Err(ConfigError::InvalidBacklog(self.backlog));
+        }
+        Ok(())
+    }
+
+    /// Parses (and, for host names, resolves) `address` into the socket address to bind.
+    pub fn resolve_address(&self) -> Result<SocketAddr, ConfigError> {
+        parse_address(&self.address)
+    }
+}
+
+/// Parses `HOST:PORT` strictly, so that mistakes get a precise error instead of a DNS
+/// lookup of garbage.
+fn parse_address(address: &str) -> Result<SocketAddr, ConfigError> {
+    let trimmed = address.trim();
+    if trimmed.is_empty() {
+        return Err(ConfigError::EmptyAddress);
+    }
+    if let Ok(addr) = trimmed.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    // A bare IPv6 address ("::1") contains colons but no port.
+    if trimmed.parse::<IpAddr>().is_ok() {
+        return Err(ConfigError::MissingPort(trimmed.to_owned()));
+    }
+    let Some((host, port)) = trimmed.rsplit_once(':') else {
+        return Err(ConfigError::MissingPort(trimmed.to_owned()));
+    };
+    let port: u16 = port.parse().map_err(|_| ConfigError::InvalidPort {
+        address: trimmed.to_owned(),
+        port: port.to_owned(),
+    })?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(ConfigError::InvalidAddress {
+            address: trimmed.to_owned(),
+            reason: format!("{host:?} is not an IP address or host name"),
+        });
+    }
+    let resolved = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::InvalidAddress {
+            address: trimmed.to_owned(),
+            reason: e.to_string(),
+        })?;
+    // Prefer IPv4 for names like "localhost" that resolve to both: it is what clients try
+    // first on most systems.
+    let all: Vec<SocketAddr> = resolved.collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| ConfigError::InvalidAddress {
+            address: trimmed.to_owned(),
+            reason: "the name resolves to no address".to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(address: &str) -> ConfigError {
+        Config::new(address).validate().unwrap_err()
+    }
+
+    #[test]
+    fn addresses_parse_or_fail_precisely() {
+        assert_eq!(
+            parse_address("127.0.0.1:0").unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        );
+        assert_eq!(
+            parse_address("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert_eq!(
+            parse_address(":7000").unwrap(),
+            "0.0.0.0:7000".parse().unwrap()
+        );
+        assert!(parse_address("localhost:7000").unwrap().ip().is_loopback());
+        assert_eq!(err(""), ConfigError::EmptyAddress);
+        assert_eq!(err("   "), ConfigError::EmptyAddress);
+        assert!(matches!(err("abc"), ConfigError::MissingPort(_)));
+        assert!(matches!(err("localhost"), ConfigError::MissingPort(_)));
+        assert!(matches!(err("::1"), ConfigError::MissingPort(_)));
+        assert!(matches!(
+            err("127.0.0.1:65536"),
+            ConfigError::InvalidPort { .. }
+        ));
+        assert!(matches!(
+            err("127.0.0.1:-1"),
+            ConfigError::InvalidPort { .. }
+        ));
+        assert!(matches!(
+            err("127.0.0.1:http"),
+            ConfigError::InvalidPort { .. }
+        ));
+        assert!(matches!(err("a b:80"), ConfigError::InvalidAddress { .. }));
+        assert!(matches!(
+            err("no-such-host.invalid:80"),
+            ConfigError::InvalidAddress { .. }
+        ));
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let base = Config::new("127.0.0.1:0");
+        assert_eq!(base.validate(), Ok(()));
+        let bad = |f: fn(&mut Config)| {
+            let mut c = base.clone();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert_eq!(
+            bad(|c| c.max_connections = Some(0)),
+            ConfigError::ZeroMaxConnections
+        );
+        assert_eq!(
+            bad(|c| c.idle_timeout = Some(Duration::ZERO)),
+            ConfigError::ZeroIdleTimeout
+        );
+        assert_eq!(bad(|c| c.backlog = 0), ConfigError::InvalidBacklog(0));
+        assert_eq!(
+            bad(|c| c.backlog = u32::MAX),
+            ConfigError::InvalidBacklog(u32::MAX)
+        );
+        assert!(matches!(
+            bad(|c| c.drain_timeout = Duration::from_secs(u64::MAX)),
+            ConfigError::TimeoutTooLarge {
+                name: "drain_timeout",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn serde_uses_human_durations_and_defaults() {
+        let c: Config = serde_json::from_str(
+            r#"{"address":"127.0.0.1:0","idle_timeout":"250ms","drain_timeout":"5m"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.idle_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(c.drain_timeout, Duration::from_secs(300));
+        assert!(c.nodelay);
+        let back: Config = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let unknown = serde_json::from_str::<Config>(r#"{"adress":"x"}"#).unwrap_err();
+        assert!(unknown.to_string().contains("unknown field"), "{unknown}");
+        let bad = serde_json::from_str::<Config>(r#"{"idle_timeout":"xyz"}"#).unwrap_err();
+        assert!(bad.to_string().contains("idle_timeout") || bad.to_string().contains("xyz"));
+    }
+}

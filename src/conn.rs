@@ -1,0 +1,515 @@
+//! `Conn`: the per-connection context handed to the handler.
+//!
+//! A `Conn` owns the connection's stream and is itself `AsyncRead + AsyncWrite`. Each read or
+//! write that makes progress stamps the connection's activity for the idle scanner. When the
+//! server closes the connection (idle timeout, forced shutdown, a [`ConnHandle`]), pending
+//! and later I/O fails with a clear error and the task is woken.
+//!
+//! Dropping the `Conn` closes the socket and ends the connection's bookkeeping (count, stats,
+//! `Closed` event). That happens in `Drop`, not after an `.await`, so it also happens when a
+//! handler is cancelled or panics.
+
+use std::future::Future;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use event_listener::EventListener;
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::io::{ReadHalf, WriteHalf};
+
+use crate::events::{CloseReason, ConnEvent};
+use crate::extensions::Extensions;
+use crate::pool::{PANICKED, SAW_EOF, SAW_ERROR, Slot, SlotState};
+use crate::server::{Permit, Shared};
+
+/// The stream behind a `Conn`, type-erased so `Conn` (and every handler) is the same type
+/// whatever the listener or TLS layer.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// What `Conn::io` holds after the socket is closed. A zero-sized box does not allocate.
+struct Gone;
+
+impl AsyncRead for Gone {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+    }
+}
+
+impl AsyncWrite for Gone {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// One client connection, as the handler sees it.
+///
+/// Read and write it with the futures-io traits (e.g. `futures_lite::AsyncReadExt`). End of
+/// file is `Ok(0)`. After the server closes the connection, I/O fails with
+/// [`io::ErrorKind::TimedOut`] (idle timeout) or [`io::ErrorKind::ConnectionAborted`]
+/// (forced shutdown, [`ConnHandle::close`]).
+///
+/// ```no_run
+/// use futures_lite::{AsyncReadExt, AsyncWriteExt};
+///
+/// async fn handler(mut conn: berth::Conn) {
+///     let mut buf = [0u8; 4096];
+///     loop {
+///         match conn.read(&mut buf).await {
+///             Ok(0) | Err(_) => return, // peer closed, or the server closed us
+///             Ok(n) => {
+///                 if conn.write_all(&buf[..n]).await.is_err() {
+///                     return;
+///                 }
+///             }
+///         }
+///         if conn.is_draining() {
+///             return; // finish the current unit of work, then let shutdown proceed
+///         }
+///     }
+/// }
+/// ```
+pub struct Conn {
+    io: Box<dyn Io>,
+    slot: Arc<Slot>,
+    generation: u64,
+    /// The open-count this connection holds; also its way to the server's shared state.
+    permit: Permit,
+    id: u64,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+    opened_at: Instant,
+    extensions: Extensions,
+}
+
+impl Conn {
+    /// Registers a new connection. Takes over `permit` (the open-count increment the accept
+    /// loop made), so the count stays right whatever happens from here on.
+    pub(crate) fn new(
+        permit: Permit,
+        io: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        id: u64,
+        peer_addr: SocketAddr,
+        local_addr: SocketAddr,
+    ) -> Conn {
+        let shared = permit.shared();
+        let (slot, generation) = shared.pool.open(shared.clock.stamp(), || {
+            shared
+                .counters
+                .slots_allocated
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        let conn = Conn {
+            io: Box::new(io),
+            slot,
+            generation,
+            opened_at: shared.runtime.now(),
+            permit,
+            id,
+            peer_addr,
+            local_addr,
+            extensions: Extensions::default(),
+        };
+        conn.shared().hooks.conn(ConnEvent::Accepted {
+            id,
+            peer_addr,
+            local_addr,
+        });
+        // A connection that registers after shutdown's final sweep must not escape it.
+        if conn.shared().shutdown.force.is_set() {
+            conn.slot.close(generation, SlotState::ShutdownForced);
+        }
+        conn
+    }
+
+    fn shared(&self) -> &Shared {
+        self.permit.shared()
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// The server-side address of this connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The connection's id: unique within its server, increasing in accept order.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// True until the connection is closed by the server (idle timeout, forced shutdown, a
+    /// [`ConnHandle`]). A peer that closed its side is detected by a read returning `Ok(0)`.
+    pub fn is_connected(&self) -> bool {
+        self.slot.state(self.generation) == SlotState::Open
+    }
+
+    /// Whether the server has started a graceful shutdown.
+    pub fn is_draining(&self) -> bool {
+        self.shared().shutdown.draining.is_set()
+    }
+
+    /// A future that completes when the server starts a graceful shutdown (at once if it
+    /// already has). Race it against reads to stop between units of work:
+    ///
+    /// ```no_run
+    /// # async fn f(mut conn: berth::Conn) {
+    /// use futures_lite::{AsyncReadExt, FutureExt};
+    /// let mut draining = conn.draining();
+    /// let mut buf = [0u8; 1024];
+    /// loop {
+    ///     let read = async { Some(conn.read(&mut buf).await) };
+    ///     let drained = async { (&mut draining).await; None };
+    ///     match read.or(drained).await {
+    ///         Some(Ok(n)) if n > 0 => { /* handle &buf[..n] */ }
+    ///         _ => return, // EOF, error, or shutdown
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn draining(&self) -> Draining {
+        Draining {
+            shared: self.permit.shared().clone(),
+            listener: None,
+        }
+    }
+
+    /// A handle that can observe or close this connection from elsewhere. It stays valid
+    /// (and harmless) after the connection ends.
+    pub fn handle(&self) -> ConnHandle {
+        ConnHandle {
+            slot: self.slot.clone(),
+            generation: self.generation,
+            id: self.id,
+        }
+    }
+
+    /// Values scoped to this connection.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Values scoped to this connection, mutably.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+
+    /// Splits into a read half and a write half that can be used concurrently (from two
+    /// futures or two tasks). The connection closes when both halves are dropped.
+    pub fn split(self) -> (ReadHalf<Conn>, WriteHalf<Conn>) {
+        futures_lite::io::split(self)
+    }
+
+    /// The error for I/O on a connection the server closed, or `None` while open.
+    fn closed_error(&self) -> Option<io::Error> {
+        match self.slot.state(self.generation) {
+            SlotState::Open => None,
+            SlotState::IdleTimeout => Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection closed by berth: idle timeout",
+            )),
+            SlotState::ShutdownForced => Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed by berth: server shutdown",
+            )),
+            SlotState::Aborted | SlotState::Finished => Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed by berth: closed through its ConnHandle",
+            )),
+        }
+    }
+
+    fn stamp(&self) {
+        self.slot.last_active.store(
+            self.shared().clock.stamp(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Common tail of every poll: stamp progress, note EOF/errors, and on `Pending` register
+    /// the waker the server uses to interrupt us, then re-check the close state (the server
+    /// may have closed between the first check and the registration).
+    fn finish<T>(
+        &self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+        progress: impl Fn(&T) -> bool,
+        waker: &atomic_waker::AtomicWaker,
+    ) -> Poll<io::Result<T>> {
+        match &poll {
+            Poll::Ready(Ok(v)) if progress(v) => self.stamp(),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(_)) => self.slot.mark(SAW_ERROR),
+            Poll::Pending => {
+                waker.register(cx.waker());
+                if let Some(e) = self.closed_error() {
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        poll
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.closed_error() {
+            return Poll::Ready(Err(e));
+        }
+        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(0))) && !buf.is_empty() {
+            this.slot.mark(SAW_EOF);
+        }
+        this.finish(cx, poll, |n| *n > 0, &this.slot.read_waker)
+    }
+
+    fn poll_read_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.closed_error() {
+            return Poll::Ready(Err(e));
+        }
+        let poll = Pin::new(&mut this.io).poll_read_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(0))) && bufs.iter().any(|b| !b.is_empty()) {
+            this.slot.mark(SAW_EOF);
+        }
+        this.finish(cx, poll, |n| *n > 0, &this.slot.read_waker)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.closed_error() {
+            return Poll::Ready(Err(e));
+        }
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.finish(cx, poll, |n| *n > 0, &this.slot.write_waker)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.closed_error() {
+            return Poll::Ready(Err(e));
+        }
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.finish(cx, poll, |n| *n > 0, &this.slot.write_waker)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.closed_error() {
+            return Poll::Ready(Err(e));
+        }
+        let poll = Pin::new(&mut this.io).poll_flush(cx);
+        this.finish(cx, poll, |_| false, &this.slot.write_waker)
+    }
+
+    /// Shuts down the write side (the peer reads end of file). The socket itself is closed
+    /// when the `Conn` is dropped.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.closed_error().is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        let poll = Pin::new(&mut this.io).poll_close(cx);
+        this.finish(cx, poll, |_| false, &this.slot.write_waker)
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Close the socket first: once the count drops or `Closed` fires, it is closed.
+        drop(std::mem::replace(&mut self.io, Box::new(Gone)));
+        let flags = self.slot.flags();
+        let state = self.shared().pool.release(&self.slot, self.generation);
+        let reason = state.close_reason().unwrap_or(if flags & PANICKED != 0 {
+            CloseReason::Panicked
+        } else if flags & SAW_ERROR != 0 {
+            CloseReason::Error
+        } else if flags & SAW_EOF != 0 {
+            CloseReason::PeerClosed
+        } else {
+            CloseReason::HandlerDone
+        });
+        self.shared().counters.closed(reason);
+        self.permit.release();
+        self.shared().hooks.conn(ConnEvent::Closed {
+            id: self.id,
+            peer_addr: self.peer_addr,
+            reason,
+            duration: self
+                .shared()
+                .runtime
+                .now()
+                .saturating_duration_since(self.opened_at),
+        });
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("peer_addr", &self.peer_addr)
+            .field("local_addr", &self.local_addr)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Observes or closes one connection from outside its handler.
+///
+/// Cheap to clone. A handle outlives its connection harmlessly: once the connection has
+/// ended, `is_connected` is false and `close` does nothing, even when the server has reused
+/// the connection's bookkeeping slot for a newer connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    slot: Arc<Slot>,
+    generation: u64,
+    id: u64,
+}
+
+impl ConnHandle {
+    /// The connection's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// True while the connection is open and not closed by the server.
+    pub fn is_connected(&self) -> bool {
+        self.slot.state(self.generation) == SlotState::Open
+    }
+
+    /// Closes the connection: its pending and later I/O fails with `ConnectionAborted` and
+    /// its handler is cancelled. Returns false if it was already closed or has ended.
+    pub fn close(&self) -> bool {
+        self.slot.close(self.generation, SlotState::Aborted)
+    }
+}
+
+/// Completes when the server starts draining. See [`Conn::draining`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct Draining {
+    shared: Arc<Shared>,
+    listener: Option<EventListener>,
+}
+
+impl Future for Draining {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if this.shared.shutdown.draining.is_set() {
+                this.listener = None;
+                return Poll::Ready(());
+            }
+            match &mut this.listener {
+                Some(listener) => {
+                    ready!(Pin::new(listener).poll(cx));
+                    this.listener = None;
+                }
+                // Listen, then loop to check the flag again: a notify before `listen` is lost.
+                None => this.listener = Some(this.shared.shutdown.draining.listen()),
+            }
+        }
+    }
+}
+
+pub(crate) use self::supervise::{Outcome, Supervised};
+
+/// Runs a handler future so that a panic is caught and a server-side close cancels it.
+mod supervise {
+    use super::*;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    /// How a handler ended.
+    pub(crate) enum Outcome {
+        Done,
+        Panicked(String),
+        /// The server closed the connection and the handler did not return on its own.
+        Cancelled,
+    }
+
+    pin_project_lite::pin_project! {
+        /// Polls the handler; if the server closes the connection, the handler gets one more
+        /// poll to see the error from its pending I/O and return, then it is dropped (which
+        /// closes the socket even if the handler was not doing I/O).
+        pub(crate) struct Supervised<F> {
+            #[pin]
+            handler: F,
+            conn: ConnHandle,
+        }
+    }
+
+    impl<F> Supervised<F> {
+        pub(crate) fn new(handler: F, conn: ConnHandle) -> Self {
+            Supervised { handler, conn }
+        }
+    }
+
+    impl<F: Future<Output = ()>> Future for Supervised<F> {
+        type Output = Outcome;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+            let mut this = self.project();
+            match catch_unwind(AssertUnwindSafe(|| this.handler.as_mut().poll(cx))) {
+                Ok(Poll::Ready(())) => return Poll::Ready(Outcome::Done),
+                Ok(Poll::Pending) => {}
+                Err(payload) => {
+                    // Marked before the handler (and its Conn) is dropped, so the Closed
+                    // event says Panicked.
+                    this.conn.slot.mark(PANICKED);
+                    return Poll::Ready(Outcome::Panicked(crate::error::panic_message(&*payload)));
+                }
+            }
+            // Only a server-side close cancels: a handler that dropped its Conn early and
+            // carries on is left alone (its connection has already ended).
+            let conn = &*this.conn;
+            let killed = || conn.slot.state(conn.generation).close_reason().is_some();
+            if killed() {
+                return Poll::Ready(Outcome::Cancelled);
+            }
+            conn.slot.task_waker.register(cx.waker());
+            if killed() {
+                return Poll::Ready(Outcome::Cancelled);
+            }
+            Poll::Pending
+        }
+    }
+}

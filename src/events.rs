@@ -1,0 +1,221 @@
+//! What the server tells the outside: connection and server events, the error hook, and
+//! counters.
+//!
+//! Hooks are plain synchronous callbacks, called on the task where the event happens; keep
+//! them short (forward to a channel if you need to do I/O). They can be set or replaced
+//! at any time, also while serving, through [`ServerHandle`](crate::ServerHandle) or the
+//! [`Builder`](crate::Builder). A hook that panics is contained: the panic is reported to the
+//! error hook as [`Error::HookPanicked`] and the server carries on.
+
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::error::{Error, panic_message};
+
+/// Something that happened to one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnEvent {
+    /// A connection was accepted and its handler is about to start.
+    Accepted {
+        /// The connection's id (unique per server, increasing).
+        id: u64,
+        /// The client's address.
+        peer_addr: SocketAddr,
+        /// The server-side address.
+        local_addr: SocketAddr,
+    },
+    /// A connection was closed; its socket is closed and it no longer counts as open.
+    Closed {
+        /// The connection's id.
+        id: u64,
+        /// The client's address.
+        peer_addr: SocketAddr,
+        /// Why it closed.
+        reason: CloseReason,
+        /// How long it was open, on the runtime's clock.
+        duration: Duration,
+    },
+}
+
+/// Why a connection was closed. The first matching cause wins, in this order: the server
+/// closed it (idle, shutdown, handle), the handler panicked, I/O failed, the peer closed,
+/// the handler returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The handler returned normally while the peer was still connected.
+    HandlerDone,
+    /// The peer closed its side (a read returned end of file) and the handler then returned.
+    PeerClosed,
+    /// No read or write progress for longer than the idle timeout.
+    IdleTimeout,
+    /// Still open when a shutdown's deadline passed, or when [`close`] was called.
+    ///
+    /// [`close`]: crate::ServerHandle::close
+    ShutdownForced,
+    /// Closed through a [`ConnHandle`](crate::ConnHandle).
+    Aborted,
+    /// The handler panicked.
+    Panicked,
+    /// A read or write failed (for example the peer reset the connection).
+    Error,
+}
+
+impl CloseReason {
+    /// Every reason, in a fixed order (the order of [`Stats::closed_by`]'s index).
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::HandlerDone,
+        CloseReason::PeerClosed,
+        CloseReason::IdleTimeout,
+        CloseReason::ShutdownForced,
+        CloseReason::Aborted,
+        CloseReason::Panicked,
+        CloseReason::Error,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Something that happened to the server as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// The server started serving.
+    Listening {
+        /// The bound address.
+        addr: SocketAddr,
+        /// Whether connections are TLS.
+        tls: bool,
+    },
+    /// Shutdown began: the listener is closed and every connection was told to drain.
+    Draining {
+        /// Connections open when draining began.
+        open_connections: usize,
+    },
+    /// The server stopped: no connection is open and no task of the server is left.
+    Stopped {
+        /// Connections that finished by themselves while draining.
+        drained: usize,
+        /// Connections force-closed at the deadline or by `close()`.
+        forced: usize,
+    },
+}
+
+/// A snapshot of a server's counters, from [`ServerHandle::stats`](crate::ServerHandle::stats).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Connections accepted since the server started.
+    pub accepted: u64,
+    /// Connections open now (same as `open_connections()`).
+    pub active: usize,
+    /// `accept` errors that made the server back off (EMFILE and the like).
+    pub accept_errors: u64,
+    /// Per-connection slots ever allocated. At steady state this stays at the peak number of
+    /// concurrent connections: slots are reused.
+    pub slots_allocated: u64,
+    closed: [u64; CloseReason::ALL.len()],
+}
+
+impl Stats {
+    /// Connections closed for `reason`.
+    pub fn closed_by(&self, reason: CloseReason) -> u64 {
+        self.closed[reason.index()]
+    }
+
+    /// Connections closed, whatever the reason.
+    pub fn closed(&self) -> u64 {
+        self.closed.iter().sum()
+    }
+}
+
+/// The live counters behind [`Stats`]. Relaxed atomics: they are statistics, not
+/// synchronization.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+    pub(crate) slots_allocated: AtomicU64,
+    closed: [AtomicU64; CloseReason::ALL.len()],
+}
+
+impl Counters {
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, active: usize) -> Stats {
+        Stats {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            active,
+            accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            slots_allocated: self.slots_allocated.load(Ordering::Relaxed),
+            closed: std::array::from_fn(|i| self.closed[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
+type Hook<T> = Arc<dyn Fn(&T) + Send + Sync>;
+
+/// The user's callbacks. Each sits behind its own lock so it can be replaced while serving;
+/// the lock is held only to clone the `Arc`, never while the hook runs.
+#[derive(Default)]
+pub(crate) struct Hooks {
+    conn: RwLock<Option<Hook<ConnEvent>>>,
+    server: RwLock<Option<Hook<ServerEvent>>>,
+    error: RwLock<Option<Hook<Error>>>,
+}
+
+fn load<T: ?Sized>(slot: &RwLock<Option<Arc<T>>>) -> Option<Arc<T>> {
+    // A poisoned lock only means a writer panicked mid-swap of an Arc: the value is fine.
+    slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn store<T: ?Sized>(slot: &RwLock<Option<Arc<T>>>, value: Option<Arc<T>>) {
+    *slot.write().unwrap_or_else(|e| e.into_inner()) = value;
+}
+
+impl Hooks {
+    pub(crate) fn set_conn(&self, hook: Option<Hook<ConnEvent>>) {
+        store(&self.conn, hook);
+    }
+    pub(crate) fn set_server(&self, hook: Option<Hook<ServerEvent>>) {
+        store(&self.server, hook);
+    }
+    pub(crate) fn set_error(&self, hook: Option<Hook<Error>>) {
+        store(&self.error, hook);
+    }
+
+    pub(crate) fn conn(&self, event: ConnEvent) {
+        if let Some(hook) = load(&self.conn) {
+            self.call("connection event", || hook(&event));
+        }
+    }
+
+    pub(crate) fn server(&self, event: ServerEvent) {
+        if let Some(hook) = load(&self.server) {
+            self.call("server event", || hook(&event));
+        }
+    }
+
+    pub(crate) fn error(&self, error: &Error) {
+        if let Some(hook) = load(&self.error) {
+            // Nobody to report a panicking error hook to: contain it and move on.
+            let _ = catch_unwind(AssertUnwindSafe(|| hook(error)));
+        }
+    }
+
+    fn call(&self, hook: &'static str, f: impl FnOnce()) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+            self.error(&Error::HookPanicked {
+                hook,
+                message: panic_message(&*payload),
+            });
+        }
+    }
+}

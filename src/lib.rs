@@ -1,0 +1,59 @@
+//! # berth
+//!
+//! A TCP server library that does everything around your connection handler: binding and
+//! accepting (with back-off on EMFILE), one task per connection, idle reaping, connection
+//! limits, graceful shutdown, lifecycle events and counters. It is runtime-agnostic: the
+//! same server runs on smol (default), async-std, or a simulator, because all spawning and
+//! all time go through the [`Runtime`](runtime::Runtime) seam and all connections come from
+//! a [`Listener`](listener::Listener).
+//!
+//! ```no_run
+//! use futures_lite::{AsyncReadExt, AsyncWriteExt};
+//!
+//! fn main() -> Result<(), berth::Error> {
+//!     let server = berth::Server::bind(berth::Config::new("127.0.0.1:7000"))?;
+//!     println!("listening on {}", server.local_addr());
+//!     let handle = server.serve(|mut conn: berth::Conn| async move {
+//!         let mut buf = vec![0; 4096];
+//!         // Echo until the peer closes, an error, or the server starts draining.
+//!         while let Ok(n @ 1..) = conn.read(&mut buf).await {
+//!             if conn.write_all(&buf[..n]).await.is_err() || conn.is_draining() {
+//!                 break;
+//!             }
+//!         }
+//!     });
+//!     async_io::block_on(handle.stopped());
+//!     Ok(())
+//! }
+//! ```
+//!
+//! See the README for the defaults, the shutdown semantics and the list of events.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod accept;
+pub mod config;
+mod conn;
+mod error;
+pub mod events;
+mod extensions;
+mod handler;
+mod idle;
+pub mod listener;
+mod pool;
+pub mod runtime;
+mod server;
+mod shutdown;
+
+pub use config::Config;
+pub use conn::{Conn, ConnHandle, Draining};
+pub use error::{ConfigError, Error};
+pub use events::{CloseReason, ConnEvent, ServerEvent, Stats};
+pub use extensions::Extensions;
+pub use handler::Handler;
+pub use server::{Builder, Server, ServerHandle, State};
+pub use shutdown::ShutdownReport;
+
+/// The stream halves returned by [`Conn::split`].
+pub use futures_lite::io::{ReadHalf, WriteHalf};

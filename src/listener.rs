@@ -1,0 +1,51 @@
+//! The `Listener` seam: where connections come from.
+//!
+//! The core's accept loop is generic over [`Listener`], so a stream type is known statically
+//! on the hot path, and the same server runs over real TCP ([`TcpListener`]), over turmoil's
+//! simulated TCP (the `berth-sim` crate), or over anything else that yields futures-io
+//! streams.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use futures_io::{AsyncRead, AsyncWrite};
+
+#[cfg(feature = "tcp")]
+mod tcp;
+#[cfg(feature = "tcp")]
+pub use tcp::TcpListener;
+
+/// A source of connections.
+///
+/// Implementations must guarantee:
+/// - `accept` is cancel-safe: dropping its future loses no connection that the caller would
+///   otherwise have seen (the accept loop races it against shutdown);
+/// - dropping the listener stops the operating system (or simulator) from completing new
+///   connections, so that clients that connect after shutdown began are refused.
+pub trait Listener: Send + Sync + 'static {
+    /// The byte stream of one accepted connection.
+    type Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static;
+
+    /// Waits for the next connection.
+    ///
+    /// Errors are reported to the accept loop, which retries at once on per-connection
+    /// errors (`ConnectionAborted`, `ConnectionReset`, `Interrupted`, `WouldBlock`) and backs
+    /// off on everything else (for example EMFILE).
+    fn accept(&self) -> impl Future<Output = io::Result<Accepted<Self::Stream>>> + Send;
+
+    /// The address the listener is bound to.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// One accepted connection, as a [`Listener`] hands it over.
+#[derive(Debug)]
+pub struct Accepted<S> {
+    /// The connection's byte stream.
+    pub stream: S,
+    /// The client's address.
+    pub peer_addr: SocketAddr,
+    /// The server-side address of this connection (may differ from the listener's address
+    /// when it listens on a wildcard).
+    pub local_addr: SocketAddr,
+}

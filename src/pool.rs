@@ -1,0 +1,246 @@
+//! Per-connection bookkeeping slots: the registry of open connections and the pool of
+//! free slots.
+//!
+//! A [`Slot`] holds what the server must be able to reach from outside a connection's task:
+//! the activity stamp the idle scanner reads, the close state it (or a forced shutdown)
+//! writes, and the wakers to wake the task when that happens. Slots are recycled so a
+//! steady stream of connections allocates nothing for them.
+//!
+//! Recycling is where golib has a use-after-recycle bug (a finished handler's context,
+//! returned to a `sync.Pool`, can reach the next connection's state). Here every slot
+//! carries a generation, packed with the close state into one atomic word. A
+//! [`ConnHandle`](crate::ConnHandle) remembers the generation it was made for; when the
+//! connection ends the generation is bumped before the slot is reused, so any operation
+//! through a stale handle compares unequal and does nothing.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use atomic_waker::AtomicWaker;
+use slab::Slab;
+
+use crate::events::CloseReason;
+
+/// The close state of a connection, stored in the low byte of a slot's word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum SlotState {
+    Open = 0,
+    IdleTimeout = 1,
+    ShutdownForced = 2,
+    Aborted = 3,
+    /// The connection ended; the slot is free or about to be.
+    Finished = 4,
+}
+
+impl SlotState {
+    fn from_bits(bits: u8) -> SlotState {
+        match bits {
+            0 => SlotState::Open,
+            1 => SlotState::IdleTimeout,
+            2 => SlotState::ShutdownForced,
+            3 => SlotState::Aborted,
+            _ => SlotState::Finished,
+        }
+    }
+
+    /// The reason to report when the server (not the handler) closed the connection.
+    pub(crate) fn close_reason(self) -> Option<CloseReason> {
+        match self {
+            SlotState::IdleTimeout => Some(CloseReason::IdleTimeout),
+            SlotState::ShutdownForced => Some(CloseReason::ShutdownForced),
+            SlotState::Aborted => Some(CloseReason::Aborted),
+            SlotState::Open | SlotState::Finished => None,
+        }
+    }
+}
+
+/// Things a connection's I/O observed, for the close reason.
+pub(crate) const SAW_EOF: u8 = 1;
+pub(crate) const SAW_ERROR: u8 = 2;
+pub(crate) const PANICKED: u8 = 4;
+
+const STATE_BITS: u32 = 8;
+
+fn pack(generation: u64, state: SlotState) -> u64 {
+    (generation << STATE_BITS) | state as u64
+}
+
+/// One connection's shared bookkeeping. See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    /// `generation << 8 | state`.
+    word: AtomicU64,
+    /// Coarse-clock time of the last read or write progress (see `idle`).
+    pub(crate) last_active: AtomicU64,
+    /// `SAW_EOF | SAW_ERROR | PANICKED`.
+    flags: AtomicU8,
+    /// Key in the registry while open.
+    key: AtomicUsize,
+    pub(crate) read_waker: AtomicWaker,
+    pub(crate) write_waker: AtomicWaker,
+    /// The connection task, woken so it can cancel the handler when the server closes it.
+    pub(crate) task_waker: AtomicWaker,
+}
+
+impl Slot {
+    pub(crate) fn generation(&self) -> u64 {
+        self.word.load(Ordering::Acquire) >> STATE_BITS
+    }
+
+    /// The state as seen by the connection of `generation`: `Finished` once that connection
+    /// has ended, whatever the slot is doing now.
+    pub(crate) fn state(&self, generation: u64) -> SlotState {
+        let word = self.word.load(Ordering::Acquire);
+        if word >> STATE_BITS != generation {
+            return SlotState::Finished;
+        }
+        SlotState::from_bits(word as u8)
+    }
+
+    /// Closes the connection of `generation` from outside its task. Returns false when it
+    /// was already closed or has ended (a stale generation).
+    pub(crate) fn close(&self, generation: u64, state: SlotState) -> bool {
+        debug_assert!(state.close_reason().is_some());
+        let closed = self
+            .word
+            .compare_exchange(
+                pack(generation, SlotState::Open),
+                pack(generation, state),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if closed {
+            self.read_waker.wake();
+            self.write_waker.wake();
+            self.task_waker.wake();
+        }
+        closed
+    }
+
+    pub(crate) fn mark(&self, flag: u8) {
+        // Load first: the common case (flag already set, e.g. many EOF reads) stays a read.
+        if self.flags.load(Ordering::Relaxed) & flag == 0 {
+            self.flags.fetch_or(flag, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn flags(&self) -> u8 {
+        self.flags.load(Ordering::Relaxed)
+    }
+}
+
+/// The registry of open connections plus the free list, and the open-connection count.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    open: Mutex<Slab<Arc<Slot>>>,
+    free: Mutex<Vec<Arc<Slot>>>,
+    /// Connections counted as open: from accept until their socket is closed.
+    count: AtomicUsize,
+}
+
+/// The most free slots kept for reuse; beyond this, released slots are freed, so a burst
+/// does not pin its peak memory forever.
+const MAX_FREE: usize = 4096;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code path panics while holding these locks; recover rather than cascade if one did.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    /// Takes a free slot (or allocates one), registers it as open and returns it with its
+    /// generation. `allocated` is called when a new slot had to be allocated.
+    pub(crate) fn open(&self, now: u64, allocated: impl FnOnce()) -> (Arc<Slot>, u64) {
+        let slot = lock(&self.free).pop().unwrap_or_else(|| {
+            allocated();
+            Arc::new(Slot::default())
+        });
+        let generation = slot.generation();
+        slot.flags.store(0, Ordering::Relaxed);
+        slot.last_active.store(now, Ordering::Relaxed);
+        // Wakers left by the previous connection must not be woken for this one.
+        drop(slot.read_waker.take());
+        drop(slot.write_waker.take());
+        drop(slot.task_waker.take());
+        let key = lock(&self.open).insert(slot.clone());
+        slot.key.store(key, Ordering::Relaxed);
+        slot.word
+            .store(pack(generation, SlotState::Open), Ordering::Release);
+        (slot, generation)
+    }
+
+    /// Ends the connection of `generation`: deregisters the slot, makes every stale
+    /// reference harmless by bumping the generation, and returns the slot to the free list.
+    /// Returns the slot's final state as that connection saw it.
+    pub(crate) fn release(&self, slot: &Arc<Slot>, generation: u64) -> SlotState {
+        lock(&self.open).remove(slot.key.load(Ordering::Relaxed));
+        let old = slot
+            .word
+            .swap(pack(generation + 1, SlotState::Finished), Ordering::AcqRel);
+        let mut free = lock(&self.free);
+        if free.len() < MAX_FREE {
+            free.push(slot.clone());
+        }
+        SlotState::from_bits(old as u8)
+    }
+
+    /// Runs `f` on every open slot with its generation, under the registry lock.
+    pub(crate) fn for_each_open(&self, mut f: impl FnMut(&Slot, u64)) {
+        for (_, slot) in lock(&self.open).iter() {
+            let word = slot.word.load(Ordering::Acquire);
+            if SlotState::from_bits(word as u8) == SlotState::Open {
+                f(slot, word >> STATE_BITS);
+            }
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn count_up(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Returns the count after the decrement.
+    pub(crate) fn count_down(&self) -> usize {
+        self.count.fetch_sub(1, Ordering::AcqRel) - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_generation_cannot_touch_the_next_connection() {
+        let pool = Pool::default();
+        let mut allocs = 0;
+        let (slot, first) = pool.open(0, || allocs += 1);
+        assert_eq!(slot.state(first), SlotState::Open);
+        pool.release(&slot, first);
+        let (again, second) = pool.open(0, || allocs += 1);
+        assert!(Arc::ptr_eq(&slot, &again), "the slot is reused");
+        assert_eq!(allocs, 1);
+        assert_ne!(first, second);
+        // A stale reference sees its connection as finished and cannot close the new one.
+        assert_eq!(again.state(first), SlotState::Finished);
+        assert!(!again.close(first, SlotState::Aborted));
+        assert_eq!(again.state(second), SlotState::Open);
+        assert!(again.close(second, SlotState::Aborted));
+        assert_eq!(again.state(second), SlotState::Aborted);
+    }
+
+    #[test]
+    fn for_each_open_skips_closed_slots() {
+        let pool = Pool::default();
+        let (a, ga) = pool.open(0, || ());
+        let (_b, _gb) = pool.open(0, || ());
+        a.close(ga, SlotState::IdleTimeout);
+        let mut n = 0;
+        pool.for_each_open(|_, _| n += 1);
+        assert_eq!(n, 1);
+    }
+}
