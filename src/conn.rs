@@ -354,6 +354,11 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // Close the socket first: once the count drops or `Closed` fires, it is closed.
         drop(std::mem::replace(&mut self.io, Box::new(Gone)));
+        // A handler future that panics drops its locals while unwinding, before the
+        // supervisor sees the panic: that is a panic close too.
+        if std::thread::panicking() {
+            self.slot.mark(PANICKED);
+        }
         let flags = self.slot.flags();
         let state = self.shared().pool.release(&self.slot, self.generation);
         let reason = state.close_reason().unwrap_or(if flags & PANICKED != 0 {
