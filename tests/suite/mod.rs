@@ -619,7 +619,8 @@ pub fn bind_conflict_is_an_error_and_reported<R: Rt>() {
 pub fn invalid_config_is_a_typed_error<R: Rt>() {
     run::<R>(LIMIT, async {
         let bind = |c: Config| Builder::new(c).runtime(R::runtime()).bind().unwrap_err();
-        let cases: Vec<(Config, fn(&ConfigError) -> bool)> = vec![
+        type Expect = fn(&ConfigError) -> bool;
+        let cases: Vec<(Config, Expect)> = vec![
             (Config::new(""), |e| matches!(e, ConfigError::EmptyAddress)),
             (Config::new("abc"), |e| {
                 matches!(e, ConfigError::MissingPort(_))
