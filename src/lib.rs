@@ -55,5 +55,10 @@ pub use handler::Handler;
 pub use server::{Builder, Server, ServerHandle, State};
 pub use shutdown::ShutdownReport;
 
+// The README's examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The stream halves returned by [`Conn::split`].
 pub use futures_lite::io::{ReadHalf, WriteHalf};
