@@ -1,0 +1,187 @@
+//! Load generator for the echo servers (berth's example and the peers in `benches/`).
+//!
+//! ```text
+//! cargo bench --bench load -- echo --addr 127.0.0.1:7000 --conns 50 --size 64 --secs 5
+//! cargo bench --bench load -- idle --addr 127.0.0.1:7000 --conns 10000 --pid SERVER_PID
+//! ```
+//!
+//! `echo`: closed-loop ping-pong on N connections; every reply is byte-checked. Prints
+//! requests/s and latency percentiles, plus the server's CPU time per request when `--pid`
+//! is given (read from /proc, so it is the server's own cost, not the client's).
+//! `idle`: opens N connections (spread over 127.0.0.x source addresses), confirms each with
+//! one echo, then reports the server's RSS growth per connection.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Closed-loop echo ping-pong.
+    Echo {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 50)]
+        conns: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Server pid, to report its CPU time per request.
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long, hide = true)]
+        bench: bool,
+    },
+    /// Open and hold idle connections; report the server's RSS per connection.
+    Idle {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+        /// Server pid, to read its RSS.
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, hide = true)]
+        bench: bool,
+    },
+}
+
+/// Server CPU time (user + system) in microseconds, from /proc/PID/stat.
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks * 1_000_000 / 100 // USER_HZ is 100 on Linux
+}
+
+/// Server resident set size in KiB, from /proc/PID/status.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn main() {
+    match Args::parse().mode {
+        Mode::Echo {
+            addr,
+            conns,
+            size,
+            secs,
+            pid,
+            ..
+        } => echo(addr, conns, size, Duration::from_secs_f64(secs), pid),
+        Mode::Idle {
+            addr, conns, pid, ..
+        } => idle(addr, conns, pid),
+    }
+}
+
+fn echo(addr: SocketAddr, conns: usize, size: usize, secs: Duration, pid: Option<u32>) {
+    let ex = async_executor::LocalExecutor::new();
+    let (latencies, elapsed, cpu) = async_io::block_on(ex.run(async {
+        let mut streams = Vec::new();
+        for _ in 0..conns {
+            let s = async_net::TcpStream::connect(addr).await.expect("connect");
+            s.set_nodelay(true).unwrap();
+            streams.push(s);
+        }
+        let cpu0 = pid.map(cpu_us);
+        let start = Instant::now();
+        let deadline = start + secs;
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                ex.spawn(async move {
+                    let msg: Vec<u8> = (0..size).map(|j| (i + j) as u8).collect();
+                    let mut back = vec![0u8; size];
+                    let mut lat = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        s.write_all(&msg).await.expect("write");
+                        s.read_exact(&mut back).await.expect("read");
+                        assert!(back == msg, "echo mismatch");
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await);
+        }
+        let elapsed = start.elapsed();
+        let cpu = pid.map(|p| cpu_us(p) - cpu0.unwrap());
+        (all, elapsed, cpu)
+    }));
+    let mut lat = latencies;
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    let rps = lat.len() as f64 / elapsed.as_secs_f64();
+    print!(
+        "echo conns={conns} size={size} requests={} req/s={rps:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1}",
+        lat.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(0.999)
+    );
+    if let Some(cpu) = cpu {
+        print!(
+            " server_cpu_us_per_req={:.2}",
+            cpu as f64 / lat.len() as f64
+        );
+    }
+    println!();
+}
+
+fn idle(addr: SocketAddr, conns: usize, pid: u32) {
+    let before = rss_kib(pid);
+    let ex = async_executor::LocalExecutor::new();
+    let held = async_io::block_on(ex.run(async {
+        let mut held = Vec::with_capacity(conns);
+        for i in 0..conns {
+            // 127.0.0.x sources: each has its own ephemeral port range.
+            let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i / 20_000) as u8));
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            sock.bind(&SocketAddr::new(src, 0).into())
+                .expect("bind source");
+            sock.set_nonblocking(true).unwrap();
+            let _ = sock.connect(&addr.into());
+            let std: std::net::TcpStream = sock.into();
+            let s = async_io::Async::new(std).expect("register");
+            s.writable().await.expect("connect");
+            let mut s = async_net::TcpStream::from(s);
+            s.write_all(b"x").await.expect("write");
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.expect("confirm echo");
+            held.push(s);
+        }
+        held
+    }));
+    // Let the server settle its buffers before reading RSS.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid);
+    println!(
+        "idle conns={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={:.2}",
+        held.len(),
+        (after.saturating_sub(before)) as f64 / held.len() as f64
+    );
+    drop(held);
+}
