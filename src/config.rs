@@ -9,6 +9,7 @@
 //! | `backlog`         | `1024`             | kernel accept queue length                                     |
 //! | `reuse_port`      | `false`            | set `SO_REUSEPORT` so several processes can share the port     |
 //! | `max_connections` | unset (no limit)   | stop accepting while this many connections are open            |
+//! | `linger_timeout`  | `2s`               | lingering close after a handler returns first (0: off)         |
 //!
 //! Durations are written the human way in TOML/JSON/YAML: `"30s"`, `"5m"`, `"250ms"`.
 //!
@@ -62,6 +63,13 @@ pub struct Config {
     /// `accept`, so new clients wait in the kernel backlog instead of being accepted and
     /// dropped. `None`: no limit.
     pub max_connections: Option<usize>,
+    /// When a handler returns while the peer has not closed its side, berth half-closes
+    /// (sends FIN after everything written) and discards incoming data until the peer closes
+    /// or this passes. Closing with unread data would make the kernel reset the connection
+    /// and could destroy responses still in flight. `0s` closes at once. The connection
+    /// counts as open until its socket is closed.
+    #[serde(with = "humantime_serde")]
+    pub linger_timeout: Duration,
 }
 
 impl Default for Config {
@@ -74,6 +82,7 @@ impl Default for Config {
             backlog: 1024,
             reuse_port: false,
             max_connections: None,
+            linger_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -103,6 +112,7 @@ impl Config {
         for (name, value) in [
             ("idle_timeout", self.idle_timeout),
             ("drain_timeout", Some(self.drain_timeout)),
+            ("linger_timeout", Some(self.linger_timeout)),
         ] {
             if let Some(value) = value.filter(|v| *v > MAX_TIMEOUT) {
                 return Err(ConfigError::TimeoutTooLarge {

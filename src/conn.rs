@@ -23,7 +23,7 @@ use futures_lite::io::{ReadHalf, WriteHalf};
 
 use crate::events::{CloseReason, ConnEvent};
 use crate::extensions::Extensions;
-use crate::pool::{PANICKED, SAW_EOF, SAW_ERROR, Slot, SlotState};
+use crate::pool::{LINGERING, PANICKED, SAW_EOF, SAW_ERROR, Slot, SlotState};
 use crate::server::{Permit, Shared};
 
 /// The stream behind a `Conn`, type-erased so `Conn` (and every handler) is the same type
@@ -352,15 +352,78 @@ impl AsyncWrite for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // Close the socket first: once the count drops or `Closed` fires, it is closed.
-        drop(std::mem::replace(&mut self.io, Box::new(Gone)));
         // A handler future that panics drops its locals while unwinding, before the
         // supervisor sees the panic: that is a panic close too.
         if std::thread::panicking() {
             self.slot.mark(PANICKED);
         }
+        let closing = Closing {
+            io: std::mem::replace(&mut self.io, Box::new(Gone)),
+            permit: self.permit.take(),
+            slot: self.slot.clone(),
+            generation: self.generation,
+            id: self.id,
+            peer_addr: self.peer_addr,
+            opened_at: self.opened_at,
+        };
+        // The handler returned on its own while the peer may still be sending: linger.
+        // Everything else (peer closed, error, panic, closed by the server) closes now.
+        let shared = self.shared();
+        let linger = shared.config.linger_timeout;
+        if !linger.is_zero()
+            && self.slot.flags() == 0
+            && self.slot.state(self.generation) == SlotState::Open
+            && !shared.shutdown.force.is_set()
+        {
+            self.slot.mark(LINGERING);
+            shared.runtime.spawn(Box::pin(closing.linger(linger)));
+        }
+    }
+}
+
+/// A connection whose handler is done, on its way to closed. Its `Drop` closes the socket and
+/// does the final bookkeeping (slot, count, stats, `Closed` event), so that happens even if a
+/// lingering task is dropped half-way (a runtime shutting down, a simulated host crashing).
+struct Closing {
+    io: Box<dyn Io>,
+    permit: Permit,
+    slot: Arc<Slot>,
+    generation: u64,
+    id: u64,
+    peer_addr: SocketAddr,
+    opened_at: Instant,
+}
+
+impl Closing {
+    /// Lingering close. Closing a TCP socket that still has unread incoming data makes the
+    /// kernel send a reset and discard what it has not sent yet: the peer could lose
+    /// responses the handler wrote just before returning. So: half-close (our FIN goes after
+    /// all our data), then discard what the peer still sends until it closes, the linger
+    /// timeout passes, or shutdown forces.
+    async fn linger(mut self, timeout: std::time::Duration) {
+        use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
+        let shared = self.permit.shared().clone();
+        let io = &mut self.io;
+        let discard = async {
+            if io.close().await.is_ok() {
+                let mut sink = [0u8; 512];
+                while let Ok(1..) = io.read(&mut sink).await {}
+            }
+        };
+        discard
+            .or(shared.runtime.sleep(timeout))
+            .or(shared.shutdown.force.wait())
+            .await;
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        // Close the socket first: once the count drops or `Closed` fires, it is closed.
+        drop(std::mem::replace(&mut self.io, Box::new(Gone)));
+        let shared = self.permit.shared().clone();
         let flags = self.slot.flags();
-        let state = self.shared().pool.release(&self.slot, self.generation);
+        let state = shared.pool.release(&self.slot, self.generation);
         let reason = state.close_reason().unwrap_or(if flags & PANICKED != 0 {
             CloseReason::Panicked
         } else if flags & SAW_ERROR != 0 {
@@ -370,14 +433,13 @@ impl Drop for Conn {
         } else {
             CloseReason::HandlerDone
         });
-        self.shared().counters.closed(reason);
+        shared.counters.closed(reason);
         self.permit.release();
-        self.shared().hooks.conn(ConnEvent::Closed {
+        shared.hooks.conn(ConnEvent::Closed {
             id: self.id,
             peer_addr: self.peer_addr,
             reason,
-            duration: self
-                .shared()
+            duration: shared
                 .runtime
                 .now()
                 .saturating_duration_since(self.opened_at),

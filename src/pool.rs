@@ -59,6 +59,8 @@ impl SlotState {
 pub(crate) const SAW_EOF: u8 = 1;
 pub(crate) const SAW_ERROR: u8 = 2;
 pub(crate) const PANICKED: u8 = 4;
+/// The handler is done and the socket is in a lingering close (see `conn::Closing`).
+pub(crate) const LINGERING: u8 = 8;
 
 const STATE_BITS: u32 = 8;
 
@@ -73,7 +75,7 @@ pub(crate) struct Slot {
     word: AtomicU64,
     /// Coarse-clock time of the last read or write progress (see `idle`).
     pub(crate) last_active: AtomicU64,
-    /// `SAW_EOF | SAW_ERROR | PANICKED`.
+    /// `SAW_EOF | SAW_ERROR | PANICKED | LINGERING`.
     flags: AtomicU8,
     /// Key in the registry while open.
     key: AtomicUsize,

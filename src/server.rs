@@ -95,6 +95,14 @@ impl Permit {
         &self.shared
     }
 
+    /// Moves the count into a new permit; this one no longer holds it.
+    pub(crate) fn take(&mut self) -> Permit {
+        Permit {
+            shared: self.shared.clone(),
+            released: std::mem::replace(&mut self.released, true),
+        }
+    }
+
     /// Gives the count back now (idempotent).
     pub(crate) fn release(&mut self) {
         if !std::mem::replace(&mut self.released, true) {

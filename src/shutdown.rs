@@ -24,7 +24,7 @@ use futures_lite::FutureExt as _;
 
 use crate::error::Error;
 use crate::events::ServerEvent;
-use crate::pool::SlotState;
+use crate::pool::{LINGERING, SlotState};
 use crate::server::{Shared, State};
 
 /// A flag that is set once and can be awaited.
@@ -171,7 +171,8 @@ pub(crate) async fn stop(
     sd.force.set();
     let mut forced = 0;
     shared.pool.for_each_open(|slot, generation| {
-        if slot.close(generation, SlotState::ShutdownForced) {
+        // A lingering connection's handler already finished: cut it, but it drained.
+        if slot.close(generation, SlotState::ShutdownForced) && slot.flags() & LINGERING == 0 {
             forced += 1;
         }
     });

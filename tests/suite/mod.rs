@@ -51,6 +51,7 @@ macro_rules! all_tests {
             stale_conn_handle_cannot_touch_reused_slot,
             conn_context_addresses_extensions_and_eof,
             conn_handle_close_aborts_pending_io,
+            lingering_close_delivers_everything_and_is_bounded,
         );
     };
 }
@@ -364,14 +365,21 @@ pub fn shutdown_returns_when_handlers_finish<R: Rt>() {
             clients.push(c);
         }
         // A deadline far beyond the test's limit: passing means shutdown returned early.
-        let report = handle.shutdown(Duration::from_secs(3600)).await.unwrap();
+        // The clients behave like real ones: they close when they see the server's FIN.
+        let clients_close = async {
+            for c in &mut clients {
+                assert!(ends(c).await);
+            }
+            clients.clear();
+        };
+        let (report, ()) =
+            futures_lite::future::zip(handle.shutdown(Duration::from_secs(3600)), clients_close)
+                .await;
+        let report = report.unwrap();
         assert_eq!(report.forced, 0);
         assert_eq!(report.drained, 5);
         assert_eq!(handle.open_connections(), 0);
         assert_eq!(handle.state(), State::Stopped);
-        for c in &mut clients {
-            assert!(ends(c).await);
-        }
         assert!(rec.log().contains(&Ev::Server(ServerEvent::Stopped {
             drained: 5,
             forced: 0
@@ -581,12 +589,13 @@ pub fn draining_handler_loses_no_acknowledged_request<R: Rt>() {
         assert_eq!(first, "ack 0");
         let h = handle.clone();
         let shutdown = async move { h.shutdown(Duration::from_secs(3600)).await };
-        let count = async {
+        let count = async move {
             let mut n = 1;
             while let Some(Ok(line)) = acks.next().await {
                 assert_eq!(line, format!("ack {n}"));
                 n += 1;
             }
+            drop((acks, c)); // close on EOF, as a real client does
             n
         };
         let (report, acked) = futures_lite::future::zip(shutdown, count).await;
@@ -968,6 +977,42 @@ pub fn conn_handle_close_aborts_pending_io<R: Rt>() {
         assert_eq!(r, Err(io::ErrorKind::ConnectionAborted));
         assert!(ends(&mut c).await);
         assert_eq!(rec.closed().await.1, CloseReason::Aborted);
+        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+    });
+}
+
+pub fn lingering_close_delivers_everything_and_is_bounded<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let linger = Duration::from_millis(300);
+        let cfg = Config {
+            linger_timeout: linger,
+            ..config()
+        };
+        // Reads one byte, answers with 1 MiB, and returns while the client keeps sending.
+        let (handle, rec) = start::<R>(cfg, |mut conn: Conn| async move {
+            let mut one = [0u8; 1];
+            if conn.read_exact(&mut one).await.is_ok() {
+                let _ = conn.write_all(&pattern(1 << 20, 3)).await;
+            }
+        });
+        let mut c = connect(handle.local_addr()).await;
+        c.write_all(b"?").await.unwrap();
+        // More data the handler never reads: without lingering this makes the close a reset.
+        c.write_all(&pattern(200_000, 9)).await.unwrap();
+        let mut got = Vec::new();
+        let read = c.read_to_end(&mut got).await;
+        assert!(
+            read.is_ok(),
+            "the response ends with FIN, not a reset: {read:?}"
+        );
+        assert!(got == pattern(1 << 20, 3), "all {} bytes arrive", 1 << 20);
+        // The client keeps its socket open: the linger timeout bounds the wait.
+        let started = Instant::now();
+        let (_, reason) = rec.closed().await;
+        assert_eq!(reason, CloseReason::HandlerDone);
+        assert!(started.elapsed() < linger * 10, "{:?}", started.elapsed());
+        assert_eq!(handle.open_connections(), 0);
+        drop(c);
         handle.shutdown(Duration::from_secs(5)).await.unwrap();
     });
 }
