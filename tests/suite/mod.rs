@@ -52,6 +52,7 @@ macro_rules! all_tests {
             conn_context_addresses_extensions_and_eof,
             conn_handle_close_aborts_pending_io,
             lingering_close_delivers_everything_and_is_bounded,
+            struct_handler_serves_with_its_own_state,
         );
     };
 }
@@ -1013,6 +1014,47 @@ pub fn lingering_close_delivers_everything_and_is_bounded<R: Rt>() {
         assert!(started.elapsed() < linger * 10, "{:?}", started.elapsed());
         assert_eq!(handle.open_connections(), 0);
         drop(c);
+        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+    });
+}
+
+/// A handler as a struct: configuration in fields, `call` borrowing `&self`.
+struct Prefixer {
+    prefix: Vec<u8>,
+    served: AtomicUsize,
+}
+
+impl berth::Handler for Prefixer {
+    async fn call(&self, mut conn: Conn) {
+        self.served.fetch_add(1, Ordering::SeqCst);
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = conn.read(&mut buf).await {
+            let mut out = self.prefix.clone();
+            out.extend_from_slice(&buf[..n]);
+            if conn.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+pub fn struct_handler_serves_with_its_own_state<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let handler = Prefixer {
+            prefix: b"> ".to_vec(),
+            served: AtomicUsize::new(0),
+        };
+        let (handle, rec) = start::<R>(config(), handler);
+        for _ in 0..3 {
+            let mut c = connect(handle.local_addr()).await;
+            c.write_all(b"hi").await.unwrap();
+            let mut back = [0u8; 4];
+            c.read_exact(&mut back).await.unwrap();
+            assert_eq!(&back, b"> hi");
+            drop(c);
+            rec.closed().await;
+        }
+        assert_eq!(handle.stats().accepted, 3);
         handle.shutdown(Duration::from_secs(5)).await.unwrap();
     });
 }

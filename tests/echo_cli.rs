@@ -1,0 +1,174 @@
+//! The echo example as a black box: its command line, its output, its signals.
+#![cfg(all(unix, feature = "smol"))]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `cargo test` builds the examples next to the test binaries' `deps/` folder.
+fn echo_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/echo");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+struct Echo {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Echo {
+    fn spawn(args: &[&str]) -> Echo {
+        let mut child = Command::new(echo_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the echo example");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Echo { child, lines }
+    }
+
+    fn line(&self) -> String {
+        self.lines.recv_timeout(WAIT).expect("a line from echo")
+    }
+
+    /// Waits for exit (bounded), returning the status and stderr.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let mut stderr = self.child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            let _ = tx.send(s);
+        });
+        let err = rx.recv_timeout(WAIT).expect("echo exited");
+        let status = self.child.wait().unwrap();
+        (status, err)
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM failed");
+}
+
+#[test]
+fn echo_serves_and_drains_on_sigterm() {
+    let echo = Echo::spawn(&["--addr", "127.0.0.1:0", "--threads", "2"]);
+    let first = echo.line();
+    let addr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    c.write_all(&data).unwrap();
+    let mut back = vec![0; data.len()];
+    c.read_exact(&mut back).unwrap();
+    assert!(back == data);
+
+    sigterm(&echo.child);
+    // The connection is drained: the client sees end of file, then closes.
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    drop(c);
+    let summary = echo.line();
+    assert!(
+        summary.contains("1 connection(s) drained, 0 forced"),
+        "{summary}"
+    );
+    let (status, stderr) = echo.wait();
+    assert!(status.success(), "{status} {stderr}");
+}
+
+#[test]
+fn echo_forces_stuck_clients_at_the_drain_timeout() {
+    let echo = Echo::spawn(&["--addr", "127.0.0.1:0", "--drain-timeout", "200ms"]);
+    let addr = echo.line().replace("listening on ", "");
+    // A client that never reads and never closes keeps the lingering close waiting.
+    let mut c = TcpStream::connect(&addr).unwrap();
+    c.write_all(b"x").unwrap();
+    let mut one = [0u8; 1];
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.read_exact(&mut one).unwrap();
+    sigterm(&echo.child);
+    let summary = echo.line();
+    assert!(summary.starts_with("shutdown complete"), "{summary}");
+    let (status, _) = echo.wait();
+    assert!(status.success());
+    drop(c);
+}
+
+#[test]
+fn echo_rejects_bad_input_with_one_line() {
+    let cases: &[&[&str]] = &[
+        &["--addr", "abc"],
+        &["--addr", "127.0.0.1:99999"],
+        &["--addr", ""],
+        &["--idle-timeout", "xyz"],
+        &["--drain-timeout", "-1s"],
+        &["--threads", "0"],
+        &["--max-connections", "0"],
+        &[
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ],
+        &["--bogus"],
+    ];
+    for args in cases {
+        let echo = Echo::spawn(args);
+        let (status, stderr) = echo.wait();
+        assert!(!status.success(), "{args:?} succeeded");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("echo: "), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn echo_defaults_to_loopback_port_7000() {
+    let echo = Echo::spawn(&[]);
+    match echo.lines.recv_timeout(WAIT) {
+        Ok(line) => assert_eq!(line, "listening on 127.0.0.1:7000"),
+        // Port 7000 taken by another process on this machine: the error still names it.
+        Err(_) => {
+            let (status, stderr) = echo.wait();
+            assert!(!status.success());
+            assert!(stderr.contains("127.0.0.1:7000"), "{stderr}");
+        }
+    }
+}
