@@ -1,7 +1,7 @@
 //! The accept loop and the connection task it spawns.
 //!
 //! The loop only waits for capacity, accepts, counts and spawns: nothing slow (socket
-//! tuning hooks, TLS, the handler) runs on it, so one stalled client can never stop others
+//! tuning hooks, the TLS handshake, the handler) runs on it, so one stalled client can never stop others
 //! from being accepted.
 //!
 //! Accept errors fall in two groups. Errors that concern one connection (ECONNABORTED,
@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use futures_lite::FutureExt as _;
 
-use crate::conn::{Conn, Outcome, Supervised};
+use crate::conn::{Conn, Meta, Outcome, Supervised};
 use crate::error::Error;
+use crate::events::{CloseReason, ConnEvent};
 use crate::handler::Handler;
 use crate::listener::{Accepted, Listener};
 use crate::server::{Permit, Shared, TuneHook};
@@ -124,6 +125,17 @@ async fn connection<S, H>(
     H: Handler,
 {
     let shared = permit.shared().clone();
+    let meta = Meta {
+        id,
+        peer_addr: accepted.peer_addr,
+        local_addr: accepted.local_addr,
+        opened_at: shared.runtime.now(),
+    };
+    shared.hooks.conn(ConnEvent::Accepted {
+        id,
+        peer_addr: meta.peer_addr,
+        local_addr: meta.local_addr,
+    });
     if let Some(tune) = tune {
         let tuned =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tune(&accepted.stream)));
@@ -139,18 +151,57 @@ async fn connection<S, H>(
             }),
         };
         if let Some(error) = error {
-            // Dropping the permit and the stream closes the connection and fixes the count.
+            drop(accepted.stream);
             shared.hooks.error(&error);
+            shared.finish(
+                permit,
+                id,
+                meta.peer_addr,
+                CloseReason::Error,
+                meta.opened_at,
+            );
             return;
         }
     }
-    let conn = Conn::new(
-        permit,
-        accepted.stream,
-        id,
-        accepted.peer_addr,
-        accepted.local_addr,
-    );
+    #[cfg(feature = "tls")]
+    let conn = match shared.tls() {
+        None => Conn::new(permit, accepted.stream, meta, None),
+        Some(config) => {
+            let timeout = shared.config.handshake_timeout;
+            match crate::tls::handshake(&shared, config, accepted.stream, timeout).await {
+                Ok((stream, info)) => {
+                    shared
+                        .counters
+                        .tls_handshakes
+                        .fetch_add(1, Ordering::Relaxed);
+                    shared.hooks.conn(ConnEvent::TlsEstablished {
+                        id,
+                        info: Box::new(info.clone()),
+                    });
+                    Conn::new(permit, stream, meta, Some(info))
+                }
+                Err(reason) => {
+                    // The stream was dropped with the handshake: the socket is closed.
+                    shared.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                    shared.hooks.conn(ConnEvent::TlsFailed {
+                        id,
+                        peer_addr: meta.peer_addr,
+                        reason,
+                    });
+                    shared.finish(
+                        permit,
+                        id,
+                        meta.peer_addr,
+                        CloseReason::TlsFailed,
+                        meta.opened_at,
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    #[cfg(not(feature = "tls"))]
+    let conn = Conn::new(permit, accepted.stream, meta, None);
     let handle = conn.handle();
     if let Outcome::Panicked(message) = Supervised::new(handler.call(conn), handle).await {
         shared.hooks.error(&Error::HandlerPanicked {

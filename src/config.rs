@@ -10,6 +10,8 @@
 //! | `reuse_port`      | `false`            | set `SO_REUSEPORT` so several processes can share the port     |
 //! | `max_connections` | unset (no limit)   | stop accepting while this many connections are open            |
 //! | `linger_timeout`  | `2s`               | lingering close after a handler returns first (0: off)         |
+//! | `handshake_timeout` | `10s`            | TLS clients must finish the handshake within this              |
+//! | `tls`             | unset (plain TCP)  | TLS settings (feature `tls`), see [`TlsConfig`](crate::tls::TlsConfig) |
 //!
 //! Durations are written the human way in TOML/JSON/YAML: `"30s"`, `"5m"`, `"250ms"`.
 //!
@@ -70,6 +72,12 @@ pub struct Config {
     /// counts as open until its socket is closed.
     #[serde(with = "humantime_serde")]
     pub linger_timeout: Duration,
+    /// A TLS client that has not completed its handshake within this is dropped.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Serve TLS with these settings; `None` serves plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for Config {
@@ -83,6 +91,9 @@ impl Default for Config {
             reuse_port: false,
             max_connections: None,
             linger_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(10),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -109,10 +120,14 @@ impl Config {
         if self.idle_timeout == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroIdleTimeout);
         }
+        if self.handshake_timeout.is_zero() {
+            return Err(ConfigError::ZeroHandshakeTimeout);
+        }
         for (name, value) in [
             ("idle_timeout", self.idle_timeout),
             ("drain_timeout", Some(self.drain_timeout)),
             ("linger_timeout", Some(self.linger_timeout)),
+            ("handshake_timeout", Some(self.handshake_timeout)),
         ] {
             if let Some(value) = value.filter(|v| *v > MAX_TIMEOUT) {
                 return Err(ConfigError::TimeoutTooLarge {

@@ -21,10 +21,11 @@ use event_listener::EventListener;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::io::{ReadHalf, WriteHalf};
 
-use crate::events::{CloseReason, ConnEvent};
+use crate::events::CloseReason;
 use crate::extensions::Extensions;
 use crate::pool::{LINGERING, PANICKED, SAW_EOF, SAW_ERROR, Slot, SlotState};
 use crate::server::{Permit, Shared};
+use crate::tls::TlsInfo;
 
 /// The stream behind a `Conn`, type-erased so `Conn` (and every handler) is the same type
 /// whatever the listener or TLS layer.
@@ -94,6 +95,16 @@ pub struct Conn {
     local_addr: SocketAddr,
     opened_at: Instant,
     extensions: Extensions,
+    tls: Option<Box<TlsInfo>>,
+}
+
+/// What the connection task knows about a connection before its `Conn` exists.
+pub(crate) struct Meta {
+    pub(crate) id: u64,
+    pub(crate) peer_addr: SocketAddr,
+    pub(crate) local_addr: SocketAddr,
+    /// When it was accepted (so `Closed`'s duration includes a TLS handshake).
+    pub(crate) opened_at: Instant,
 }
 
 impl Conn {
@@ -102,9 +113,8 @@ impl Conn {
     pub(crate) fn new(
         permit: Permit,
         io: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
-        id: u64,
-        peer_addr: SocketAddr,
-        local_addr: SocketAddr,
+        meta: Meta,
+        tls: Option<TlsInfo>,
     ) -> Conn {
         let shared = permit.shared();
         let (slot, generation) = shared.pool.open(shared.clock.stamp(), || {
@@ -117,18 +127,14 @@ impl Conn {
             io: Box::new(io),
             slot,
             generation,
-            opened_at: shared.runtime.now(),
+            opened_at: meta.opened_at,
             permit,
-            id,
-            peer_addr,
-            local_addr,
+            id: meta.id,
+            peer_addr: meta.peer_addr,
+            local_addr: meta.local_addr,
             extensions: Extensions::default(),
+            tls: tls.map(Box::new),
         };
-        conn.shared().hooks.conn(ConnEvent::Accepted {
-            id,
-            peer_addr,
-            local_addr,
-        });
         // A connection that registers after shutdown's final sweep must not escape it.
         if conn.shared().shutdown.force.is_set() {
             conn.slot.close(generation, SlotState::ShutdownForced);
@@ -148,6 +154,11 @@ impl Conn {
     /// The server-side address of this connection.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What TLS negotiated, for a TLS connection.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_deref()
     }
 
     /// The connection's id: unique within its server, increasing in accept order.
@@ -433,17 +444,8 @@ impl Drop for Closing {
         } else {
             CloseReason::HandlerDone
         });
-        shared.counters.closed(reason);
-        self.permit.release();
-        shared.hooks.conn(ConnEvent::Closed {
-            id: self.id,
-            peer_addr: self.peer_addr,
-            reason,
-            duration: shared
-                .runtime
-                .now()
-                .saturating_duration_since(self.opened_at),
-        });
+        let permit = self.permit.take();
+        shared.finish(permit, self.id, self.peer_addr, reason, self.opened_at);
     }
 }
 

@@ -43,6 +43,9 @@ pub enum ConfigError {
         "idle_timeout is zero: leave it unset to disable idle reaping, or give a positive duration"
     )]
     ZeroIdleTimeout,
+    /// `handshake_timeout` is zero: no TLS client could ever connect.
+    #[error("handshake_timeout is zero: give TLS clients time to shake hands (default 10s)")]
+    ZeroHandshakeTimeout,
     /// `max_connections` is zero, so no connection could ever be served.
     #[error("max_connections is 0: leave it unset for no limit, or give at least 1")]
     ZeroMaxConnections,
@@ -73,6 +76,15 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    /// The TLS settings cannot be used.
+    #[cfg(feature = "tls")]
+    #[error("invalid TLS configuration: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// A configured certificate is expired or not yet valid (reported to the error hook at
+    /// load time; serving goes on, but clients will reject the certificate).
+    #[cfg(feature = "tls")]
+    #[error("certificate {} is outside its validity period (valid from {} to {}, Unix seconds): renew it", .0.source, .0.not_before, .0.not_after)]
+    CertificateNotValid(crate::tls::ValidityWarning),
     /// The listening socket could not be created or bound.
     #[error(
         "cannot listen on {addr}: {source}; is another process using the port, or does it need privileges?"

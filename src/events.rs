@@ -28,6 +28,23 @@ pub enum ConnEvent {
         /// The server-side address.
         local_addr: SocketAddr,
     },
+    /// A TLS handshake completed; the handler starts next.
+    TlsEstablished {
+        /// The connection's id.
+        id: u64,
+        /// What was negotiated.
+        info: Box<crate::tls::TlsInfo>,
+    },
+    /// A TLS handshake failed; the connection is closed next (`Closed` with
+    /// [`CloseReason::TlsFailed`]).
+    TlsFailed {
+        /// The connection's id.
+        id: u64,
+        /// The client's address.
+        peer_addr: SocketAddr,
+        /// Why.
+        reason: crate::tls::TlsFailure,
+    },
     /// A connection was closed; its socket is closed and it no longer counts as open.
     Closed {
         /// The connection's id.
@@ -63,11 +80,13 @@ pub enum CloseReason {
     Panicked,
     /// A read or write failed (for example the peer reset the connection).
     Error,
+    /// The TLS handshake failed or timed out; the handler never ran.
+    TlsFailed,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order (the order of [`Stats::closed_by`]'s index).
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::HandlerDone,
         CloseReason::PeerClosed,
         CloseReason::IdleTimeout,
@@ -75,6 +94,7 @@ impl CloseReason {
         CloseReason::Aborted,
         CloseReason::Panicked,
         CloseReason::Error,
+        CloseReason::TlsFailed,
     ];
 
     fn index(self) -> usize {
@@ -116,6 +136,10 @@ pub struct Stats {
     pub active: usize,
     /// `accept` errors that made the server back off (EMFILE and the like).
     pub accept_errors: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes failed or timed out.
+    pub tls_failures: u64,
     /// Per-connection slots ever allocated. At steady state this stays at the peak number of
     /// concurrent connections: slots are reused.
     pub slots_allocated: u64,
@@ -141,6 +165,8 @@ pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
     pub(crate) slots_allocated: AtomicU64,
+    pub(crate) tls_handshakes: AtomicU64,
+    pub(crate) tls_failures: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
 }
 
@@ -155,6 +181,8 @@ impl Counters {
             active,
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
             slots_allocated: self.slots_allocated.load(Ordering::Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
+            tls_failures: self.tls_failures.load(Ordering::Relaxed),
             closed: std::array::from_fn(|i| self.closed[i].load(Ordering::Relaxed)),
         }
     }

@@ -45,6 +45,7 @@ mod pool;
 pub mod runtime;
 mod server;
 mod shutdown;
+pub mod tls;
 
 pub use config::Config;
 pub use conn::{Conn, ConnHandle, Draining};

@@ -41,7 +41,11 @@ pub(crate) struct Shared {
     pub(crate) hooks: Hooks,
     pub(crate) counters: Counters,
     pub(crate) next_id: AtomicU64,
+    reports_in_flight: std::sync::atomic::AtomicUsize,
     local_addr: SocketAddr,
+    /// Swapped whole by a reload; each connection clones the `Arc` once, at accept.
+    #[cfg(feature = "tls")]
+    tls: std::sync::RwLock<Option<Arc<rustls::ServerConfig>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -66,6 +70,49 @@ impl Shared {
 
     pub(crate) fn set_state(&self, state: State) {
         self.state.store(state as u8, Ordering::Release);
+    }
+
+    /// The end of every connection, once its socket is closed: stats, the count, the `Closed`
+    /// event. The count drops before the event (a hook that sees `Closed` sees the new
+    /// count); the report stays "in flight" until the event is out, and shutdown waits for
+    /// in-flight reports too (after it returns, every `Closed` event has fired).
+    pub(crate) fn finish(
+        &self,
+        mut permit: Permit,
+        id: u64,
+        peer_addr: SocketAddr,
+        reason: crate::events::CloseReason,
+        opened_at: std::time::Instant,
+    ) {
+        self.counters.closed(reason);
+        self.reports_in_flight.fetch_add(1, Ordering::AcqRel);
+        permit.release();
+        self.hooks.conn(ConnEvent::Closed {
+            id,
+            peer_addr,
+            reason,
+            duration: self.runtime.now().saturating_duration_since(opened_at),
+        });
+        self.reports_in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.shutdown.conn_closed.notify(usize::MAX);
+    }
+
+    /// Whether no connection is open and every `Closed` event has fired.
+    pub(crate) fn all_closed(&self) -> bool {
+        self.pool.count() == 0 && self.reports_in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// The TLS configuration new connections use, if this is a TLS server.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls().is_some();
+        #[cfg(not(feature = "tls"))]
+        false
     }
 
     /// Bookkeeping for a connection whose socket was just closed.
@@ -117,6 +164,11 @@ impl Drop for Permit {
     }
 }
 
+#[cfg(feature = "tls")]
+type TlsSetup = Option<Arc<rustls::ServerConfig>>;
+#[cfg(not(feature = "tls"))]
+type TlsSetup = ();
+
 /// A hook run on every accepted stream before its handler starts.
 pub(crate) type TuneHook<S> = Arc<dyn Fn(&S) -> io::Result<()> + Send + Sync>;
 
@@ -144,6 +196,8 @@ pub struct Builder {
     config: Config,
     runtime: Option<Arc<dyn Runtime>>,
     hooks: Hooks,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -162,7 +216,17 @@ impl Builder {
             config,
             runtime: None,
             hooks: Hooks::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Serves TLS with a rustls configuration you built yourself (full control over
+    /// verifiers, resolvers, key logging...). Takes precedence over `Config::tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_server_config(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// Runs the server on `runtime` instead of the default (smol's global executor when the
@@ -206,7 +270,7 @@ impl Builder {
     /// Serves connections from `listener` (any [`Listener`]: a simulated one, an inherited
     /// socket). The config's `address` is not used.
     pub fn listener<L: Listener>(self, listener: L) -> Result<Server<L>, Error> {
-        let (runtime, local_addr) = match self.check(&listener) {
+        let (runtime, local_addr, tls) = match self.check(&listener) {
             Ok(checked) => checked,
             Err(e) => {
                 self.hooks.error(&e);
@@ -223,8 +287,13 @@ impl Builder {
             hooks: self.hooks,
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
+            reports_in_flight: Default::default(),
             local_addr,
+            #[cfg(feature = "tls")]
+            tls: std::sync::RwLock::new(tls),
         });
+        #[cfg(not(feature = "tls"))]
+        let () = tls;
         Ok(Server {
             shared,
             listener,
@@ -232,7 +301,11 @@ impl Builder {
         })
     }
 
-    fn check<L: Listener>(&self, listener: &L) -> Result<(Arc<dyn Runtime>, SocketAddr), Error> {
+    #[allow(clippy::type_complexity)]
+    fn check<L: Listener>(
+        &self,
+        listener: &L,
+    ) -> Result<(Arc<dyn Runtime>, SocketAddr, TlsSetup), Error> {
         self.config.validate_settings()?;
         let runtime = self
             .runtime
@@ -243,7 +316,27 @@ impl Builder {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
         })?;
-        Ok((runtime, local_addr))
+        Ok((runtime, local_addr, self.load_tls()?))
+    }
+
+    #[cfg(feature = "tls")]
+    fn load_tls(&self) -> Result<TlsSetup, Error> {
+        if let Some(config) = &self.tls {
+            return Ok(Some(config.clone()));
+        }
+        let Some(tls) = &self.config.tls else {
+            return Ok(None);
+        };
+        let (config, warnings) = tls.load()?;
+        for warning in warnings {
+            self.hooks.error(&Error::CertificateNotValid(warning));
+        }
+        Ok(Some(config))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn load_tls(&self) -> Result<TlsSetup, Error> {
+        Ok(())
     }
 }
 
@@ -333,7 +426,7 @@ impl<L: Listener> Server<L> {
         shared.set_state(State::Running);
         shared.hooks.server(ServerEvent::Listening {
             addr: shared.local_addr,
-            tls: false,
+            tls: shared.is_tls(),
         });
         if let Some(timeout) = shared.config.idle_timeout {
             let task = crate::idle::scan(shared.clone(), timeout);
@@ -427,6 +520,37 @@ impl ServerHandle {
     /// Sets (or replaces) the error hook.
     pub fn on_error(&self, hook: impl Fn(&Error) + Send + Sync + 'static) {
         self.shared.hooks.set_error(Some(Arc::new(hook)));
+    }
+
+    /// Whether this server serves TLS.
+    pub fn is_tls(&self) -> bool {
+        self.shared.is_tls()
+    }
+
+    /// Loads `tls` and makes it the configuration of every new connection; established
+    /// connections keep their session. On error (a missing file, a key that does not match)
+    /// the old configuration stays in force and the error is returned.
+    #[cfg(feature = "tls")]
+    pub fn reload_tls(&self, tls: &crate::tls::TlsConfig) -> Result<(), Error> {
+        let (config, warnings) = tls.load()?;
+        self.set_tls_server_config(config)?;
+        for warning in warnings {
+            self.shared
+                .hooks
+                .error(&Error::CertificateNotValid(warning));
+        }
+        Ok(())
+    }
+
+    /// Replaces the rustls configuration used for new connections.
+    #[cfg(feature = "tls")]
+    pub fn set_tls_server_config(&self, config: Arc<rustls::ServerConfig>) -> Result<(), Error> {
+        let mut current = self.shared.tls.write().unwrap_or_else(|e| e.into_inner());
+        if current.is_none() {
+            return Err(crate::tls::TlsError::NotEnabled.into());
+        }
+        *current = Some(config);
+        Ok(())
     }
 
     /// Removes every hook.

@@ -69,9 +69,11 @@ pub(crate) struct Shutdown {
     pub(crate) accept_stopped: Latch,
     /// Connections were told to drain.
     pub(crate) draining: Latch,
-    /// Stop waiting for handlers: `close()` was called or the deadline passed. Connections
-    /// registered after this is set are force-closed at once.
+    /// The final sweep is under way: connections registering from now on close themselves,
+    /// handshakes and lingering closes stop.
     pub(crate) force: Latch,
+    /// `close()` was called: stop waiting for handlers.
+    close_requested: Latch,
     /// Everything is done.
     pub(crate) stopped: Latch,
     /// A connection closed (the open count went down).
@@ -122,11 +124,11 @@ impl Shutdown {
     }
 }
 
-/// Waits until no connection is open.
+/// Waits until no connection is open and every `Closed` event has fired.
 async fn all_closed(shared: &Shared) {
-    while shared.pool.count() > 0 {
+    while !shared.all_closed() {
         let listener = shared.shutdown.conn_closed.listen();
-        if shared.pool.count() == 0 {
+        if shared.all_closed() {
             return;
         }
         listener.await;
@@ -145,7 +147,7 @@ pub(crate) async fn stop(
         return Ok(ShutdownReport::default());
     }
     if force_now {
-        sd.force.set();
+        sd.close_requested.set();
     }
     if sd.driver_claimed.swap(true, Ordering::AcqRel) {
         sd.stopped.wait().await;
@@ -166,19 +168,27 @@ pub(crate) async fn stop(
     let deadline = async {
         rt.sleep(grace).await;
     };
-    all_closed(shared).or(sd.force.wait()).or(deadline).await;
+    all_closed(shared)
+        .or(sd.close_requested.wait())
+        .or(deadline)
+        .await;
 
+    // Everything still open now is forced, whether registered (its handler is running),
+    // still shaking hands, or between accept and registration (those see `force` and close
+    // themselves); except lingering connections, whose handler already finished. Snapshot
+    // before setting `force`: the accept loop has stopped, so nothing joins after this, and
+    // a connection that closes itself on seeing `force` is still counted.
+    let open_at_deadline = shared.pool.count();
     sd.force.set();
-    let mut forced = 0;
+    let mut lingering = 0;
     shared.pool.for_each_open(|slot, generation| {
-        // A lingering connection's handler already finished: cut it, but it drained.
-        if slot.close(generation, SlotState::ShutdownForced) && slot.flags() & LINGERING == 0 {
-            forced += 1;
+        if slot.close(generation, SlotState::ShutdownForced) && slot.flags() & LINGERING != 0 {
+            lingering += 1;
         }
     });
-    if forced > 0 {
-        crate::runtime::timeout(&*rt, FORCED_DROP_WAIT, all_closed(shared)).await;
-    }
+    let forced = open_at_deadline.saturating_sub(lingering);
+    // Wait (bounded) for everything the sweep cut, lingering ones included, to be closed.
+    crate::runtime::timeout(&*rt, FORCED_DROP_WAIT, all_closed(shared)).await;
     let report = ShutdownReport {
         drained: open_at_drain.saturating_sub(forced),
         forced,
