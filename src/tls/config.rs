@@ -365,7 +365,10 @@ impl TlsConfig {
             source_name: self.ca_name(),
         };
         let source = self.client_ca.as_ref().ok_or_else(empty)?;
-        let certs = read_certs(source)?;
+        let certs = match read_certs(source) {
+            Err(TlsError::NoCertificateInPem(_)) => return Err(empty()),
+            other => other?,
+        };
         let mut roots = RootCertStore::empty();
         let (added, _ignored) = roots.add_parsable_certificates(certs);
         if added == 0 {

@@ -1,0 +1,733 @@
+//! TLS: versions, SNI, ALPN, client authentication, handshake timeouts, bad clients,
+//! reload, configuration errors. Certificates are generated at test time (rcgen); no key is
+//! committed. Clients are rustls clients (futures-rustls).
+#![cfg(all(feature = "smol", feature = "tls"))]
+
+mod common;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth::tls::{CertKey, ClientAuth, PemSource, TlsConfig, TlsFailure, TlsVersion};
+use berth::{Builder, CloseReason, Config, ConfigError, Conn, ConnEvent, Error, ServerHandle};
+use common::{Ev, LIMIT, Recorder, SmolRt, connect, run, within};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
+
+/// A CA and certificates it signs.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A certificate chain and key, as PEM and DER.
+#[derive(Clone)]
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki { ca }
+    }
+
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        self.leaf_with(names, |_| {})
+    }
+
+    fn leaf_with(&self, names: &[&str], edit: impl FnOnce(&mut CertificateParams)) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        edit(&mut params);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+}
+
+fn tls_of(leaf: &Leaf) -> TlsConfig {
+    TlsConfig::from_pem(leaf.cert_pem.clone(), leaf.key_pem.clone())
+}
+
+fn client(
+    ca: CertificateDer<'static>,
+    versions: &[&'static SupportedProtocolVersion],
+    alpn: &[&str],
+    identity: Option<&Leaf>,
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(leaf) => {
+            let key = PrivateKeyDer::try_from(
+                rustls::pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes())
+                    .map(|k: PrivateKeyDer<'static>| k)
+                    .unwrap(),
+            )
+            .unwrap();
+            builder
+                .with_client_auth_cert(vec![leaf.der.clone()], key)
+                .unwrap()
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+const BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+const ONLY_12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
+const ONLY_13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+type ClientStream = futures_rustls::client::TlsStream<async_net::TcpStream>;
+
+async fn tls_connect(
+    addr: SocketAddr,
+    name: &str,
+    config: Arc<ClientConfig>,
+) -> io::Result<ClientStream> {
+    let tcp = connect(addr).await;
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    futures_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// Handshake, one echo, and the certificate the server presented. Any failure, at the
+/// handshake or (TLS 1.3 client-auth rejection) at the first read, is an `Err`.
+async fn try_echo(
+    addr: SocketAddr,
+    name: &str,
+    config: Arc<ClientConfig>,
+) -> io::Result<CertificateDer<'static>> {
+    let mut s = tls_connect(addr, name, config).await?;
+    s.write_all(b"ping").await?;
+    s.flush().await?;
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await?;
+    assert_eq!(&back, b"ping");
+    let presented = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    s.close().await?; // close_notify: the server sees a clean end of stream
+    Ok(presented)
+}
+
+/// Echo handler that reports each connection's TLS info.
+fn echo_reporting(
+    tx: async_channel::Sender<Option<berth::tls::TlsInfo>>,
+) -> impl Fn(Conn) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
++ Send
++ Sync
++ 'static {
+    move |mut conn: Conn| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let _ = tx.send(conn.tls().cloned()).await;
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                if conn.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        })
+    }
+}
+
+fn start(
+    config: Config,
+) -> (
+    ServerHandle,
+    Recorder,
+    async_channel::Receiver<Option<berth::tls::TlsInfo>>,
+) {
+    let rec = Recorder::new();
+    let (tx, rx) = async_channel::unbounded();
+    let server = rec
+        .attach(Builder::new(config).runtime(berth::runtime::Smol::global()))
+        .bind()
+        .expect("bind");
+    (server.serve(echo_reporting(tx)), rec, rx)
+}
+
+fn tls_config(tls: TlsConfig) -> Config {
+    Config {
+        tls: Some(tls),
+        ..Config::new("127.0.0.1:0")
+    }
+}
+
+async fn tls_failed(rec: &Recorder) -> TlsFailure {
+    match rec
+        .next("TlsFailed", |e| {
+            matches!(e, Ev::Conn(ConnEvent::TlsFailed { .. }))
+        })
+        .await
+    {
+        Ev::Conn(ConnEvent::TlsFailed { reason, .. }) => reason,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn tls13_and_tls12_echo_with_session_info() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let (handle, rec, infos) = start(tls_config(tls_of(&leaf)));
+        assert!(handle.is_tls());
+        assert!(matches!(
+            rec.log()[0],
+            Ev::Server(berth::ServerEvent::Listening { tls: true, .. })
+        ));
+        let addr = handle.local_addr();
+        for (versions, expected) in [(ONLY_13, TlsVersion::Tls13), (ONLY_12, TlsVersion::Tls12)] {
+            let presented = try_echo(addr, "localhost", client(pki.ca_der(), versions, &[], None))
+                .await
+                .unwrap();
+            assert_eq!(presented, leaf.der);
+            let info = infos
+                .recv()
+                .await
+                .unwrap()
+                .expect("a TLS connection has TLS info");
+            assert_eq!(info.version, expected);
+            assert!(!info.cipher_suite.is_empty());
+            assert_eq!(info.server_name.as_deref(), Some("localhost"));
+            assert!(info.peer_certificates.is_empty());
+        }
+        // Large payload over TLS, byte-exact.
+        let mut s = tls_connect(addr, "localhost", client(pki.ca_der(), BOTH, &[], None))
+            .await
+            .unwrap();
+        let data = common::pattern(3 << 20, 5);
+        let (mut r, mut w) = futures_lite::io::split(&mut s);
+        let send = async {
+            w.write_all(&data).await.unwrap();
+            w.flush().await.unwrap();
+        };
+        let mut back = vec![0u8; data.len()];
+        let recv = async { r.read_exact(&mut back).await.unwrap() };
+        futures_lite::future::zip(send, recv).await;
+        assert!(back == data);
+        let stats = handle.stats();
+        assert_eq!(stats.tls_handshakes, 3);
+        assert_eq!(stats.tls_failures, 0);
+        handle.close().await;
+    });
+}
+
+#[test]
+fn version_pinning_refuses_other_versions() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let tls = TlsConfig {
+            min_version: TlsVersion::Tls13,
+            ..tls_of(&leaf)
+        };
+        let (handle, rec, _infos) = start(tls_config(tls));
+        let addr = handle.local_addr();
+        let refused = try_echo(addr, "localhost", client(pki.ca_der(), ONLY_12, &[], None)).await;
+        assert!(refused.is_err(), "a TLS 1.2-only client must be refused");
+        assert!(matches!(tls_failed(&rec).await, TlsFailure::Handshake(_)));
+        try_echo(addr, "localhost", client(pki.ca_der(), ONLY_13, &[], None))
+            .await
+            .unwrap();
+        handle.close().await;
+    });
+}
+
+#[test]
+fn sni_selects_the_certificate_with_a_default() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let alpha = pki.leaf(&["alpha.test"]);
+        let beta = pki.leaf(&["beta.test", "*.beta.test"]);
+        let entry = |leaf: &Leaf, names: &[&str]| CertKey {
+            cert: PemSource::Pem(leaf.cert_pem.clone()),
+            key: PemSource::Pem(leaf.key_pem.clone()),
+            server_names: names.iter().map(|s| s.to_string()).collect(),
+        };
+        let tls = TlsConfig {
+            certificates: vec![
+                entry(&alpha, &["alpha.test"]),
+                entry(&beta, &["beta.test", "www.beta.test"]),
+            ],
+            ..TlsConfig::default()
+        };
+        let (handle, _rec, infos) = start(tls_config(tls));
+        let addr = handle.local_addr();
+        let c = || client(pki.ca_der(), BOTH, &[], None);
+        assert_eq!(try_echo(addr, "beta.test", c()).await.unwrap(), beta.der);
+        assert_eq!(
+            try_echo(addr, "www.beta.test", c()).await.unwrap(),
+            beta.der
+        );
+        assert_eq!(try_echo(addr, "alpha.test", c()).await.unwrap(), alpha.der);
+        let names: Vec<_> = (0..3)
+            .map(|_| infos.try_recv().unwrap().unwrap().server_name.unwrap())
+            .collect();
+        assert_eq!(names, ["beta.test", "www.beta.test", "alpha.test"]);
+        // An unknown name gets the default (first) certificate, which the client rejects
+        // because it does not cover the name: the fallback is the default, not an error.
+        let unknown = tls_connect(addr, "gamma.test", c()).await;
+        assert!(unknown.is_err());
+        handle.close().await;
+    });
+}
+
+#[test]
+fn alpn_is_negotiated_and_visible() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let tls = TlsConfig {
+            alpn: vec!["h2".into(), "http/1.1".into()],
+            ..tls_of(&leaf)
+        };
+        let (handle, rec, infos) = start(tls_config(tls));
+        let addr = handle.local_addr();
+        let s = tls_connect(
+            addr,
+            "localhost",
+            client(pki.ca_der(), BOTH, &["http/1.1"], None),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let info = within(LIMIT, "tls info", infos.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.alpn.as_deref(), Some(&b"http/1.1"[..]));
+        let established = rec
+            .next("TlsEstablished", |e| {
+                matches!(e, Ev::Conn(ConnEvent::TlsEstablished { .. }))
+            })
+            .await;
+        assert!(matches!(
+            established,
+            Ev::Conn(ConnEvent::TlsEstablished { info, .. }) if info.alpn.as_deref() == Some(&b"http/1.1"[..])
+        ));
+        drop(s);
+        handle.close().await;
+    });
+}
+
+#[test]
+fn client_auth_none_optional_required() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("server-ca");
+        let clients_ca = Pki::new("client-ca");
+        let other_ca = Pki::new("other-ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let good = clients_ca.leaf(&["client.test"]);
+        let wrong = other_ca.leaf(&["client.test"]);
+        for mode in [ClientAuth::None, ClientAuth::Optional, ClientAuth::Required] {
+            let tls = TlsConfig {
+                client_auth: mode,
+                client_ca: (mode != ClientAuth::None).then(|| PemSource::Pem(clients_ca.ca_pem())),
+                ..tls_of(&leaf)
+            };
+            let (handle, _rec, infos) = start(tls_config(tls));
+            let addr = handle.local_addr();
+            for versions in [ONLY_13, ONLY_12] {
+                let attempt = |identity: Option<&Leaf>| {
+                    try_echo(
+                        addr,
+                        "localhost",
+                        client(pki.ca_der(), versions, &[], identity),
+                    )
+                };
+                // No certificate: fine unless required (TLS 1.3 shows the rejection on the
+                // first read, TLS 1.2 at the handshake; try_echo covers both).
+                let none = attempt(None).await;
+                assert_eq!(
+                    none.is_ok(),
+                    mode != ClientAuth::Required,
+                    "{mode:?} {versions:?}"
+                );
+                if none.is_ok() {
+                    let info = infos.recv().await.unwrap().unwrap();
+                    assert!(info.peer_certificates.is_empty());
+                }
+                // A certificate from the trusted CA: always fine; visible when asked for.
+                attempt(Some(&good)).await.unwrap();
+                let info = infos.recv().await.unwrap().unwrap();
+                if mode == ClientAuth::None {
+                    assert!(info.peer_certificates.is_empty());
+                } else {
+                    assert_eq!(info.peer_certificates, vec![good.der.to_vec()]);
+                }
+                // A certificate from another CA: rejected whenever it is verified.
+                let wrong_result = attempt(Some(&wrong)).await;
+                assert_eq!(wrong_result.is_ok(), mode == ClientAuth::None, "{mode:?}");
+                if wrong_result.is_ok() {
+                    infos.recv().await.unwrap();
+                }
+            }
+            // Failed handshakes close on the server's side too: nothing is left to force.
+            let report = handle.close().await;
+            assert_eq!(report.still_open, 0);
+        }
+    });
+}
+
+#[test]
+fn handshake_timeout_drops_silent_and_half_hello_clients() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let config = Config {
+            handshake_timeout: Duration::from_millis(300),
+            ..tls_config(tls_of(&leaf))
+        };
+        let (handle, rec, _infos) = start(config);
+        let addr = handle.local_addr();
+        // Silent: connects and sends nothing.
+        let mut silent = connect(addr).await;
+        let started = std::time::Instant::now();
+        assert_eq!(tls_failed(&rec).await, TlsFailure::Timeout);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        let mut buf = [0u8; 16];
+        assert!(matches!(silent.read(&mut buf).await, Ok(0) | Err(_)));
+        // Half a ClientHello: a record header promising 512 bytes, then only a few.
+        let mut half = connect(addr).await;
+        half.write_all(&[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ])
+        .await
+        .unwrap();
+        assert_eq!(tls_failed(&rec).await, TlsFailure::Timeout);
+        assert!(matches!(half.read(&mut buf).await, Ok(0) | Err(_)));
+        let (_, reason) = rec.closed().await;
+        assert_eq!(reason, CloseReason::TlsFailed);
+        assert_eq!(handle.open_connections(), 0);
+        assert_eq!(handle.stats().tls_failures, 2);
+        handle.close().await;
+    });
+}
+
+#[test]
+fn two_hundred_silent_clients_do_not_delay_a_good_one() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let (handle, rec, _infos) = start(tls_config(tls_of(&leaf))); // 10 s handshake timeout
+        let addr = handle.local_addr();
+        let mut silent = Vec::new();
+        for _ in 0..200 {
+            silent.push(connect(addr).await);
+        }
+        for _ in 0..200 {
+            rec.accepted().await;
+        }
+        // All 200 are mid-handshake (none timed out: the timeout is 10 s) and a good client
+        // is served at once.
+        try_echo(addr, "localhost", client(pki.ca_der(), BOTH, &[], None))
+            .await
+            .unwrap();
+        assert!(handle.open_connections() >= 200);
+        assert_eq!(handle.stats().tls_failures, 0);
+        // The good client has gone; wait for its connection to close before counting.
+        let (_, reason) = rec.closed().await;
+        assert_eq!(reason, CloseReason::PeerClosed);
+        let report = handle.close().await;
+        assert_eq!(
+            report.forced, 200,
+            "connections mid-handshake are forced at close"
+        );
+        let failures = rec
+            .log()
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Ev::Conn(ConnEvent::TlsFailed {
+                        reason: TlsFailure::Shutdown,
+                        ..
+                    })
+                )
+            })
+            .count();
+        assert_eq!(failures, 200);
+    });
+}
+
+#[test]
+fn garbage_and_plain_text_fail_only_their_connection() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let (handle, rec, _infos) = start(tls_config(tls_of(&leaf)));
+        let addr = handle.local_addr();
+        for junk in [
+            common::pattern(4096, 1),
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+            b"hello server\n".to_vec(),
+        ] {
+            let mut c = connect(addr).await;
+            c.write_all(&junk).await.unwrap();
+            assert!(matches!(tls_failed(&rec).await, TlsFailure::Handshake(_)));
+            let mut buf = [0u8; 64];
+            // The server may answer with an alert before closing; either way it ends.
+            while let Ok(1..) = c.read(&mut buf).await {}
+        }
+        try_echo(addr, "localhost", client(pki.ca_der(), BOTH, &[], None))
+            .await
+            .unwrap();
+        assert_eq!(handle.stats().tls_failures, 3);
+        assert_eq!(handle.stats().closed_by(CloseReason::TlsFailed), 3);
+        handle.close().await;
+    });
+}
+
+#[test]
+fn reload_changes_the_certificate_for_new_connections_only() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let first = pki.leaf(&["localhost"]);
+        let second = pki.leaf(&["localhost"]);
+        let (handle, _rec, _infos) = start(tls_config(tls_of(&first)));
+        let addr = handle.local_addr();
+        let c = || client(pki.ca_der(), BOTH, &[], None);
+        let mut established = tls_connect(addr, "localhost", c()).await.unwrap();
+        assert_eq!(
+            established.get_ref().1.peer_certificates().unwrap()[0],
+            first.der
+        );
+
+        handle.reload_tls(&tls_of(&second)).unwrap();
+        assert_eq!(try_echo(addr, "localhost", c()).await.unwrap(), second.der);
+        // The established session is unaffected.
+        established.write_all(b"ping").await.unwrap();
+        established.flush().await.unwrap();
+        let mut back = [0u8; 4];
+        established.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"ping");
+
+        // A reload that fails validation keeps the current configuration.
+        let broken = TlsConfig::from_pem_files("/nonexistent/cert.pem", "/nonexistent/key.pem");
+        let err = handle.reload_tls(&broken).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+        let mismatched = TlsConfig::from_pem(first.cert_pem.clone(), second.key_pem.clone());
+        assert!(matches!(
+            handle.reload_tls(&mismatched),
+            Err(Error::Tls(berth::tls::TlsError::KeyMismatch { .. }))
+        ));
+        assert_eq!(try_echo(addr, "localhost", c()).await.unwrap(), second.der);
+        handle.close().await;
+    });
+}
+
+#[test]
+fn reload_of_a_plain_server_is_refused() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let (handle, _rec, _infos) = start(Config::new("127.0.0.1:0"));
+        assert!(!handle.is_tls());
+        assert!(matches!(
+            handle.reload_tls(&tls_of(&leaf)),
+            Err(Error::Tls(berth::tls::TlsError::NotEnabled))
+        ));
+        handle.close().await;
+    });
+}
+
+#[test]
+fn user_built_rustls_config_is_served() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let (config, _) = tls_of(&leaf).load().unwrap();
+        let (tx, _rx) = async_channel::unbounded();
+        let handle = Builder::new(Config::new("127.0.0.1:0"))
+            .runtime(berth::runtime::Smol::global())
+            .tls_server_config(config)
+            .bind()
+            .unwrap()
+            .serve(echo_reporting(tx));
+        try_echo(
+            handle.local_addr(),
+            "localhost",
+            client(pki.ca_der(), BOTH, &[], None),
+        )
+        .await
+        .unwrap();
+        handle.close().await;
+    });
+}
+
+#[test]
+fn tls_configuration_errors_name_the_problem() {
+    let pki = Pki::new("ca");
+    let leaf = pki.leaf(&["localhost"]);
+    let other = pki.leaf(&["localhost"]);
+    let dir = std::env::temp_dir().join(format!("berth-tls-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert_file = dir.join("cert.pem");
+    let key_file = dir.join("key.pem");
+    std::fs::write(&cert_file, &leaf.cert_pem).unwrap();
+    std::fs::write(&key_file, &leaf.key_pem).unwrap();
+    let bind = |tls: TlsConfig| {
+        Builder::new(tls_config(tls))
+            .runtime(berth::runtime::Smol::global())
+            .bind()
+            .map(|_| ())
+    };
+    // From files: works.
+    bind(TlsConfig::from_pem_files(&cert_file, &key_file)).unwrap();
+
+    let message = |tls: TlsConfig| bind(tls).unwrap_err().to_string();
+    let missing = message(TlsConfig::from_pem_files(dir.join("nope.pem"), &key_file));
+    assert!(missing.contains("nope.pem"), "{missing}");
+    let no_cert = message(TlsConfig::from_pem(
+        leaf.key_pem.clone(),
+        leaf.key_pem.clone(),
+    ));
+    assert!(no_cert.contains("no certificate found"), "{no_cert}");
+    let no_key = message(TlsConfig::from_pem(
+        leaf.cert_pem.clone(),
+        leaf.cert_pem.clone(),
+    ));
+    assert!(no_key.contains("no private key found"), "{no_key}");
+    let garbled = message(TlsConfig::from_pem(
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        leaf.key_pem.clone(),
+    ));
+    assert!(garbled.contains("in-memory PEM"), "{garbled}");
+    let mismatch = message(TlsConfig::from_pem(
+        leaf.cert_pem.clone(),
+        other.key_pem.clone(),
+    ));
+    assert!(mismatch.contains("does not match"), "{mismatch}");
+    let inverted = message(TlsConfig {
+        min_version: TlsVersion::Tls13,
+        max_version: TlsVersion::Tls12,
+        ..tls_of(&leaf)
+    });
+    assert!(inverted.contains("min_version"), "{inverted}");
+    let cipher = message(TlsConfig {
+        cipher_suites: vec!["TLS_NOT_A_SUITE".into()],
+        ..tls_of(&leaf)
+    });
+    assert!(
+        cipher.contains("TLS_NOT_A_SUITE") && cipher.contains("TLS13_"),
+        "{cipher}"
+    );
+    bind(TlsConfig {
+        cipher_suites: vec!["TLS13_AES_256_GCM_SHA384".into()],
+        ..tls_of(&leaf)
+    })
+    .unwrap();
+    for ca in [None, Some(PemSource::Pem(String::new()))] {
+        let empty_ca = message(TlsConfig {
+            client_auth: ClientAuth::Required,
+            client_ca: ca,
+            ..tls_of(&leaf)
+        });
+        assert!(empty_ca.contains("client CA bundle"), "{empty_ca}");
+    }
+    let none = message(TlsConfig::default());
+    assert!(none.contains("no certificate is configured"), "{none}");
+    let bad_sni = message(TlsConfig {
+        certificates: vec![CertKey {
+            cert: PemSource::Pem(leaf.cert_pem.clone()),
+            key: PemSource::Pem(leaf.key_pem.clone()),
+            server_names: vec!["not-covered.test".into()],
+        }],
+        ..TlsConfig::default()
+    });
+    assert!(bad_sni.contains("not-covered.test"), "{bad_sni}");
+    // Typed, too.
+    assert!(matches!(
+        bind(TlsConfig::default()),
+        Err(Error::Tls(berth::tls::TlsError::NoCertificates))
+    ));
+    assert!(matches!(
+        Builder::new(Config {
+            handshake_timeout: Duration::ZERO,
+            ..tls_config(tls_of(&leaf))
+        })
+        .bind(),
+        Err(Error::Config(ConfigError::ZeroHandshakeTimeout))
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn expired_certificate_is_reported_at_load() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let expired = pki.leaf_with(&["localhost"], |p| {
+            p.not_before = rcgen::date_time_ymd(2001, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2002, 1, 1);
+        });
+        let rec = Recorder::new();
+        let server = rec
+            .attach(
+                Builder::new(tls_config(tls_of(&expired))).runtime(berth::runtime::Smol::global()),
+            )
+            .bind()
+            .expect("an expired certificate is a warning, not a bind failure");
+        let warning = rec.error().await;
+        assert!(warning.contains("outside its validity period"), "{warning}");
+        drop(server);
+    });
+}
+
+#[test]
+fn tls_config_is_serde() {
+    let text = r#"
+        address = "127.0.0.1:0"
+        handshake_timeout = "5s"
+        [tls]
+        min_version = "1.3"
+        alpn = ["h2"]
+        client_auth = "optional"
+        client_ca = { path = "/etc/berth/clients.pem" }
+        [[tls.certificates]]
+        cert = { path = "/etc/berth/cert.pem" }
+        key = { path = "/etc/berth/key.pem" }
+        server_names = ["example.test"]
+    "#;
+    let config: Config = toml::from_str(text).unwrap();
+    let tls = config.tls.clone().unwrap();
+    assert_eq!(tls.min_version, TlsVersion::Tls13);
+    assert_eq!(tls.client_auth, ClientAuth::Optional);
+    assert_eq!(config.handshake_timeout, Duration::from_secs(5));
+    let back: Config = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+    assert_eq!(back, config);
+    // In-memory PEM never shows up in Debug output (it may be a private key).
+    let secret = TlsConfig::from_pem("CERT", "SECRET KEY");
+    assert!(!format!("{secret:?}").contains("SECRET"));
+}
