@@ -89,12 +89,8 @@ fn client(
     let mut config = match identity {
         None => builder.with_no_client_auth(),
         Some(leaf) => {
-            let key = PrivateKeyDer::try_from(
-                rustls::pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes())
-                    .map(|k: PrivateKeyDer<'static>| k)
-                    .unwrap(),
-            )
-            .unwrap();
+            let key: PrivateKeyDer<'static> =
+                rustls::pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
             builder
                 .with_client_auth_cert(vec![leaf.der.clone()], key)
                 .unwrap()
