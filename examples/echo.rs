@@ -9,6 +9,15 @@
 //! Prints `listening on ADDR` once bound, echoes every byte back, and on SIGTERM or SIGINT
 //! shuts down gracefully (each connection stops at the end of its current chunk), prints a
 //! one-line summary and exits 0. Bad flags print one error line and exit non-zero.
+//!
+//! TLS in one command: `--self-signed DIR` writes a throwaway CA (`DIR/ca.pem`) and a
+//! certificate for localhost/127.0.0.1 (`DIR/cert.pem`, `DIR/key.pem`), reusing them if they
+//! exist, and serves TLS with them:
+//!
+//! ```text
+//! cargo run --release --example echo -- --self-signed /tmp/berth-tls
+//! openssl s_client -connect 127.0.0.1:7000 -CAfile /tmp/berth-tls/ca.pem -quiet
+//! ```
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -17,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_signal::{Signal, Signals};
+use berth::tls::{ClientAuth, PemSource, TlsConfig};
 use berth::{Config, Conn, Server};
 use clap::Parser;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
@@ -52,6 +62,10 @@ struct Args {
     /// Accept at most this many connections at once.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Serve TLS with a throwaway CA and localhost certificate kept in DIR (created if
+    /// missing); trust DIR/ca.pem in clients.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_key"])]
+    self_signed: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -79,12 +93,29 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    if args.tls_cert.is_some() || args.client_ca.is_some() {
-        return Err("TLS is not supported yet: --tls-cert, --tls-key and --client-ca are reserved for the TLS release".into());
+    let files = match (&args.self_signed, &args.tls_cert, &args.tls_key) {
+        (Some(dir), _, _) => Some(self_signed(dir)?),
+        (None, Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => None,
+    };
+    let tls = files.map(|(cert, key)| TlsConfig {
+        client_auth: if args.client_ca.is_some() {
+            ClientAuth::Required
+        } else {
+            ClientAuth::None
+        },
+        client_ca: args.client_ca.clone().map(PemSource::Path),
+        ..TlsConfig::from_pem_files(cert, key)
+    });
+    if args.client_ca.is_some() && tls.is_none() {
+        return Err(
+            "--client-ca needs TLS: add --tls-cert and --tls-key (or --self-signed DIR)".into(),
+        );
     }
-    let _ = args.handshake_timeout; // only meaningful with TLS
 
     let config = Config {
+        tls,
+        handshake_timeout: args.handshake_timeout,
         address: args.addr,
         idle_timeout: args.idle_timeout,
         drain_timeout: args.drain_timeout,
@@ -145,6 +176,42 @@ fn run(args: Args) -> Result<(), String> {
         println!("{summary}");
     });
     Ok(())
+}
+
+/// Creates (or reuses) DIR/ca.pem, DIR/cert.pem and DIR/key.pem; returns cert and key paths.
+fn self_signed(dir: &std::path::Path) -> Result<(PathBuf, PathBuf), String> {
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    if ca.exists() && cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let generate = || -> Result<(String, String, String), rcgen::Error> {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "berth echo throwaway CA");
+        let issuer = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
+        let key = rcgen::KeyPair::generate()?;
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
+            .signed_by(&key, &issuer)?;
+        Ok((issuer.pem(), leaf.pem(), key.serialize_pem()))
+    };
+    let (ca_pem, cert_pem, key_pem) =
+        generate().map_err(|e| format!("cannot generate a certificate: {e}"))?;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&ca, ca_pem))
+        .and_then(|()| std::fs::write(&cert, cert_pem))
+        .and_then(|()| std::fs::write(&key, key_pem))
+        .map_err(|e| format!("cannot write certificates to {}: {e}", dir.display()))?;
+    eprintln!(
+        "echo: wrote a throwaway CA to {} (trust it in clients)",
+        ca.display()
+    );
+    Ok((cert, key))
 }
 
 /// Echoes until the peer closes, I/O fails, or the server drains (after the chunk in hand).

@@ -172,3 +172,97 @@ fn echo_defaults_to_loopback_port_7000() {
         }
     }
 }
+
+/// Whether `openssl` can run. Under CI a missing openssl fails the test (CI installs it);
+/// locally the test is skipped with a loud message.
+fn openssl_available() -> bool {
+    let ok = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "openssl is required when CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: openssl is not installed; install it to run the interop tests");
+    }
+    ok
+}
+
+/// Sends one line through `openssl s_client` and waits for it to come back.
+fn s_client_echo(addr: &str, version_flag: &str, ca: &std::path::Path) -> Result<(), String> {
+    let mut client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            addr,
+            version_flag,
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(ca)
+        .args(["-verify_return_error", "-quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    let out = client.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = format!("hello over {version_flag}");
+    let mut stdin = client.stdin.take().unwrap();
+    writeln!(stdin, "{line}").unwrap();
+    let got = rx.recv_timeout(WAIT);
+    let _ = client.kill();
+    let _ = client.wait();
+    match got {
+        Ok(l) if l == line => Ok(()),
+        other => Err(format!("{version_flag}: expected {line:?}, got {other:?}")),
+    }
+}
+
+#[test]
+fn openssl_s_client_interoperates_over_tls12_and_tls13() {
+    if !openssl_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("berth-openssl-{}", std::process::id()));
+    let echo = Echo::spawn(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--self-signed",
+        dir.to_str().unwrap(),
+    ]);
+    let addr = echo.line().replace("listening on ", "");
+    for version in ["-tls1_3", "-tls1_2"] {
+        s_client_echo(&addr, version, &dir.join("ca.pem")).unwrap();
+    }
+    // The same certificate files through --tls-cert/--tls-key, with client auth required:
+    // s_client without a certificate is refused.
+    drop(echo);
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let ca = dir.join("ca.pem");
+    let mtls = Echo::spawn(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--client-ca",
+        ca.to_str().unwrap(),
+    ]);
+    let addr = mtls.line().replace("listening on ", "");
+    assert!(s_client_echo(&addr, "-tls1_3", &ca).is_err());
+    assert!(s_client_echo(&addr, "-tls1_2", &ca).is_err());
+    drop(mtls);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
