@@ -1,6 +1,6 @@
 //! The floor berth is measured against: a bare async-net + async-executor echo loop with
-//! the echo example's `--addr` and `--threads` flags. No limits, no idle reaping, no
-//! shutdown: just accept, spawn, copy.
+//! the echo example's `--addr`, `--threads`, `--tls-cert` and `--tls-key` flags. No limits,
+//! no idle reaping, no shutdown: just accept, spawn, (handshake,) copy.
 //!
 //! `cargo bench --bench bare_smol -- --addr 127.0.0.1:7001 --threads 1`
 
@@ -16,6 +16,12 @@ struct Args {
     addr: String,
     #[arg(long)]
     threads: Option<usize>,
+    /// Serve TLS (futures-rustls, ring) with this certificate chain...
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// ...and this key.
+    #[arg(long)]
+    tls_key: Option<std::path::PathBuf>,
     /// Ignored: `cargo bench` passes it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -26,6 +32,24 @@ fn main() {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let tls = args.tls_cert.as_ref().map(|cert| {
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(args.tls_key.as_ref().unwrap())
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        futures_rustls::TlsAcceptor::from(Arc::new(config))
+    });
     let ex = Arc::new(async_executor::Executor::new());
     for _ in 1..threads {
         let ex = ex.clone();
@@ -38,19 +62,31 @@ fn main() {
         println!("listening on {}", listener.local_addr().unwrap());
         std::io::stdout().flush().unwrap();
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            let tls = tls.clone();
             ex.spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    if stream.write_all(&buf[..n]).await.is_err() {
-                        break;
+                match tls {
+                    None => echo(stream).await,
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            echo(stream).await;
+                        }
                     }
                 }
             })
             .detach();
         }
     }));
+}
+
+async fn echo(mut stream: impl futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+        if stream.write_all(&buf[..n]).await.is_err() || stream.flush().await.is_err() {
+            break;
+        }
+    }
 }

@@ -8,6 +8,9 @@
 //! `echo`: closed-loop ping-pong on N connections; every reply is byte-checked. Prints
 //! requests/s and latency percentiles, plus the server's CPU time per request when `--pid`
 //! is given (read from /proc, so it is the server's own cost, not the client's).
+//! `connect`: N workers each loop connect (+ full TLS handshake, no resumption), one echo,
+//! close; prints connections/s.
+//! With `--tls-ca CA.pem`, `echo` and `connect` speak TLS (server name "localhost").
 //! `idle`: opens N connections (spread over 127.0.0.x source addresses), confirms each with
 //! one echo, then reports the server's RSS growth per connection.
 
@@ -38,6 +41,24 @@ enum Mode {
         /// Server pid, to report its CPU time per request.
         #[arg(long)]
         pid: Option<u32>,
+        /// Speak TLS, trusting this CA.
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
+        #[arg(long, hide = true)]
+        bench: bool,
+    },
+    /// Connect, (full TLS handshake,) one echo, close; in a loop on N workers.
+    Connect {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 50)]
+        conns: usize,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
         #[arg(long, hide = true)]
         bench: bool,
     },
@@ -83,22 +104,128 @@ fn main() {
             size,
             secs,
             pid,
+            tls_ca,
             ..
-        } => echo(addr, conns, size, Duration::from_secs_f64(secs), pid),
+        } => echo(
+            addr,
+            conns,
+            size,
+            Duration::from_secs_f64(secs),
+            pid,
+            tls(tls_ca),
+        ),
+        Mode::Connect {
+            addr,
+            conns,
+            secs,
+            pid,
+            tls_ca,
+            ..
+        } => connect_rate(addr, conns, Duration::from_secs_f64(secs), pid, tls(tls_ca)),
         Mode::Idle {
             addr, conns, pid, ..
         } => idle(addr, conns, pid),
     }
 }
 
-fn echo(addr: SocketAddr, conns: usize, size: usize, secs: Duration, pid: Option<u32>) {
+trait Io: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin {}
+impl<T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> Io for T {}
+
+/// A TLS client without session resumption: every connection is a full handshake.
+fn tls(ca: Option<std::path::PathBuf>) -> Option<futures_rustls::TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    let ca = ca?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca).expect("read CA") {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Some(futures_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
+async fn open(addr: SocketAddr, tls: &Option<futures_rustls::TlsConnector>) -> Box<dyn Io> {
+    let s = async_net::TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).unwrap();
+    match tls {
+        None => Box::new(s),
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            Box::new(connector.connect(name, s).await.expect("TLS handshake"))
+        }
+    }
+}
+
+fn connect_rate(
+    addr: SocketAddr,
+    workers: usize,
+    secs: Duration,
+    pid: Option<u32>,
+    tls: Option<futures_rustls::TlsConnector>,
+) {
+    let ex = async_executor::LocalExecutor::new();
+    let (done, elapsed, cpu) = async_io::block_on(ex.run(async {
+        let cpu0 = pid.map(cpu_us);
+        let start = Instant::now();
+        let deadline = start + secs;
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let tls = tls.clone();
+                ex.spawn(async move {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let mut s = open(addr, &tls).await;
+                        s.write_all(b"ping").await.expect("write");
+                        s.flush().await.expect("flush");
+                        let mut back = [0u8; 4];
+                        s.read_exact(&mut back).await.expect("read");
+                        assert_eq!(&back, b"ping");
+                        let _ = s.close().await;
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut done = 0;
+        for t in tasks {
+            done += t.await;
+        }
+        let elapsed = start.elapsed();
+        (done, elapsed, pid.map(|p| cpu_us(p) - cpu0.unwrap()))
+    }));
+    print!(
+        "connect workers={workers} tls={} connections={done} conn/s={:.0}",
+        tls.is_some(),
+        done as f64 / elapsed.as_secs_f64()
+    );
+    if let Some(cpu) = cpu {
+        print!(" server_cpu_us_per_conn={:.1}", cpu as f64 / done as f64);
+    }
+    println!();
+}
+
+fn echo(
+    addr: SocketAddr,
+    conns: usize,
+    size: usize,
+    secs: Duration,
+    pid: Option<u32>,
+    tls: Option<futures_rustls::TlsConnector>,
+) {
     let ex = async_executor::LocalExecutor::new();
     let (latencies, elapsed, cpu) = async_io::block_on(ex.run(async {
         let mut streams = Vec::new();
         for _ in 0..conns {
-            let s = async_net::TcpStream::connect(addr).await.expect("connect");
-            s.set_nodelay(true).unwrap();
-            streams.push(s);
+            streams.push(open(addr, &tls).await);
         }
         let cpu0 = pid.map(cpu_us);
         let start = Instant::now();
@@ -114,6 +241,7 @@ fn echo(addr: SocketAddr, conns: usize, size: usize, secs: Duration, pid: Option
                     while Instant::now() < deadline {
                         let t = Instant::now();
                         s.write_all(&msg).await.expect("write");
+                        s.flush().await.expect("flush");
                         s.read_exact(&mut back).await.expect("read");
                         assert!(back == msg, "echo mismatch");
                         lat.push(t.elapsed().as_nanos() as u64);
