@@ -1,9 +1,9 @@
 //! The `Listener` seam: where connections come from.
 //!
 //! The core's accept loop is generic over [`Listener`], so a stream type is known statically
-//! on the hot path, and the same server runs over real TCP ([`TcpListener`]), over turmoil's
-//! simulated TCP (the `berth-sim` crate), or over anything else that yields futures-io
-//! streams.
+//! on the hot path, and the same server runs over real TCP (`TcpListener` on async-net,
+//! `TokioTcpListener` on tokio), over turmoil's simulated TCP (the `berth-sim` crate), or over
+//! anything else that yields futures-io streams.
 
 use std::future::Future;
 use std::io;
@@ -11,10 +11,16 @@ use std::net::SocketAddr;
 
 use futures_io::{AsyncRead, AsyncWrite};
 
+#[cfg(feature = "socket")]
+mod socket;
 #[cfg(feature = "tcp")]
 mod tcp;
+#[cfg(feature = "tokio")]
+mod tokio;
 #[cfg(feature = "tcp")]
 pub use tcp::TcpListener;
+#[cfg(feature = "tokio")]
+pub use tokio::TokioTcpListener;
 
 /// A source of connections.
 ///

@@ -11,7 +11,9 @@
 //!
 //! Adapters, each behind a cargo feature:
 //! - [`Smol`] (feature `smol`, default): async-executor tasks and async-io timers;
-//! - [`AsyncStd`] (feature `async-std`).
+//! - [`AsyncStd`] (feature `async-std`);
+//! - [`Tokio`] (feature `tokio`);
+//! - `berth_sim::Sim` (the `berth-sim` crate): turmoil's simulated hosts and clock.
 //!
 //! Implementing it for another runtime takes three short methods; see the trait docs.
 
@@ -24,11 +26,15 @@ use std::time::{Duration, Instant};
 mod async_std;
 #[cfg(feature = "smol")]
 mod smol;
+#[cfg(feature = "tokio")]
+mod tokio;
 
 #[cfg(feature = "async-std")]
 pub use self::async_std::AsyncStd;
 #[cfg(feature = "smol")]
 pub use self::smol::Smol;
+#[cfg(feature = "tokio")]
+pub use self::tokio::Tokio;
 
 /// A boxed, sendable future, as [`Runtime`] takes and returns them.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -39,6 +45,8 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 /// - [`spawn`](Runtime::spawn) runs the future to completion (or until the runtime shuts
 ///   down) without the caller awaiting anything; the future may be polled from any thread
 ///   the runtime uses. Panics never reach the runtime: berth catches them inside the task.
+///   `spawn` must not panic: if the runtime is gone (shutting down, a crashed simulated
+///   host), drop the future instead; berth keeps its bookkeeping in `Drop` for that case.
 /// - [`sleep`](Runtime::sleep) completes no earlier than `duration` after it is first polled,
 ///   as measured by [`now`](Runtime::now).
 /// - [`now`](Runtime::now) is monotonic and is the same clock `sleep` uses. A simulator

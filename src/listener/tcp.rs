@@ -1,11 +1,8 @@
-//! Real TCP: an async-net listener whose socket is built with socket2, so the backlog,
-//! `SO_REUSEADDR` and `SO_REUSEPORT` are ours to choose (async-net's own `bind` fixes the
-//! backlog at 128 and never sets `SO_REUSEPORT`).
+//! Real TCP on async-net (the smol and async-std adapters' reactor). The socket is built by
+//! [`socket::bind_std`](super::socket::bind_std).
 
 use std::io;
 use std::net::SocketAddr;
-
-use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{Accepted, Listener};
 use crate::config::Config;
@@ -27,29 +24,15 @@ impl TcpListener {
     /// Errors: [`Error::Config`] for an invalid config, [`Error::Bind`] when the operating
     /// system refuses (address in use, no permission, address not local).
     pub fn bind(config: &Config) -> Result<Self, Error> {
-        config.validate()?;
-        let addr = config.resolve_address()?;
-        let bind_err = |source| Error::Bind { addr, source };
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(bind_err)?;
-        // SO_REUSEADDR lets a restarted server bind while old connections sit in TIME-WAIT;
-        // on Unix it never allows two live listeners on one port (that is SO_REUSEPORT).
-        #[cfg(unix)]
-        socket.set_reuse_address(true).map_err(bind_err)?;
-        #[cfg(all(
-            unix,
-            not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
-        ))]
-        if config.reuse_port {
-            socket.set_reuse_port(true).map_err(bind_err)?;
-        }
-        socket.bind(&addr.into()).map_err(bind_err)?;
-        // validate() checked that the backlog fits in an i32.
-        let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
-        socket.listen(backlog).map_err(bind_err)?;
-        socket.set_nonblocking(true).map_err(bind_err)?;
-        let inner = async_net::TcpListener::try_from(std::net::TcpListener::from(socket))
-            .map_err(bind_err)?;
+        let std = super::socket::bind_std(config)?;
+        let addr = std.local_addr().map_err(|source| Error::Bind {
+            addr: config
+                .resolve_address()
+                .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
+            source,
+        })?;
+        let inner =
+            async_net::TcpListener::try_from(std).map_err(|source| Error::Bind { addr, source })?;
         Ok(TcpListener {
             inner,
             nodelay: config.nodelay,

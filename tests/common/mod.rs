@@ -46,6 +46,33 @@ impl Rt for AsyncStdRt {
     }
 }
 
+#[cfg(feature = "tokio")]
+pub struct TokioRt;
+#[cfg(feature = "tokio")]
+impl TokioRt {
+    pub fn rt() -> &'static tokio::runtime::Runtime {
+        static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        RT.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+        })
+    }
+}
+#[cfg(feature = "tokio")]
+impl Rt for TokioRt {
+    const NAME: &'static str = "tokio";
+    type Runtime = berth::runtime::Tokio;
+    fn runtime() -> Self::Runtime {
+        berth::runtime::Tokio::from_handle(Self::rt().handle().clone())
+    }
+    fn block_on<T>(f: impl Future<Output = T>) -> T {
+        Self::rt().block_on(f)
+    }
+}
+
 /// Every test body runs under this bound, so a bug shows as a failure, not a hung CI.
 pub const LIMIT: Duration = Duration::from_secs(30);
 

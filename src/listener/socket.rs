@@ -1,0 +1,34 @@
+//! Listening sockets built with socket2, so the backlog, `SO_REUSEADDR` and `SO_REUSEPORT`
+//! are ours to choose (async-net's own `bind` fixes the backlog at 128 and never sets
+//! `SO_REUSEPORT`; tokio's uses 1024). Shared by every TCP listener.
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// Validates `config` and returns a bound, listening, non-blocking std listener.
+pub(crate) fn bind_std(config: &Config) -> Result<std::net::TcpListener, Error> {
+    config.validate()?;
+    let addr = config.resolve_address()?;
+    let bind_err = |source| Error::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(bind_err)?;
+    // SO_REUSEADDR lets a restarted server bind while old connections sit in TIME-WAIT; on
+    // Unix it never allows two live listeners on one port (that is SO_REUSEPORT).
+    #[cfg(unix)]
+    socket.set_reuse_address(true).map_err(bind_err)?;
+    #[cfg(all(
+        unix,
+        not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+    ))]
+    if config.reuse_port {
+        socket.set_reuse_port(true).map_err(bind_err)?;
+    }
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    // validate() checked that the backlog fits in an i32.
+    let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
+    socket.listen(backlog).map_err(bind_err)?;
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    Ok(socket.into())
+}

@@ -1,0 +1,58 @@
+//! Real TCP on tokio's reactor, bridged to futures-io with tokio-util's compat layer.
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+
+use super::{Accepted, Listener};
+use crate::config::Config;
+use crate::error::Error;
+
+/// A TCP listener on tokio's reactor, built from a [`Config`] like
+/// [`TcpListener`](super::TcpListener). Must be created inside a tokio runtime.
+#[derive(Debug)]
+pub struct TokioTcpListener {
+    inner: tokio::net::TcpListener,
+    nodelay: bool,
+}
+
+impl TokioTcpListener {
+    /// Validates `config` and binds its address. Call it inside a tokio runtime.
+    pub fn bind(config: &Config) -> Result<Self, Error> {
+        let std = super::socket::bind_std(config)?;
+        let addr = std.local_addr().map_err(|source| Error::Bind {
+            addr: config
+                .resolve_address()
+                .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
+            source,
+        })?;
+        let inner = tokio::net::TcpListener::from_std(std)
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(TokioTcpListener {
+            inner,
+            nodelay: config.nodelay,
+        })
+    }
+}
+
+impl Listener for TokioTcpListener {
+    type Stream = Compat<tokio::net::TcpStream>;
+
+    async fn accept(&self) -> io::Result<Accepted<Self::Stream>> {
+        let (stream, peer_addr) = self.inner.accept().await?;
+        if self.nodelay {
+            stream.set_nodelay(true)?;
+        }
+        let local_addr = stream.local_addr()?;
+        Ok(Accepted {
+            stream: stream.compat(),
+            peer_addr,
+            local_addr,
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}

@@ -1,0 +1,77 @@
+//! The integration suite on the tokio adapter, plus the tokio listener.
+#![cfg(feature = "tokio")]
+
+mod common;
+mod suite;
+
+all_tests!(common::TokioRt);
+
+/// The tokio listener end to end: tokio clients, echo, counting, graceful shutdown.
+#[test]
+fn tokio_listener_serves_and_drains() {
+    use berth::{Builder, Config, Conn, listener::TokioTcpListener, runtime::Tokio};
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    common::TokioRt::rt().block_on(async {
+        tokio::time::timeout(common::LIMIT, async {
+            let config = Config::new("127.0.0.1:0");
+            let listener = TokioTcpListener::bind(&config).unwrap();
+            let rec = common::Recorder::new();
+            let handle = rec
+                .attach(Builder::new(config).runtime(Tokio::current().unwrap()))
+                .listener(listener)
+                .unwrap()
+                .serve(|mut conn: Conn| async move {
+                    let mut draining = conn.draining();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let read = async { Some(conn.read(&mut buf).await) };
+                        let drained = async {
+                            (&mut draining).await;
+                            None
+                        };
+                        match futures_lite::FutureExt::or(read, drained).await {
+                            Some(Ok(n @ 1..)) => {
+                                if conn.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            _ => return,
+                        }
+                    }
+                });
+            let addr = handle.local_addr();
+            let mut clients = Vec::new();
+            for i in 0..20u8 {
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                c.write_all(&[i; 100]).await.unwrap();
+                let mut back = [0u8; 100];
+                c.read_exact(&mut back).await.unwrap();
+                assert_eq!(back, [i; 100]);
+                clients.push(c);
+            }
+            assert_eq!(handle.open_connections(), 20);
+            let closers = clients
+                .into_iter()
+                .map(|mut c| {
+                    tokio::spawn(async move {
+                        let mut sink = Vec::new();
+                        let _ = c.read_to_end(&mut sink).await; // EOF when drained
+                    })
+                })
+                .collect::<Vec<_>>();
+            let report = handle
+                .shutdown(std::time::Duration::from_secs(3600))
+                .await
+                .unwrap();
+            assert_eq!((report.drained, report.forced), (20, 0));
+            for c in closers {
+                c.await.unwrap();
+            }
+            assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        })
+        .await
+        .expect("test timed out");
+    });
+}
