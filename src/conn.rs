@@ -178,7 +178,9 @@ impl Conn {
     }
 
     /// A future that completes when the server starts a graceful shutdown (at once if it
-    /// already has). Race it against reads to stop between units of work:
+    /// already has). Race it against reads to stop while waiting for the next request, and
+    /// check [`is_draining`](Self::is_draining) after each request too: when requests are
+    /// pipelined the next read is always ready, so the race alone would never stop.
     ///
     /// ```no_run
     /// # async fn f(mut conn: berth::Conn) {
@@ -191,6 +193,9 @@ impl Conn {
     ///     match read.or(drained).await {
     ///         Some(Ok(n)) if n > 0 => { /* handle &buf[..n] */ }
     ///         _ => return, // EOF, error, or shutdown
+    ///     }
+    ///     if conn.is_draining() {
+    ///         return; // the request in hand is done: stop before the next one
     ///     }
     /// }
     /// # }

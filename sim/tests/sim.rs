@@ -1,0 +1,598 @@
+//! berth's real server under turmoil: latency, idle timeouts, partitions, held links, client
+//! crashes, drain, server bounce, TLS, determinism, and a randomized campaign. Every sim is
+//! seeded and bounded by `simulation_duration`; no assertion looks at wall-clock time.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth::{Builder, CloseReason, Config, Conn, ConnEvent, Error, ServerEvent, ServerHandle};
+use berth_sim::{Event, Recorder};
+use futures_lite::io::BufReader;
+use futures_lite::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, FutureExt};
+
+type Shared<T> = Arc<Mutex<T>>;
+
+fn sim(seed: u64, limit: Duration) -> turmoil::Builder {
+    let mut b = turmoil::Builder::new();
+    b.rng_seed(seed)
+        .simulation_duration(limit)
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(1));
+    b
+}
+
+/// Echo that stops between chunks when the server drains.
+async fn echo(mut conn: Conn) {
+    let mut draining = conn.draining();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let read = async { Some(conn.read(&mut buf).await) };
+        let drained = async {
+            (&mut draining).await;
+            None
+        };
+        let n = match read.or(drained).await {
+            Some(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        if conn.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Starts a recorded echo server on "server":7000 and stores its handle for the test.
+fn echo_server(
+    sim: &mut turmoil::Sim<'_>,
+    config: Config,
+    rec: &Recorder,
+    handle: &Shared<Option<ServerHandle>>,
+) {
+    let (rec, handle) = (rec.clone(), handle.clone());
+    sim.host("server", move || {
+        let (rec, handle, config) = (rec.clone(), handle.clone(), config.clone());
+        async move {
+            let h = berth_sim::serve(7000, rec.attach(Builder::new(config)), echo).await?;
+            *handle.lock().unwrap() = Some(h.clone());
+            h.stopped().await;
+            Ok(())
+        }
+    });
+}
+
+fn server(handle: &Shared<Option<ServerHandle>>) -> ServerHandle {
+    handle.lock().unwrap().clone().expect("server started")
+}
+
+async fn roundtrip(
+    s: &mut (impl futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin),
+    msg: &[u8],
+) -> std::io::Result<()> {
+    s.write_all(msg).await?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).await?;
+    assert_eq!(back, msg, "echo must be byte-exact");
+    Ok(())
+}
+
+fn closes(rec: &Recorder) -> Vec<(Duration, CloseReason)> {
+    rec.conn_events()
+        .into_iter()
+        .filter_map(|(at, e)| match e {
+            ConnEvent::Closed { reason, .. } => Some((at, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn echo_across_hosts_with_latency_counts_match_turmoil() {
+    let mut sim = sim(1, Duration::from_secs(60))
+        .max_message_latency(Duration::from_millis(30))
+        .tcp_capacity(256)
+        .build();
+    let rec = Recorder::new();
+    let handle = Shared::default();
+    echo_server(&mut sim, Config::default(), &rec, &handle);
+    let done = Arc::new(AtomicUsize::new(0));
+    const CLIENTS: usize = 30;
+    for i in 0..CLIENTS {
+        let done = done.clone();
+        sim.client(format!("client{i}"), async move {
+            let mut c = berth_sim::connect("server:7000").await?;
+            for round in 0..20u32 {
+                let len = 1 + ((i as u32 * 7919 + round * 104_729) % 3000) as usize;
+                let msg: Vec<u8> = (0..len).map(|j| (j as u32 ^ round) as u8).collect();
+                roundtrip(&mut c, &msg).await?;
+            }
+            c.close().await?;
+            drop(c);
+            done.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+    }
+    // A monitor compares berth's count with turmoil's own view of the server, throughout.
+    let h = handle.clone();
+    let d = done.clone();
+    let checks = Arc::new(AtomicUsize::new(0));
+    let c2 = checks.clone();
+    sim.client("monitor", async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let Some(server) = h.lock().unwrap().clone() else {
+                continue;
+            };
+            let turmoil_count = turmoil::established_tcp_stream_count_on("server");
+            assert_eq!(
+                server.open_connections(),
+                turmoil_count,
+                "berth's count vs turmoil's at {:?}",
+                turmoil::elapsed()
+            );
+            c2.fetch_add(1, Ordering::SeqCst);
+            if d.load(Ordering::SeqCst) == CLIENTS && turmoil_count == 0 {
+                return Ok(());
+            }
+        }
+    });
+    sim.run().unwrap();
+    assert!(
+        checks.load(Ordering::SeqCst) > 50,
+        "the monitor sampled throughout"
+    );
+    let s = server(&handle);
+    assert_eq!(s.open_connections(), 0);
+    assert_eq!(s.stats().accepted, CLIENTS as u64);
+    assert_eq!(s.stats().closed_by(CloseReason::PeerClosed), CLIENTS as u64);
+}
+
+#[test]
+fn five_minute_idle_timeout_is_reaped_on_time() {
+    let timeout = Duration::from_secs(300);
+    let mut sim = sim(2, Duration::from_secs(600))
+        .tick_duration(Duration::from_millis(10))
+        .build();
+    let rec = Recorder::new();
+    let handle = Shared::default();
+    let config = Config {
+        idle_timeout: Some(timeout),
+        ..Config::default()
+    };
+    echo_server(&mut sim, config, &rec, &handle);
+    let measured = Shared::default();
+    let m = measured.clone();
+    sim.client("client", async move {
+        let mut c = berth_sim::connect("server:7000").await?;
+        roundtrip(&mut c, b"last words").await?;
+        let last = turmoil::elapsed();
+        let mut buf = [0u8; 8];
+        let n = c.read(&mut buf).await?; // blocks until the server reaps us
+        *m.lock().unwrap() = Some((n, turmoil::elapsed() - last));
+        Ok(())
+    });
+    sim.run().unwrap();
+    let (n, idle) = measured.lock().unwrap().unwrap();
+    assert_eq!(n, 0, "the server closes with FIN");
+    // The tick for 300 s is 1 s; one more millisecond is the link latency of the FIN.
+    assert!(idle >= timeout, "reaped early: {idle:?}");
+    assert!(
+        idle <= timeout + Duration::from_secs(1) + Duration::from_millis(2),
+        "reaped late: {idle:?}"
+    );
+    assert_eq!(
+        closes(&rec).iter().map(|c| c.1).collect::<Vec<_>>(),
+        [CloseReason::IdleTimeout]
+    );
+    assert_eq!(server(&handle).open_connections(), 0);
+}
+
+#[test]
+fn partition_mid_session_is_freed_by_the_idle_timeout() {
+    let mut sim = sim(3, Duration::from_secs(300)).build();
+    let rec = Recorder::new();
+    let handle = Shared::default();
+    let config = Config {
+        idle_timeout: Some(Duration::from_secs(30)),
+        ..Config::default()
+    };
+    echo_server(&mut sim, config, &rec, &handle);
+    let h = handle.clone();
+    let r = rec.clone();
+    sim.client("client", async move {
+        let mut c = berth_sim::connect("server:7000").await?;
+        roundtrip(&mut c, b"before").await?;
+        turmoil::partition("client", "server");
+        c.write_all(b"lost in the partition").await?;
+        // The server's read hangs: nothing arrives, and nothing ever will (no retransmission).
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(h.lock().unwrap().clone().unwrap().open_connections(), 1);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        // The idle timeout freed it.
+        assert_eq!(h.lock().unwrap().clone().unwrap().open_connections(), 0);
+        assert_eq!(closes(&r).len(), 1);
+        turmoil::repair("client", "server");
+        Ok(())
+    });
+    sim.run().unwrap();
+    let closed = closes(&rec);
+    assert_eq!(closed[0].1, CloseReason::IdleTimeout);
+    // Reaped 30 s (+ at most one 3.75 s tick) after the last echo, around t = 30 s.
+    assert!(closed[0].0 >= Duration::from_secs(30) && closed[0].0 <= Duration::from_secs(35));
+}
+
+#[test]
+fn hold_and_release_shorter_than_the_idle_timeout_keeps_the_session() {
+    let mut sim = sim(4, Duration::from_secs(300)).build();
+    let rec = Recorder::new();
+    let handle = Shared::default();
+    let config = Config {
+        idle_timeout: Some(Duration::from_secs(30)),
+        ..Config::default()
+    };
+    echo_server(&mut sim, config, &rec, &handle);
+    sim.client("client", async move {
+        let mut c = berth_sim::connect("server:7000").await?;
+        roundtrip(&mut c, b"before").await?;
+        turmoil::hold("client", "server");
+        let sent = turmoil::elapsed();
+        c.write_all(b"delayed").await?;
+        let mut back = [0u8; 7];
+        let late = async {
+            c.read_exact(&mut back).await?;
+            Ok::<_, std::io::Error>(turmoil::elapsed())
+        };
+        let release = async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            turmoil::release("client", "server");
+            std::future::pending::<std::io::Result<Duration>>().await
+        };
+        let arrived = late.or(release).await?;
+        assert_eq!(&back, b"delayed");
+        assert!(
+            arrived - sent >= Duration::from_secs(10),
+            "data arrived late, not lost"
+        );
+        roundtrip(&mut c, b"and the session goes on").await?;
+        Ok(())
+    });
+    sim.run().unwrap();
+    assert!(
+        closes(&rec).iter().all(|c| c.1 != CloseReason::IdleTimeout),
+        "no idle reaping: {:?}",
+        closes(&rec)
+    );
+}
+
+#[test]
+fn client_crash_is_seen_and_counted() {
+    let mut sim = sim(5, Duration::from_secs(60)).build();
+    let rec = Recorder::new();
+    let handle = Shared::default();
+    echo_server(&mut sim, Config::default(), &rec, &handle);
+    sim.host("doomed", || async {
+        let mut c = berth_sim::connect("server:7000").await?;
+        roundtrip(&mut c, b"alive").await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    // Run until the doomed client is connected and served, then crash it.
+    while !rec
+        .conn_events()
+        .iter()
+        .any(|(_, e)| matches!(e, ConnEvent::Accepted { .. }))
+    {
+        sim.step().unwrap();
+    }
+    for _ in 0..20 {
+        sim.step().unwrap();
+    }
+    assert_eq!(server(&handle).open_connections(), 1);
+    sim.crash("doomed");
+    for _ in 0..100 {
+        sim.step().unwrap();
+        if !closes(&rec).is_empty() {
+            break;
+        }
+    }
+    let closed = closes(&rec);
+    assert_eq!(closed.len(), 1, "the server saw the crash");
+    assert!(matches!(
+        closed[0].1,
+        CloseReason::PeerClosed | CloseReason::Error
+    ));
+    assert_eq!(server(&handle).open_connections(), 0);
+}
+
+/// Line protocol: "ack N" for each request line; stops between requests when draining.
+async fn acker(conn: Conn, processed: Arc<AtomicUsize>) {
+    let mut draining = conn.draining();
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = async { Some(reader.read_line(&mut line).await) };
+        let drained = async {
+            (&mut draining).await;
+            None
+        };
+        let Some(Ok(1..)) = read.or(drained).await else {
+            return;
+        };
+        // Some work per request, so requests are in flight when shutdown starts.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let ack = format!("ack {}", line.trim_end());
+        if reader.get_mut().write_all(ack.as_bytes()).await.is_err()
+            || reader.get_mut().write_all(b"\n").await.is_err()
+        {
+            return;
+        }
+        processed.fetch_add(1, Ordering::SeqCst);
+        // Requests already buffered are always ready, so the race above alone would never
+        // see the drain: check after each unit of work too.
+        if reader.get_ref().is_draining() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn drain_completes_acknowledged_requests_and_refuses_new_connects() {
+    let mut sim = sim(6, Duration::from_secs(120)).build();
+    let rec = Recorder::new();
+    let processed = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let shutdown_result = Shared::default();
+    let go = Arc::new(tokio::sync::Notify::new());
+    {
+        let (rec, processed, result, go) = (
+            rec.clone(),
+            processed.clone(),
+            shutdown_result.clone(),
+            go.clone(),
+        );
+        // A turmoil "client": the simulation runs until its shutdown has returned.
+        sim.client("server", {
+            async move {
+                let p = processed.clone();
+                let handle = berth_sim::serve(
+                    7000,
+                    rec.attach(Builder::new(Config::default())),
+                    move |conn: Conn| acker(conn, p.clone()),
+                )
+                .await?;
+                go.notified().await;
+                let r = handle.shutdown(Duration::from_secs(60)).await;
+                *result.lock().unwrap() = Some((r.map_err(|e| e.to_string()), turmoil::elapsed()));
+                Ok(())
+            }
+        });
+    }
+    const CLIENTS: usize = 5;
+    for i in 0..CLIENTS {
+        let (acked, go) = (acked.clone(), go.clone());
+        sim.client(format!("client{i}"), async move {
+            let c = berth_sim::connect("server:7000").await?;
+            let (r, mut w) = futures_lite::io::split(c);
+            let mut lines = BufReader::new(r).lines();
+            // Pipeline 100 requests; the server answers one per 5 ms.
+            let mut batch = String::new();
+            for n in 0..100 {
+                batch.push_str(&format!("{n}\n"));
+            }
+            w.write_all(batch.as_bytes()).await?;
+            let mut n = 0;
+            use futures_lite::StreamExt;
+            while let Some(Ok(line)) = lines.next().await {
+                assert_eq!(line, format!("ack {n}"), "acks in order, none lost");
+                n += 1;
+                if i == 0 && n == 10 {
+                    go.notify_one(); // start the shutdown with requests in flight
+                }
+            }
+            acked.fetch_add(n, Ordering::SeqCst);
+            Ok(())
+        });
+    }
+    let r = rec.clone();
+    sim.client("latecomer", async move {
+        // Waits for the drain to begin, then tries to connect: refused.
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if r.records()
+                .iter()
+                .any(|x| matches!(x.event, Event::Server(ServerEvent::Draining { .. })))
+            {
+                break;
+            }
+        }
+        assert!(
+            berth_sim::connect("server:7000").await.is_err(),
+            "refused while draining"
+        );
+        Ok(())
+    });
+    sim.run().unwrap();
+    let (result, _at) = shutdown_result
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("shutdown ran");
+    let report = result.unwrap();
+    assert_eq!((report.drained, report.forced), (CLIENTS, 0));
+    let acked = acked.load(Ordering::SeqCst);
+    assert_eq!(
+        acked,
+        processed.load(Ordering::SeqCst),
+        "every processed request was acked"
+    );
+    assert!(
+        acked < CLIENTS * 100,
+        "shutdown cut the pipelines short ({acked})"
+    );
+    // Shutdown returned right when the last handler ended: Stopped follows the last Closed.
+    let records = rec.records();
+    let last_closed = records
+        .iter()
+        .filter(|r| matches!(r.event, Event::Conn(ConnEvent::Closed { .. })))
+        .map(|r| r.at)
+        .max()
+        .unwrap();
+    let stopped = records
+        .iter()
+        .find(|r| matches!(r.event, Event::Server(ServerEvent::Stopped { .. })))
+        .unwrap()
+        .at;
+    assert!(stopped >= last_closed && stopped - last_closed < Duration::from_millis(10));
+}
+
+#[test]
+fn drain_deadline_force_closes_a_stuck_handler() {
+    let mut sim = sim(7, Duration::from_secs(120)).build();
+    let rec = Recorder::new();
+    let result = Shared::default();
+    {
+        let (rec, result) = (rec.clone(), result.clone());
+        sim.host("server", move || {
+            let (rec, result) = (rec.clone(), result.clone());
+            async move {
+                let handle = berth_sim::serve(
+                    7000,
+                    rec.attach(Builder::new(Config::default())),
+                    |conn: Conn| async move {
+                        let _hold = conn;
+                        std::future::pending::<()>().await; // ignores draining
+                    },
+                )
+                .await?;
+                while handle.open_connections() == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let started = turmoil::elapsed();
+                let r = handle.shutdown(Duration::from_secs(5)).await;
+                *result.lock().unwrap() = Some((
+                    match r {
+                        Err(Error::ShutdownTimeout { forced, .. }) => Some(forced),
+                        _ => None,
+                    },
+                    turmoil::elapsed() - started,
+                    handle.open_connections(),
+                ));
+                Ok(())
+            }
+        });
+    }
+    sim.client("client", async {
+        let mut c = berth_sim::connect("server:7000").await?;
+        let mut buf = [0u8; 1];
+        let n = c.read(&mut buf).await.unwrap_or(0); // the forced close ends it
+        assert_eq!(n, 0);
+        Ok(())
+    });
+    sim.run().unwrap();
+    let (forced, took, open) = result.lock().unwrap().unwrap();
+    assert_eq!(forced, Some(1), "one stuck handler forced");
+    assert_eq!(open, 0);
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert_eq!(closes(&rec)[0].1, CloseReason::ShutdownForced);
+}
+
+#[test]
+fn server_bounce_while_clients_retry() {
+    let mut sim = sim(8, Duration::from_secs(120)).build();
+    let rec = Recorder::new();
+    let handle = Shared::default();
+    echo_server(&mut sim, Config::default(), &rec, &handle);
+    let served = Arc::new(AtomicUsize::new(0));
+    for i in 0..3 {
+        let served = served.clone();
+        sim.client(format!("client{i}"), async move {
+            // Keep trying until a full session works: connects to a crashed host hang, so
+            // each attempt is bounded.
+            let mut sessions = 0;
+            while sessions < 2 {
+                let attempt = async {
+                    let mut c = berth_sim::connect("server:7000").await?;
+                    for _ in 0..5 {
+                        roundtrip(&mut c, b"are you there?").await?;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Ok::<_, std::io::Error>(())
+                };
+                match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                    Ok(Ok(())) => sessions += 1,
+                    _ => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+            served.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+    }
+    // Let the first instance serve a little, crash it, then restart it from its factory.
+    for _ in 0..300 {
+        sim.step().unwrap();
+    }
+    let first = server(&handle);
+    sim.crash("server");
+    for _ in 0..1500 {
+        sim.step().unwrap();
+    }
+    sim.bounce("server");
+    sim.run().unwrap();
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        3,
+        "every client was served after the bounce"
+    );
+    let second = server(&handle);
+    assert!(
+        second.stats().accepted >= 3,
+        "the new instance served the retries"
+    );
+    assert_ne!(
+        first.local_addr(),
+        std::net::SocketAddr::from(([1, 1, 1, 1], 1))
+    );
+}
+
+#[test]
+fn determinism_same_seed_same_trace() {
+    let run = |seed: u64| {
+        let mut b = turmoil::Builder::new();
+        b.rng_seed(seed)
+            .simulation_duration(Duration::from_secs(60))
+            .min_message_latency(Duration::from_millis(1))
+            .max_message_latency(Duration::from_millis(25));
+        let mut sim = b.build();
+        let rec = Recorder::new();
+        let handle = Shared::default();
+        let config = Config {
+            idle_timeout: Some(Duration::from_millis(400)),
+            ..Config::default()
+        };
+        echo_server(&mut sim, config, &rec, &handle);
+        for i in 0..8u32 {
+            sim.client(format!("c{i}"), async move {
+                let mut c = berth_sim::connect("server:7000").await?;
+                for r in 0..(i + 2) {
+                    roundtrip(&mut c, format!("{i}:{r}").as_bytes()).await?;
+                }
+                if i % 2 == 0 {
+                    let mut buf = [0u8; 1];
+                    let _ = c.read(&mut buf).await; // idle until reaped
+                }
+                Ok(())
+            });
+        }
+        sim.run().unwrap();
+        rec.trace()
+    };
+    let a = run(42);
+    let b = run(42);
+    assert!(a.lines().count() >= 16, "{a}");
+    assert_eq!(a, b, "same seed, same trace");
+    assert_ne!(a, run(43), "another seed, another timing");
+}
