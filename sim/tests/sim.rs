@@ -596,3 +596,287 @@ fn determinism_same_seed_same_trace() {
     assert_eq!(a, b, "same seed, same trace");
     assert_ne!(a, run(43), "another seed, another timing");
 }
+
+/// A CA-signed certificate for the name "server", and a client config trusting the CA.
+fn tls_pair() -> (berth::tls::TlsConfig, Arc<rustls::ClientConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["server".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    (
+        berth::tls::TlsConfig::from_pem(leaf.pem(), key.serialize_pem()),
+        Arc::new(client),
+    )
+}
+
+#[test]
+fn tls_echo_and_a_held_client_hello_under_simulation() {
+    let mut sim = sim(9, Duration::from_secs(60)).build();
+    let rec = Recorder::new();
+    let handle = Shared::default();
+    let (tls, client) = tls_pair();
+    let config = Config {
+        tls: Some(tls),
+        handshake_timeout: Duration::from_secs(2),
+        ..Config::default()
+    };
+    echo_server(&mut sim, config, &rec, &handle);
+    let c1 = client.clone();
+    sim.client("good", async move {
+        let tcp = berth_sim::connect("server:7000").await?;
+        let name = rustls::pki_types::ServerName::try_from("server").unwrap();
+        let mut s = futures_rustls::TlsConnector::from(c1)
+            .connect(name, tcp)
+            .await?;
+        for msg in [&b"over tls"[..], &[7u8; 20_000][..]] {
+            s.write_all(msg).await?;
+            s.flush().await?;
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back).await?;
+            assert_eq!(back, msg);
+        }
+        s.close().await?;
+        Ok(())
+    });
+    sim.client("slow", async move {
+        let tcp = berth_sim::connect("server:7000").await?;
+        // Hold the link: the ClientHello sits on it past the server's handshake timeout.
+        turmoil::hold("slow", "server");
+        let name = rustls::pki_types::ServerName::try_from("server").unwrap();
+        let handshake = futures_rustls::TlsConnector::from(client).connect(name, tcp);
+        let release = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            turmoil::release("slow", "server");
+            std::future::pending().await
+        };
+        assert!(
+            handshake.or(release).await.is_err(),
+            "the server dropped us"
+        );
+        Ok(())
+    });
+    sim.run().unwrap();
+    let events = rec.conn_events();
+    let failed: Vec<_> = events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            ConnEvent::TlsFailed { reason, .. } => Some((*at, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert_eq!(failed[0].1, berth::tls::TlsFailure::Timeout);
+    assert!(failed[0].0 >= Duration::from_secs(2) && failed[0].0 < Duration::from_secs(3));
+    assert!(
+        events
+            .iter()
+            .any(|(_, e)| matches!(e, ConnEvent::TlsEstablished { .. }))
+    );
+    assert_eq!(server(&handle).stats().tls_handshakes, 1);
+    assert_eq!(server(&handle).open_connections(), 0);
+}
+
+/// Counts running handlers; the guard decrements even when the handler is cancelled.
+struct Running(Arc<AtomicUsize>);
+impl Running {
+    fn enter(n: &Arc<AtomicUsize>) -> Running {
+        n.fetch_add(1, Ordering::SeqCst);
+        Running(n.clone())
+    }
+}
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One randomized run: latency, held links, partitions, client crashes, then shutdown.
+/// Returns what was checked, or panics with the violated invariant.
+fn campaign_run(seed: u64) -> String {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut sim = sim(seed, Duration::from_secs(120))
+        .max_message_latency(Duration::from_millis(rng.random_range(1..40)))
+        .tcp_capacity(128)
+        .build();
+    let rec = Recorder::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let outcome = Shared::default();
+    let all_done = Arc::new(AtomicUsize::new(0));
+    let clients = rng.random_range(3..8usize);
+    // Shut down when every client is done, or earlier, in the middle of sessions.
+    let shutdown_at = Duration::from_millis(rng.random_range(300..15_000));
+    let handle = Shared::default();
+    {
+        let (rec, running, outcome, all_done, handle) = (
+            rec.clone(),
+            running.clone(),
+            outcome.clone(),
+            all_done.clone(),
+            handle.clone(),
+        );
+        sim.client("server", async move {
+            let config = Config {
+                idle_timeout: Some(Duration::from_secs(5)),
+                ..Config::default()
+            };
+            let r = running.clone();
+            let h = berth_sim::serve(7000, rec.attach(Builder::new(config)), move |conn: Conn| {
+                let guard = Running::enter(&r);
+                async move {
+                    let _guard = guard;
+                    echo(conn).await;
+                }
+            })
+            .await?;
+            *handle.lock().unwrap() = Some(h.clone());
+            while all_done.load(Ordering::SeqCst) < clients && turmoil::elapsed() < shutdown_at {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let report = h.shutdown(Duration::from_secs(3)).await;
+            *outcome.lock().unwrap() = Some((
+                report.is_ok(),
+                h.open_connections(),
+                running.load(Ordering::SeqCst),
+            ));
+            Ok(())
+        });
+    }
+    let crash_victim = rng.random_bool(0.5).then(|| rng.random_range(0..clients));
+    let mut plan = Vec::new();
+    for i in 0..clients {
+        let fault = if Some(i) == crash_victim {
+            3
+        } else {
+            rng.random_range(0..3u8)
+        };
+        let rounds = rng.random_range(1..15u32);
+        let hold_for = Duration::from_millis(rng.random_range(100..3000));
+        plan.push((fault, rounds));
+        let all_done = all_done.clone();
+        let name = format!("client{i}");
+        let me = name.clone();
+        let body = async move {
+            let session = async {
+                let mut c = berth_sim::connect("server:7000").await?;
+                for r in 0..rounds {
+                    let msg = format!("{me} round {r} ").repeat(1 + r as usize % 50);
+                    if r == rounds / 2 {
+                        match fault {
+                            1 => {
+                                turmoil::hold(me.as_str(), "server");
+                                let arrives = roundtrip(&mut c, msg.as_bytes());
+                                let release = async {
+                                    tokio::time::sleep(hold_for).await;
+                                    turmoil::release(me.as_str(), "server");
+                                    std::future::pending().await
+                                };
+                                // Held, not lost: the echo arrives, byte-exact, after release.
+                                arrives.or(release).await?;
+                                continue;
+                            }
+                            2 => {
+                                turmoil::partition(me.as_str(), "server");
+                                let _ = c.write_all(msg.as_bytes()).await;
+                                tokio::time::sleep(Duration::from_secs(8)).await;
+                                turmoil::repair(me.as_str(), "server");
+                                return Ok::<_, std::io::Error>(()); // lost: the server reaped it
+                            }
+                            _ => {}
+                        }
+                    }
+                    // Every echo that arrives is byte-exact (roundtrip asserts it).
+                    roundtrip(&mut c, msg.as_bytes()).await?;
+                }
+                c.close().await?;
+                Ok(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(30), session).await;
+            all_done.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        };
+        if fault == 3 {
+            // A crashable host; counted done by the driver when it crashes it.
+            let body = Arc::new(Mutex::new(Some(body)));
+            sim.host(name, move || {
+                let body = body.lock().unwrap().take();
+                async move {
+                    if let Some(body) = body {
+                        body.await?;
+                    }
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            });
+        } else {
+            sim.client(name, body);
+        }
+    }
+    if let Some(victim) = crash_victim {
+        let steps = rng.random_range(5..400);
+        for _ in 0..steps {
+            sim.step().unwrap();
+        }
+        sim.crash(format!("client{victim}").as_str());
+        all_done.fetch_add(1, Ordering::SeqCst);
+    }
+    sim.run().unwrap();
+    let (graceful, open, still_running) = outcome.lock().unwrap().expect("shutdown ran");
+    assert_eq!(open, 0, "seed {seed}: open connections after shutdown");
+    assert_eq!(
+        still_running, 0,
+        "seed {seed}: handlers running after shutdown"
+    );
+    let h = server(&handle);
+    let stats = h.stats();
+    assert_eq!(
+        stats.accepted,
+        stats.closed(),
+        "seed {seed}: every accepted connection closed"
+    );
+    format!(
+        "seed {seed}: clients {clients} plan {plan:?} shutdown_at {shutdown_at:?} graceful {graceful} accepted {} closed {:?}",
+        stats.accepted,
+        CloseReason::ALL.map(|r| stats.closed_by(r))
+    )
+}
+
+#[test]
+fn randomized_campaign_keeps_the_invariants() {
+    let seeds: Vec<u64> = match std::env::var("BERTH_SIM_SEED") {
+        Ok(seed) => vec![seed.parse().expect("BERTH_SIM_SEED is a number")],
+        Err(_) => (100..120).collect(),
+    };
+    let mut failures = Vec::new();
+    for seed in seeds {
+        match std::panic::catch_unwind(|| campaign_run(seed)) {
+            Ok(summary) => eprintln!("{summary}"),
+            Err(e) => {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                eprintln!(
+                    "seed {seed} FAILED: {msg} (replay: BERTH_SIM_SEED={seed} cargo test -p berth-sim randomized)"
+                );
+                failures.push(seed);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failing seeds: {failures:?}");
+}
