@@ -137,6 +137,7 @@ fn echo_across_hosts_with_latency_counts_match_turmoil() {
         }
     });
     sim.run().unwrap();
+    eprintln!("simulated {:?}", sim.elapsed());
     assert!(
         checks.load(Ordering::SeqCst) > 50,
         "the monitor sampled throughout"
@@ -172,6 +173,7 @@ fn five_minute_idle_timeout_is_reaped_on_time() {
         Ok(())
     });
     sim.run().unwrap();
+    eprintln!("simulated {:?}", sim.elapsed());
     let (n, idle) = measured.lock().unwrap().unwrap();
     assert_eq!(n, 0, "the server closes with FIN");
     // The tick for 300 s is 1 s; one more millisecond is the link latency of the FIN.
@@ -215,6 +217,7 @@ fn partition_mid_session_is_freed_by_the_idle_timeout() {
         Ok(())
     });
     sim.run().unwrap();
+    eprintln!("simulated {:?}", sim.elapsed());
     let closed = closes(&rec);
     assert_eq!(closed[0].1, CloseReason::IdleTimeout);
     // Reaped 30 s (+ at most one 3.75 s tick) after the last echo, around t = 30 s.
@@ -257,6 +260,7 @@ fn hold_and_release_shorter_than_the_idle_timeout_keeps_the_session() {
         Ok(())
     });
     sim.run().unwrap();
+    eprintln!("simulated {:?}", sim.elapsed());
     assert!(
         closes(&rec).iter().all(|c| c.1 != CloseReason::IdleTimeout),
         "no idle reaping: {:?}",
@@ -413,6 +417,7 @@ fn drain_completes_acknowledged_requests_and_refuses_new_connects() {
         Ok(())
     });
     sim.run().unwrap();
+    eprintln!("simulated {:?}", sim.elapsed());
     let (result, _at) = shutdown_result
         .lock()
         .unwrap()
@@ -490,6 +495,7 @@ fn drain_deadline_force_closes_a_stuck_handler() {
         Ok(())
     });
     sim.run().unwrap();
+    eprintln!("simulated {:?}", sim.elapsed());
     let (forced, took, open) = result.lock().unwrap().unwrap();
     assert_eq!(forced, Some(1), "one stuck handler forced");
     assert_eq!(open, 0);
@@ -542,6 +548,7 @@ fn server_bounce_while_clients_retry() {
     }
     sim.bounce("server");
     sim.run().unwrap();
+    eprintln!("simulated {:?}", sim.elapsed());
     assert_eq!(
         served.load(Ordering::SeqCst),
         3,
@@ -588,6 +595,7 @@ fn determinism_same_seed_same_trace() {
             });
         }
         sim.run().unwrap();
+    eprintln!("simulated {:?}", sim.elapsed());
         rec.trace()
     };
     let a = run(42);
@@ -670,6 +678,7 @@ fn tls_echo_and_a_held_client_hello_under_simulation() {
         Ok(())
     });
     sim.run().unwrap();
+    eprintln!("simulated {:?}", sim.elapsed());
     let events = rec.conn_events();
     let failed: Vec<_> = events
         .iter()
@@ -835,6 +844,7 @@ fn campaign_run(seed: u64) -> String {
         all_done.fetch_add(1, Ordering::SeqCst);
     }
     sim.run().unwrap();
+    eprintln!("simulated {:?}", sim.elapsed());
     let (graceful, open, still_running) = outcome.lock().unwrap().expect("shutdown ran");
     assert_eq!(open, 0, "seed {seed}: open connections after shutdown");
     assert_eq!(
