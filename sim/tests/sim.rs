@@ -595,7 +595,7 @@ fn determinism_same_seed_same_trace() {
             });
         }
         sim.run().unwrap();
-    eprintln!("simulated {:?}", sim.elapsed());
+        eprintln!("simulated {:?}", sim.elapsed());
         rec.trace()
     };
     let a = run(42);
