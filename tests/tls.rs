@@ -727,3 +727,41 @@ fn tls_config_is_serde() {
     let secret = TlsConfig::from_pem("CERT", "SECRET KEY");
     assert!(!format!("{secret:?}").contains("SECRET"));
 }
+
+#[test]
+fn session_resumption_is_on_by_default_and_can_be_turned_off() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        for (resumption, versions) in [(true, ONLY_13), (true, ONLY_12), (false, ONLY_13)] {
+            let tls = TlsConfig {
+                session_resumption: resumption,
+                ..tls_of(&leaf)
+            };
+            let (handle, _rec, _infos) = start(tls_config(tls));
+            let addr = handle.local_addr();
+            // One client config, so the client keeps its session cache between connections.
+            let config = client(pki.ca_der(), versions, &[], None);
+            let mut kinds = Vec::new();
+            for _ in 0..2 {
+                let mut s = tls_connect(addr, "localhost", config.clone())
+                    .await
+                    .unwrap();
+                s.write_all(b"ping").await.unwrap();
+                s.flush().await.unwrap();
+                let mut back = [0u8; 4];
+                s.read_exact(&mut back).await.unwrap(); // TLS 1.3 tickets arrive with data
+                kinds.push(s.get_ref().1.handshake_kind().unwrap());
+                s.close().await.unwrap();
+            }
+            use rustls::HandshakeKind::{Full, Resumed};
+            let expected = if resumption {
+                [Full, Resumed]
+            } else {
+                [Full, Full]
+            };
+            assert_eq!(kinds, expected, "resumption {resumption} {versions:?}");
+            handle.close().await;
+        }
+    });
+}
