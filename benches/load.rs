@@ -280,12 +280,21 @@ fn echo(
 
 fn idle(addr: SocketAddr, conns: usize, pid: u32) {
     let before = rss_kib(pid);
+    let base = 1 + std::process::id() % 200;
     let ex = async_executor::LocalExecutor::new();
     let held = async_io::block_on(ex.run(async {
         let mut held = Vec::with_capacity(conns);
         for i in 0..conns {
-            // 127.0.0.x sources: each has its own ephemeral port range.
-            let src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i / 20_000) as u8));
+            // Loopback is a /8: give every 250 connections a source address of their own,
+            // in a block that changes from run to run, so neither the ephemeral port range
+            // nor ports left in TIME-WAIT by an earlier run get in the way.
+            let k = i as u32;
+            let src = IpAddr::V4(Ipv4Addr::new(
+                127,
+                (base + k / 62_500) as u8,
+                (k / 250 % 250) as u8,
+                (k % 250 + 1) as u8,
+            ));
             let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
                 .expect("socket");
             sock.bind(&SocketAddr::new(src, 0).into())
@@ -306,8 +315,19 @@ fn idle(addr: SocketAddr, conns: usize, pid: u32) {
     // Let the server settle its buffers before reading RSS.
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(pid);
+    // Still responsive with all of them held: one fresh connection's echo.
+    let responsive_us = async_io::block_on(async {
+        let started = Instant::now();
+        let mut s = async_net::TcpStream::connect(addr)
+            .await
+            .expect("connect while holding");
+        s.write_all(b"still there?").await.expect("write");
+        let mut back = [0u8; 12];
+        s.read_exact(&mut back).await.expect("echo while holding");
+        started.elapsed().as_micros()
+    });
     println!(
-        "idle conns={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={:.2}",
+        "idle conns={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={:.2} fresh_echo_us={responsive_us}",
         held.len(),
         (after.saturating_sub(before)) as f64 / held.len() as f64
     );

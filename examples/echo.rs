@@ -215,21 +215,56 @@ fn self_signed(dir: &std::path::Path) -> Result<(PathBuf, PathBuf), String> {
 }
 
 /// Echoes until the peer closes, I/O fails, or the server drains (after the chunk in hand).
+///
+/// An idle connection holds no read buffer: it waits with `Conn::readable`, and borrows a
+/// buffer from a per-thread pool only for the read and the write that follow.
 async fn echo(mut conn: Conn) {
     let mut draining = conn.draining();
-    let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let read = async { Some(conn.read(&mut buf).await) };
+        let ready = async { Some(conn.readable().await) };
         let drained = async {
             (&mut draining).await;
             None
         };
-        let n = match read.or(drained).await {
-            Some(Ok(n)) if n > 0 => n,
-            _ => return,
-        };
-        if conn.write_all(&buf[..n]).await.is_err() || conn.is_draining() {
+        if !matches!(ready.or(drained).await, Some(Ok(()))) {
             return;
         }
+        let mut buf = buffers::take();
+        let n = match conn.read(&mut buf).await {
+            Ok(n) if n > 0 => n,
+            _ => return buffers::give(buf),
+        };
+        let written = conn.write_all(&buf[..n]).await;
+        buffers::give(buf);
+        if written.is_err() || conn.is_draining() {
+            return;
+        }
+    }
+}
+
+/// Per-thread pool of 16 KiB read buffers. A buffer taken on one executor thread may be
+/// given back on another: it just moves pools.
+mod buffers {
+    use std::cell::RefCell;
+
+    const SIZE: usize = 16 * 1024;
+    const KEEP: usize = 256;
+
+    thread_local! {
+        static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Vec<u8> {
+        POOL.with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0; SIZE])
+    }
+
+    pub fn give(buf: Vec<u8>) {
+        POOL.with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.len() < KEEP {
+                pool.push(buf);
+            }
+        });
     }
 }

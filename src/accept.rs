@@ -121,7 +121,7 @@ async fn connection<S, H>(
     accepted: Accepted<S>,
     id: u64,
 ) where
-    S: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static,
+    S: crate::listener::Stream,
     H: Handler,
 {
     let shared = permit.shared().clone();
@@ -168,7 +168,10 @@ async fn connection<S, H>(
         None => Conn::new(permit, accepted.stream, meta, None),
         Some(config) => {
             let timeout = shared.config.handshake_timeout;
-            match crate::tls::handshake(&shared, config, accepted.stream, timeout).await {
+            // Boxed: the handshake's state is large (rustls), and inline it would size every
+            // connection task, plain ones included, for the handshake.
+            let handshake = crate::tls::handshake(&shared, config, accepted.stream, timeout);
+            match Box::pin(handshake).await {
                 Ok((stream, info)) => {
                     shared
                         .counters
@@ -208,5 +211,79 @@ async fn connection<S, H>(
             conn_id: id,
             message,
         });
+    }
+}
+
+#[cfg(all(test, feature = "smol"))]
+mod tests {
+    use super::*;
+    use crate::{Builder, Config};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A stream that never has anything: only its type matters here.
+    struct Idle;
+    impl futures_io::AsyncRead for Idle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+    }
+    impl futures_io::AsyncWrite for Idle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    impl crate::listener::Stream for Idle {}
+
+    struct NoListener;
+    impl Listener for NoListener {
+        type Stream = Idle;
+        async fn accept(&self) -> io::Result<Accepted<Idle>> {
+            std::future::pending().await
+        }
+        fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+            Ok(([127, 0, 0, 1], 1).into())
+        }
+    }
+
+    /// Every open connection holds one of these futures: it is most of berth's memory per
+    /// idle connection. The TLS handshake is boxed so its large state is not inlined here.
+    #[test]
+    fn a_plain_connection_task_stays_small() {
+        let server = Builder::new(Config::default())
+            .runtime(crate::runtime::Smol::global())
+            .listener(NoListener)
+            .unwrap();
+        let accepted = Accepted {
+            stream: Idle,
+            peer_addr: ([127, 0, 0, 1], 2).into(),
+            local_addr: ([127, 0, 0, 1], 1).into(),
+        };
+        let handler = Arc::new(|mut conn: Conn| async move {
+            let _ = conn.readable().await;
+        });
+        let task = connection(
+            Permit::new(server.shared.clone()),
+            handler,
+            None,
+            accepted,
+            1,
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "the connection task grew to {size} bytes");
     }
 }

@@ -23,14 +23,14 @@ use futures_lite::io::{ReadHalf, WriteHalf};
 
 use crate::events::CloseReason;
 use crate::extensions::Extensions;
+use crate::listener::Stream;
 use crate::pool::{LINGERING, PANICKED, SAW_EOF, SAW_ERROR, Slot, SlotState};
 use crate::server::{Permit, Shared};
 use crate::tls::TlsInfo;
 
-/// The stream behind a `Conn`, type-erased so `Conn` (and every handler) is the same type
-/// whatever the listener or TLS layer.
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+/// The stream behind a `Conn` is a `Box<dyn Stream>`, type-erased so `Conn` (and every
+/// handler) is the same type whatever the listener or TLS layer.
+type Io = dyn Stream;
 
 /// What `Conn::io` holds after the socket is closed. A zero-sized box does not allocate.
 struct Gone;
@@ -44,6 +44,8 @@ impl AsyncRead for Gone {
         Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
     }
 }
+
+impl Stream for Gone {}
 
 impl AsyncWrite for Gone {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
@@ -85,7 +87,7 @@ impl AsyncWrite for Gone {
 /// }
 /// ```
 pub struct Conn {
-    io: Box<dyn Io>,
+    io: Box<Io>,
     slot: Arc<Slot>,
     generation: u64,
     /// The open-count this connection holds; also its way to the server's shared state.
@@ -110,12 +112,7 @@ pub(crate) struct Meta {
 impl Conn {
     /// Registers a new connection. Takes over `permit` (the open-count increment the accept
     /// loop made), so the count stays right whatever happens from here on.
-    pub(crate) fn new(
-        permit: Permit,
-        io: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
-        meta: Meta,
-        tls: Option<TlsInfo>,
-    ) -> Conn {
+    pub(crate) fn new(permit: Permit, io: impl Stream, meta: Meta, tls: Option<TlsInfo>) -> Conn {
         let shared = permit.shared();
         let (slot, generation) = shared.pool.open(shared.clock.stamp(), || {
             shared
@@ -205,6 +202,30 @@ impl Conn {
             shared: self.permit.shared().clone(),
             listener: None,
         }
+    }
+
+    /// Waits until the connection has something to read (data, end of file or an error)
+    /// without reading it, so an idle handler need not hold a read buffer: wait, then borrow
+    /// a buffer only for the read that follows. Fails like a read once the server has closed
+    /// the connection (idle timeout, shutdown). On streams that cannot tell readiness (TLS,
+    /// see [`Stream::poll_readable`]) it returns at once, which is still correct.
+    ///
+    /// ```no_run
+    /// # async fn f(mut conn: berth::Conn) -> std::io::Result<()> {
+    /// use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    /// loop {
+    ///     conn.readable().await?; // idle here costs no buffer
+    ///     let mut buf = vec![0u8; 16 * 1024]; // or take one from a pool
+    ///     let n = conn.read(&mut buf).await?;
+    ///     if n == 0 {
+    ///         return Ok(());
+    ///     }
+    ///     conn.write_all(&buf[..n]).await?;
+    /// }
+    /// # }
+    /// ```
+    pub fn readable(&mut self) -> Readable<'_> {
+        Readable { conn: self }
     }
 
     /// A handle that can observe or close this connection from elsewhere. It stays valid
@@ -401,7 +422,7 @@ impl Drop for Conn {
 /// does the final bookkeeping (slot, count, stats, `Closed` event), so that happens even if a
 /// lingering task is dropped half-way (a runtime shutting down, a simulated host crashing).
 struct Closing {
-    io: Box<dyn Io>,
+    io: Box<Io>,
     permit: Permit,
     slot: Arc<Slot>,
     generation: u64,
@@ -492,6 +513,26 @@ impl ConnHandle {
     /// its handler is cancelled. Returns false if it was already closed or has ended.
     pub fn close(&self) -> bool {
         self.slot.close(self.generation, SlotState::Aborted)
+    }
+}
+
+/// Completes when a connection has something to read. See [`Conn::readable`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct Readable<'a> {
+    conn: &'a mut Conn,
+}
+
+impl Future for Readable<'_> {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let conn = &mut *self.get_mut().conn;
+        if let Some(e) = conn.closed_error() {
+            return Poll::Ready(Err(e));
+        }
+        let poll = conn.io.poll_readable(cx);
+        conn.finish(cx, poll, |_| false, &conn.slot.read_waker)
     }
 }
 

@@ -48,7 +48,7 @@ mod shutdown;
 pub mod tls;
 
 pub use config::Config;
-pub use conn::{Conn, ConnHandle, Draining};
+pub use conn::{Conn, ConnHandle, Draining, Readable};
 pub use error::{ConfigError, Error};
 pub use events::{CloseReason, ConnEvent, ServerEvent, Stats};
 pub use extensions::Extensions;

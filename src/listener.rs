@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::task::{Context, Poll};
 
 use futures_io::{AsyncRead, AsyncWrite};
 
@@ -31,7 +32,7 @@ pub use tokio::TokioTcpListener;
 ///   connections, so that clients that connect after shutdown began are refused.
 pub trait Listener: Send + Sync + 'static {
     /// The byte stream of one accepted connection.
-    type Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static;
+    type Stream: Stream;
 
     /// Waits for the next connection.
     ///
@@ -43,6 +44,34 @@ pub trait Listener: Send + Sync + 'static {
     /// The address the listener is bound to.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
+
+/// A connection's byte stream: futures-io, plus an optional readiness signal.
+///
+/// Implementing it for your own stream type takes one line (`impl Stream for MyStream {}`);
+/// override [`poll_readable`](Stream::poll_readable) when the stream can tell when data is
+/// there without reading it, which lets idle handlers wait without holding a read buffer
+/// (see [`Conn::readable`](crate::Conn::readable)).
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// Ready when a read would make progress (data, end of file or an error), without
+    /// consuming anything. May be ready spuriously. The default is always ready, which is
+    /// correct for every stream, just without the memory saving.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(feature = "tcp")]
+impl Stream for async_io::Async<std::net::TcpStream> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        async_io::Async::poll_readable(self, cx)
+    }
+}
+
+/// A TLS stream cannot tell readiness from its socket alone (rustls may already hold
+/// decrypted bytes), so it keeps the default.
+#[cfg(feature = "tls")]
+impl<S: Stream> Stream for futures_rustls::server::TlsStream<S> {}
 
 /// One accepted connection, as a [`Listener`] hands it over.
 #[derive(Debug)]

@@ -360,7 +360,7 @@ impl Builder {
 /// # Ok(()) }
 /// ```
 pub struct Server<L: Listener> {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     listener: L,
     tune: Option<TuneHook<L::Stream>>,
 }
@@ -405,7 +405,7 @@ impl<L: Listener> Server<L> {
     /// ```no_run
     /// # fn f(server: berth::Server<berth::listener::TcpListener>) {
     /// let server = server.tune(|stream| {
-    ///     socket2::SockRef::from(stream).set_send_buffer_size(1 << 20)
+    ///     socket2::SockRef::from(stream.get_ref()).set_send_buffer_size(1 << 20)
     /// });
     /// # }
     /// ```

@@ -116,14 +116,60 @@ impl SimListener {
     }
 }
 
+/// An accepted simulated stream (futures-io over turmoil's tokio-io stream).
+#[derive(Debug)]
+pub struct SimStream(Compat<turmoil::net::TcpStream>);
+
+impl SimStream {
+    /// The turmoil stream.
+    pub fn get_ref(&self) -> &turmoil::net::TcpStream {
+        self.0.get_ref()
+    }
+}
+
+impl futures_io::AsyncRead for SimStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl futures_io::AsyncWrite for SimStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+/// turmoil streams cannot report readiness without reading: the default (always ready).
+impl berth::listener::Stream for SimStream {}
+
 impl Listener for SimListener {
-    type Stream = Compat<turmoil::net::TcpStream>;
+    type Stream = SimStream;
 
     async fn accept(&self) -> io::Result<Accepted<Self::Stream>> {
         let (stream, peer_addr) = self.inner.accept().await?;
         let local_addr = stream.local_addr()?;
         Ok(Accepted {
-            stream: stream.compat(),
+            stream: SimStream(stream.compat()),
             peer_addr,
             local_addr,
         })

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
-use super::{Accepted, Listener};
+use super::{Accepted, Listener, Stream};
 use crate::config::Config;
 use crate::error::Error;
 
@@ -33,6 +33,15 @@ impl TokioTcpListener {
             inner,
             nodelay: config.nodelay,
         })
+    }
+}
+
+impl Stream for Compat<tokio::net::TcpStream> {
+    fn poll_readable(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.get_ref().poll_read_ready(cx)
     }
 }
 

@@ -53,6 +53,7 @@ macro_rules! all_tests {
             conn_handle_close_aborts_pending_io,
             lingering_close_delivers_everything_and_is_bounded,
             struct_handler_serves_with_its_own_state,
+            readable_waits_without_consuming_and_fails_when_closed,
         );
     };
 }
@@ -800,10 +801,11 @@ pub fn tune_hook_runs_after_defaults_and_errors_close<R: Rt>() {
             .unwrap()
             .tune(move |stream| {
                 // berth's default (TCP_NODELAY on) is already applied; the hook wins.
-                let nodelay_before = stream.nodelay()?;
-                stream.set_nodelay(false)?;
-                s.lock().unwrap().push((nodelay_before, stream.nodelay()?));
-                if stream.peer_addr()?.port() % 2 == 0 {
+                let socket = stream.get_ref();
+                let nodelay_before = socket.nodelay()?;
+                socket.set_nodelay(false)?;
+                s.lock().unwrap().push((nodelay_before, socket.nodelay()?));
+                if socket.peer_addr()?.port() % 2 == 0 {
                     Err(io::Error::other("even ports are rejected by this test"))
                 } else {
                     Ok(())
@@ -1056,5 +1058,49 @@ pub fn struct_handler_serves_with_its_own_state<R: Rt>() {
         }
         assert_eq!(handle.stats().accepted, 3);
         handle.shutdown(Duration::from_secs(5)).await.unwrap();
+    });
+}
+
+pub fn readable_waits_without_consuming_and_fails_when_closed<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let (tx, rx) = async_channel::unbounded();
+        let cfg = Config {
+            idle_timeout: Some(Duration::from_millis(300)),
+            ..config()
+        };
+        let (handle, _rec) = start::<R>(cfg, move |mut conn: Conn| {
+            let tx = tx.clone();
+            async move {
+                loop {
+                    let ready = conn.readable().await;
+                    let _ = tx
+                        .send(ready.as_ref().map(|_| ()).map_err(|e| e.kind()))
+                        .await;
+                    if ready.is_err() {
+                        return;
+                    }
+                    // Readiness consumed nothing: the read gets all the data.
+                    let mut buf = [0u8; 3];
+                    if conn.read_exact(&mut buf).await.is_err()
+                        || conn.write_all(&buf).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut c = connect(handle.local_addr()).await;
+        c.write_all(b"abc").await.unwrap();
+        assert_eq!(within(LIMIT, "readable", rx.recv()).await.unwrap(), Ok(()));
+        let mut back = [0u8; 3];
+        c.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"abc");
+        // Idle: readable() waits, then fails when the idle timeout closes the connection.
+        assert_eq!(
+            within(LIMIT, "readable error", rx.recv()).await.unwrap(),
+            Err(io::ErrorKind::TimedOut)
+        );
+        assert!(ends(&mut c).await);
+        handle.close().await;
     });
 }
