@@ -62,6 +62,16 @@ enum Mode {
         #[arg(long, hide = true)]
         bench: bool,
     },
+    /// Summarize result lines (from benches/compare.sh) as a markdown table and JSON.
+    Report {
+        /// The results file.
+        input: std::path::PathBuf,
+        /// Where to write the JSON summary.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        #[arg(long, hide = true)]
+        bench: bool,
+    },
     /// Open and hold idle connections; report the server's RSS per connection.
     Idle {
         #[arg(long)]
@@ -125,6 +135,7 @@ fn main() {
         Mode::Idle {
             addr, conns, pid, ..
         } => idle(addr, conns, pid),
+        Mode::Report { input, json, .. } => report(&input, json.as_deref()),
     }
 }
 
@@ -332,4 +343,113 @@ fn idle(addr: SocketAddr, conns: usize, pid: u32) {
         (after.saturating_sub(before)) as f64 / held.len() as f64
     );
     drop(held);
+}
+
+/// The headline metric of a result line, and whether bigger is better.
+fn headline(fields: &std::collections::BTreeMap<String, f64>) -> Option<(&'static str, bool)> {
+    ["req/s", "conn/s", "kib_per_conn"]
+        .into_iter()
+        .find(|k| fields.contains_key(*k))
+        .map(|k| (k, k != "kib_per_conn"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Lines look like `SERVER SCENARIO rep=N MODE key=value ...`.
+fn report(input: &std::path::Path, json: Option<&std::path::Path>) {
+    use std::collections::BTreeMap;
+    let text = std::fs::read_to_string(input).expect("read results");
+    let mut order: Vec<String> = Vec::new();
+    // scenario -> server -> metric -> samples
+    let mut data: BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<f64>>>> = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(server), Some(scenario)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let fields: BTreeMap<String, f64> = words
+            .filter_map(|w| w.split_once('='))
+            .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_owned(), v)))
+            .collect();
+        if headline(&fields).is_none() {
+            continue;
+        }
+        if !order.contains(&scenario.to_owned()) {
+            order.push(scenario.to_owned());
+        }
+        let metrics = data
+            .entry(scenario.to_owned())
+            .or_default()
+            .entry(server.to_owned())
+            .or_default();
+        for (k, v) in fields {
+            metrics.entry(k).or_default().push(v);
+        }
+    }
+    let servers = ["berth", "bare", "tokio"];
+    println!(
+        "| scenario | metric | berth | bare smol | tokio | berth / bare | berth / tokio | server CPU µs per op (berth / bare / tokio) | p99 µs (berth / bare / tokio) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut summary = serde_json::Map::new();
+    for scenario in &order {
+        let by_server = &data[scenario];
+        let med = |server: &str, metric: &str| {
+            by_server
+                .get(server)
+                .and_then(|m| m.get(metric))
+                .map(|v| median(v.clone()))
+        };
+        let any = by_server.values().next().unwrap();
+        let first: BTreeMap<String, f64> = any.iter().map(|(k, v)| (k.clone(), v[0])).collect();
+        let (metric, bigger_better) = headline(&first).unwrap();
+        let cpu_key = ["server_cpu_us_per_req", "server_cpu_us_per_conn"]
+            .into_iter()
+            .find(|k| any.contains_key(*k));
+        let fmt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let ratio = |other: &str| match (med("berth", metric), med(other, metric)) {
+            (Some(b), Some(o)) if o > 0.0 => {
+                let r = b / o;
+                format!(
+                    "{r:.2}x{}",
+                    if bigger_better {
+                        ""
+                    } else {
+                        " (lower is better)"
+                    }
+                )
+            }
+            _ => "-".to_owned(),
+        };
+        let triple = |key: Option<&str>| {
+            key.map_or("-".to_owned(), |k| {
+                servers.map(|s| fmt(med(s, k))).join(" / ")
+            })
+        };
+        println!(
+            "| {scenario} | {metric} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt(med("berth", metric)),
+            fmt(med("bare", metric)),
+            fmt(med("tokio", metric)),
+            ratio("bare"),
+            ratio("tokio"),
+            triple(cpu_key),
+            triple(any.contains_key("p99_us").then_some("p99_us")),
+        );
+        let mut entry = serde_json::Map::new();
+        for (server, metrics) in by_server {
+            let m: serde_json::Map<String, serde_json::Value> = metrics
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!(median(v.clone()))))
+                .collect();
+            entry.insert(server.clone(), serde_json::Value::Object(m));
+        }
+        summary.insert(scenario.clone(), serde_json::Value::Object(entry));
+    }
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&summary).unwrap()).expect("write JSON");
+    }
 }

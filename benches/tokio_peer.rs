@@ -1,0 +1,94 @@
+//! The tokio peer: a plain tokio `TcpListener` (+ tokio-rustls) echo loop, what most Rust
+//! users would write by hand, with the echo example's `--addr`, `--threads`, `--tls-cert`
+//! and `--tls-key` flags. A 16 KiB buffer per connection, like most such loops.
+//!
+//! `cargo bench --bench tokio_peer -- --addr 127.0.0.1:7002 --threads 1`
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:7002")]
+    addr: String,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    tls_key: Option<std::path::PathBuf>,
+    /// Ignored: `cargo bench` passes it.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let tls = args.tls_cert.as_ref().map(|cert| {
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(args.tls_key.as_ref().unwrap())
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    });
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    }
+    .enable_all()
+    .build()
+    .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.addr)
+            .await
+            .expect("bind");
+        println!("listening on {}", listener.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    None => echo(stream).await,
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            echo(stream).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+async fn echo(mut stream: impl AsyncRead + AsyncWrite + Unpin) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+        if stream.write_all(&buf[..n]).await.is_err() || stream.flush().await.is_err() {
+            break;
+        }
+    }
+}
