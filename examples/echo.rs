@@ -219,14 +219,9 @@ fn self_signed(dir: &std::path::Path) -> Result<(PathBuf, PathBuf), String> {
 /// An idle connection holds no read buffer: it waits with `Conn::readable`, and borrows a
 /// buffer from a per-thread pool only for the read and the write that follow.
 async fn echo(mut conn: Conn) {
-    let mut draining = conn.draining();
     loop {
-        let ready = async { Some(conn.readable().await) };
-        let drained = async {
-            (&mut draining).await;
-            None
-        };
-        if !matches!(ready.or(drained).await, Some(Ok(()))) {
+        // Returns on data, and also when the server starts draining.
+        if conn.readable().await.is_err() || conn.is_draining() {
             return;
         }
         let mut buf = buffers::take();

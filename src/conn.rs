@@ -206,15 +206,20 @@ impl Conn {
 
     /// Waits until the connection has something to read (data, end of file or an error)
     /// without reading it, so an idle handler need not hold a read buffer: wait, then borrow
-    /// a buffer only for the read that follows. Fails like a read once the server has closed
-    /// the connection (idle timeout, shutdown). On streams that cannot tell readiness (TLS,
-    /// see [`Stream::poll_readable`]) it returns at once, which is still correct.
+    /// a buffer only for the read that follows. It also returns when the server starts
+    /// draining, so this one wait serves both purposes: check
+    /// [`is_draining`](Self::is_draining) after it. Fails like a read once the server has
+    /// closed the connection (idle timeout, shutdown). On streams that cannot tell readiness
+    /// (TLS, see [`Stream::poll_readable`]) it returns at once, which is still correct.
     ///
     /// ```no_run
     /// # async fn f(mut conn: berth::Conn) -> std::io::Result<()> {
     /// use futures_lite::{AsyncReadExt, AsyncWriteExt};
     /// loop {
     ///     conn.readable().await?; // idle here costs no buffer
+    ///     if conn.is_draining() {
+    ///         return Ok(()); // between requests: stop for the shutdown
+    ///     }
     ///     let mut buf = vec![0u8; 16 * 1024]; // or take one from a pool
     ///     let n = conn.read(&mut buf).await?;
     ///     if n == 0 {
@@ -531,8 +536,17 @@ impl Future for Readable<'_> {
         if let Some(e) = conn.closed_error() {
             return Poll::Ready(Err(e));
         }
+        if conn.is_draining() {
+            return Poll::Ready(Ok(()));
+        }
         let poll = conn.io.poll_readable(cx);
-        conn.finish(cx, poll, |_| false, &conn.slot.read_waker)
+        let poll = conn.finish(cx, poll, |_| false, &conn.slot.read_waker);
+        // Drain began between the check above and the registration: the sweep may have
+        // missed this waker.
+        if poll.is_pending() && conn.is_draining() {
+            return Poll::Ready(Ok(()));
+        }
+        poll
     }
 }
 
@@ -589,12 +603,19 @@ mod supervise {
             #[pin]
             handler: F,
             conn: ConnHandle,
+            // The waker last registered in the slot: registering costs an atomic
+            // read-modify-write per poll, and a task's waker rarely changes.
+            registered: Option<std::task::Waker>,
         }
     }
 
     impl<F> Supervised<F> {
         pub(crate) fn new(handler: F, conn: ConnHandle) -> Self {
-            Supervised { handler, conn }
+            Supervised {
+                handler,
+                conn,
+                registered: None,
+            }
         }
     }
 
@@ -620,7 +641,16 @@ mod supervise {
             if killed() {
                 return Poll::Ready(Outcome::Cancelled);
             }
-            conn.slot.task_waker.register(cx.waker());
+            // The slot's task waker is consumed only by the close that kills this handler,
+            // so skipping an unchanged registration cannot lose a wake-up.
+            if !this
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                conn.slot.task_waker.register(cx.waker());
+                *this.registered = Some(cx.waker().clone());
+            }
             if killed() {
                 return Poll::Ready(Outcome::Cancelled);
             }

@@ -19,7 +19,7 @@ mod tcp;
 #[cfg(feature = "tokio")]
 mod tokio;
 #[cfg(feature = "tcp")]
-pub use tcp::TcpListener;
+pub use tcp::{TcpListener, TcpStream};
 #[cfg(feature = "tokio")]
 pub use tokio::TokioTcpListener;
 
@@ -58,13 +58,6 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let _ = cx;
         Poll::Ready(Ok(()))
-    }
-}
-
-#[cfg(feature = "tcp")]
-impl Stream for async_io::Async<std::net::TcpStream> {
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        async_io::Async::poll_readable(self, cx)
     }
 }
 

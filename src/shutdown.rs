@@ -160,6 +160,8 @@ pub(crate) async fn stop(
     let open_at_drain = shared.pool.count();
     shared.set_state(State::Draining);
     sd.draining.set();
+    // Wake handlers waiting in `Conn::readable`, which returns once draining has begun.
+    shared.pool.for_each_open(|slot, _| slot.read_waker.wake());
     shared.hooks.server(ServerEvent::Draining {
         open_connections: open_at_drain,
     });

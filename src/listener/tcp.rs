@@ -6,6 +6,9 @@
 use std::io;
 use std::net::SocketAddr;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use async_io::Async;
 
 use super::{Accepted, Listener};
@@ -14,9 +17,8 @@ use crate::error::Error;
 
 /// A TCP listener built from a [`Config`] (address, backlog, reuse_port, nodelay).
 ///
-/// Accepted streams are `async_io::Async<std::net::TcpStream>` (`stream.get_ref()` is the std
-/// socket, e.g. for `socket2::SockRef::from`) with `TCP_NODELAY` set when the config asks
-/// for it (the default).
+/// Accepted streams are [`TcpStream`]s with `TCP_NODELAY` set when the config asks for it
+/// (the default).
 #[derive(Debug)]
 pub struct TcpListener {
     inner: Async<std::net::TcpListener>,
@@ -54,7 +56,7 @@ impl TcpListener {
 }
 
 impl Listener for TcpListener {
-    type Stream = Async<std::net::TcpStream>;
+    type Stream = TcpStream;
 
     async fn accept(&self) -> io::Result<Accepted<Self::Stream>> {
         let (stream, peer_addr) = self.inner.accept().await?;
@@ -65,7 +67,7 @@ impl Listener for TcpListener {
         }
         let local_addr = stream.get_ref().local_addr()?;
         Ok(Accepted {
-            stream,
+            stream: TcpStream(stream),
             peer_addr,
             local_addr,
         })
@@ -73,5 +75,68 @@ impl Listener for TcpListener {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.get_ref().local_addr()
+    }
+}
+
+/// An accepted TCP connection: async-io's `Async<std::net::TcpStream>`, with `close`
+/// shutting down the write side (the peer reads end of file), which async-io's own
+/// `poll_close` does not do, and readiness for [`Conn::readable`](crate::Conn::readable).
+#[derive(Debug)]
+pub struct TcpStream(Async<std::net::TcpStream>);
+
+impl TcpStream {
+    /// The std socket, e.g. for `socket2::SockRef::from(stream.get_ref())` in a tune hook.
+    pub fn get_ref(&self) -> &std::net::TcpStream {
+        self.0.get_ref()
+    }
+}
+
+impl futures_io::AsyncRead for TcpStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read_vectored(cx, bufs)
+    }
+}
+
+impl futures_io::AsyncWrite for TcpStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
+    }
+}
+
+impl super::Stream for TcpStream {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_readable(cx)
     }
 }

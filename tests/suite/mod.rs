@@ -54,6 +54,7 @@ macro_rules! all_tests {
             lingering_close_delivers_everything_and_is_bounded,
             struct_handler_serves_with_its_own_state,
             readable_waits_without_consuming_and_fails_when_closed,
+            readable_returns_when_draining_begins,
         );
     };
 }
@@ -1102,5 +1103,45 @@ pub fn readable_waits_without_consuming_and_fails_when_closed<R: Rt>() {
         );
         assert!(ends(&mut c).await);
         handle.close().await;
+    });
+}
+
+pub fn readable_returns_when_draining_begins<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let (tx, rx) = async_channel::unbounded();
+        let cfg = Config {
+            linger_timeout: Duration::from_secs(3600),
+            ..config()
+        };
+        let (handle, rec) = start::<R>(cfg, move |mut conn: Conn| {
+            let tx = tx.clone();
+            async move {
+                // Idle in readable(): only the drain can end this wait.
+                let ready = conn.readable().await;
+                let _ = tx.send((ready.is_ok(), conn.is_draining())).await;
+            }
+        });
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            clients.push(connect(handle.local_addr()).await);
+            rec.accepted().await;
+        }
+        let h = handle.clone();
+        let shutdown = async move { h.shutdown(Duration::from_secs(3600)).await };
+        let clients_close = async {
+            for _ in 0..5 {
+                assert_eq!(
+                    within(LIMIT, "drain wake", rx.recv()).await.unwrap(),
+                    (true, true)
+                );
+            }
+            // The server's FIN, not the linger timeout (an hour here), ends each client.
+            for c in &mut clients {
+                assert!(ends(c).await);
+            }
+            clients.clear();
+        };
+        let (report, ()) = futures_lite::future::zip(shutdown, clients_close).await;
+        assert_eq!(report.unwrap().drained, 5);
     });
 }
