@@ -41,6 +41,8 @@ mod extensions;
 mod handler;
 mod idle;
 pub mod listener;
+#[cfg(test)]
+mod micro;
 mod pool;
 pub mod runtime;
 mod server;

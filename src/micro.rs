@@ -1,0 +1,116 @@
+//! Micro-benchmarks of the hot paths, run on demand (they print, they do not assert speed):
+//!
+//! ```text
+//! cargo test --release --lib micro -- --ignored --nocapture --test-threads=1
+//! ```
+
+use std::hint::black_box;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::idle::Clock;
+use crate::pool::{Pool, SlotState};
+
+fn per_op(label: &str, ops: u64, elapsed: Duration) {
+    println!(
+        "{label}: {:.1} ns/op ({ops} ops in {elapsed:?})",
+        elapsed.as_nanos() as f64 / ops as f64
+    );
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture in release mode"]
+fn micro_slot_take_and_return() {
+    let pool = Pool::default();
+    // Warm: one slot in the free list, as at steady state.
+    let (slot, generation) = pool.open(0, || ());
+    pool.release(&slot, generation);
+    let ops = 1_000_000;
+    let start = Instant::now();
+    for _ in 0..ops {
+        let (slot, generation) = pool.open(0, || ());
+        black_box(&slot);
+        pool.release(&slot, generation);
+    }
+    per_op("slot take + return", ops, start.elapsed());
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture in release mode"]
+fn micro_idle_sweep_100k() {
+    let pool = Pool::default();
+    let slots: Vec<_> = (0..100_000).map(|_| pool.open(0, || ())).collect();
+    let sweeps = 50u64;
+    let timeout = 1_000_000_000u64;
+    let start = Instant::now();
+    let mut reaped = 0;
+    for _ in 0..sweeps {
+        let now = black_box(500_000_000u64); // nobody is idle long enough: a full scan
+        pool.for_each_open(|slot, generation| {
+            if now.saturating_sub(slot.last_active.load(Ordering::Relaxed)) >= timeout {
+                slot.close(generation, SlotState::IdleTimeout);
+                reaped += 1;
+            }
+        });
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(reaped, 0);
+    println!(
+        "idle sweep over 100,000 open connections: {:?} per sweep, {:.1} ns per connection",
+        elapsed / sweeps as u32,
+        elapsed.as_nanos() as f64 / (sweeps * 100_000) as f64
+    );
+    drop(slots);
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture in release mode"]
+fn micro_activity_stamp() {
+    let pool = Pool::default();
+    let (slot, _) = pool.open(0, || ());
+    let clock = Clock::new(Instant::now());
+    let ops = 10_000_000;
+    let start = Instant::now();
+    for _ in 0..ops {
+        // What Conn does on every read or write that makes progress.
+        slot.last_active
+            .store(black_box(&clock).stamp(), Ordering::Relaxed);
+    }
+    per_op("activity stamp", ops, start.elapsed());
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture in release mode"]
+#[cfg(feature = "smol")]
+fn micro_accept_to_handler_start() {
+    let (tx, rx) = async_channel::unbounded::<Instant>();
+    let handle = crate::Builder::new(crate::Config::new("127.0.0.1:0"))
+        .bind()
+        .unwrap()
+        .serve(move |conn: crate::Conn| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(Instant::now()).await;
+                drop(conn);
+            }
+        });
+    let addr = handle.local_addr();
+    let mut latencies: Vec<Duration> = async_io::block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..2000 {
+            let connected = std::net::TcpStream::connect(addr).unwrap();
+            let started_at = Instant::now();
+            let handler_at = rx.recv().await.unwrap();
+            v.push(handler_at.saturating_duration_since(started_at));
+            drop(connected);
+        }
+        v
+    });
+    latencies.sort();
+    println!(
+        "connect() returned -> handler started: p50 {:?}, p99 {:?} (2000 connections)",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100]
+    );
+    async_io::block_on(handle.close());
+}
