@@ -5,9 +5,10 @@
 //! `cargo bench --bench tokio_peer -- --addr 127.0.0.1:7002 --threads 1`
 
 use std::io::Write as _;
-use std::sync::Arc;
 
 use clap::Parser;
+
+mod common;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[derive(Parser)]
@@ -31,22 +32,10 @@ fn main() {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let tls = args.tls_cert.as_ref().map(|cert| {
-        use rustls::pki_types::pem::PemObject;
-        let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(args.tls_key.as_ref().unwrap())
-            .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+        tokio_rustls::TlsAcceptor::from(common::tls_server_config(
+            cert,
+            args.tls_key.as_ref().unwrap(),
         ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
     });
     let rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()

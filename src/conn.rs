@@ -209,8 +209,9 @@ impl Conn {
     /// a buffer only for the read that follows. It also returns when the server starts
     /// draining, so this one wait serves both purposes: check
     /// [`is_draining`](Self::is_draining) after it. Fails like a read once the server has
-    /// closed the connection (idle timeout, shutdown). On streams that cannot tell readiness
-    /// (TLS, see [`Stream::poll_readable`]) it returns at once, which is still correct.
+    /// closed the connection (idle timeout, shutdown). Works for TLS too (ready when rustls
+    /// holds decrypted bytes or the socket has more); on streams that cannot tell readiness
+    /// (see [`Stream::poll_readable`]) it returns at once, which is still correct.
     ///
     /// ```no_run
     /// # async fn f(mut conn: berth::Conn) -> std::io::Result<()> {

@@ -15,10 +15,12 @@
 //!     println!("listening on {}", server.local_addr());
 //!     let handle = server.serve(|mut conn: berth::Conn| async move {
 //!         let mut buf = vec![0; 4096];
-//!         // Echo until the peer closes, an error, or the server starts draining.
-//!         while let Ok(n @ 1..) = conn.read(&mut buf).await {
-//!             if conn.write_all(&buf[..n]).await.is_err() || conn.is_draining() {
-//!                 break;
+//!         // Echo until the peer closes, an error, or the server starts draining:
+//!         // readable() waits without reading and also returns when draining begins.
+//!         while conn.readable().await.is_ok() && !conn.is_draining() {
+//!             match conn.read(&mut buf).await {
+//!                 Ok(n @ 1..) if conn.write_all(&buf[..n]).await.is_ok() => {}
+//!                 _ => break,
 //!             }
 //!         }
 //!     });

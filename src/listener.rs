@@ -61,10 +61,17 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     }
 }
 
-/// A TLS stream cannot tell readiness from its socket alone (rustls may already hold
-/// decrypted bytes), so it keeps the default.
+/// Readable when rustls already holds decrypted bytes, else when the socket is.
 #[cfg(feature = "tls")]
-impl<S: Stream> Stream for futures_rustls::server::TlsStream<S> {}
+impl<S: Stream> Stream for futures_rustls::server::TlsStream<S> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (io, session) = self.get_mut();
+        if !session.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        io.poll_readable(cx)
+    }
+}
 
 /// One accepted connection, as a [`Listener`] hands it over.
 #[derive(Debug)]

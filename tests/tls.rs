@@ -765,3 +765,63 @@ fn session_resumption_is_on_by_default_and_can_be_turned_off() {
         }
     });
 }
+
+#[test]
+fn idle_tls_connections_drain_without_being_forced() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let rec = Recorder::new();
+        let handle = rec
+            .attach(
+                Builder::new(Config {
+                    linger_timeout: Duration::from_secs(3600),
+                    ..tls_config(tls_of(&leaf))
+                })
+                .runtime(berth::runtime::Smol::global()),
+            )
+            .bind()
+            .unwrap()
+            .serve(|mut conn: Conn| async move {
+                // The echo example's loop: readable() also returns when draining starts.
+                loop {
+                    if conn.readable().await.is_err() || conn.is_draining() {
+                        return;
+                    }
+                    let mut buf = [0u8; 256];
+                    match conn.read(&mut buf).await {
+                        Ok(n @ 1..) => {
+                            if conn.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            });
+        let addr = handle.local_addr();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let mut s = tls_connect(addr, "localhost", client(pki.ca_der(), BOTH, &[], None))
+                .await
+                .unwrap();
+            s.write_all(b"ping").await.unwrap();
+            s.flush().await.unwrap();
+            let mut back = [0u8; 4];
+            s.read_exact(&mut back).await.unwrap();
+            clients.push(s);
+        }
+        // Idle TLS connections: the drain reaches them (deadline an hour away).
+        let h = handle.clone();
+        let shutdown = async move { h.shutdown(Duration::from_secs(3600)).await };
+        let clients_close = async {
+            for s in &mut clients {
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+            }
+            clients.clear();
+        };
+        let (report, ()) = futures_lite::future::zip(shutdown, clients_close).await;
+        assert_eq!(report.unwrap().drained, 3);
+    });
+}

@@ -2,13 +2,16 @@
 //! are ours to choose (async-net's own `bind` fixes the backlog at 128 and never sets
 //! `SO_REUSEPORT`; tokio's uses 1024). Shared by every TCP listener.
 
+use std::net::SocketAddr;
+
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::error::Error;
 
-/// Validates `config` and returns a bound, listening, non-blocking std listener.
-pub(crate) fn bind_std(config: &Config) -> Result<std::net::TcpListener, Error> {
+/// Validates `config` and returns a bound, listening, non-blocking std listener, with the
+/// address it was bound as (for errors while wrapping it in a reactor).
+pub(crate) fn bind_std(config: &Config) -> Result<(std::net::TcpListener, SocketAddr), Error> {
     config.validate()?;
     let addr = config.resolve_address()?;
     let bind_err = |source| Error::Bind { addr, source };
@@ -30,5 +33,5 @@ pub(crate) fn bind_std(config: &Config) -> Result<std::net::TcpListener, Error> 
     let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
     socket.listen(backlog).map_err(bind_err)?;
     socket.set_nonblocking(true).map_err(bind_err)?;
-    Ok(socket.into())
+    Ok((socket.into(), addr))
 }

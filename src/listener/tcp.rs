@@ -1,7 +1,7 @@
 //! Real TCP on async-io's reactor (which the smol and async-std adapters use). The socket is
-//! built by [`socket::bind_std`](super::socket::bind_std). Streams are plain
-//! `Async<std::net::TcpStream>`: no `Arc`, no cached readiness futures, and readiness is
-//! exposed for [`Conn::readable`](crate::Conn::readable).
+//! built by [`socket::bind_std`](super::socket::bind_std). Streams are [`TcpStream`]: a thin
+//! wrapper of `Async<std::net::TcpStream>` (no `Arc`, no cached readiness futures) that
+//! sends FIN on close and exposes readiness for [`Conn::readable`](crate::Conn::readable).
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,13 +31,7 @@ impl TcpListener {
     /// Errors: [`Error::Config`] for an invalid config, [`Error::Bind`] when the operating
     /// system refuses (address in use, no permission, address not local).
     pub fn bind(config: &Config) -> Result<Self, Error> {
-        let std = super::socket::bind_std(config)?;
-        let addr = std.local_addr().map_err(|source| Error::Bind {
-            addr: config
-                .resolve_address()
-                .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
-            source,
-        })?;
+        let (std, addr) = super::socket::bind_std(config)?;
         let inner = Async::new(std).map_err(|source| Error::Bind { addr, source })?;
         Ok(TcpListener {
             inner,

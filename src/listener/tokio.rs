@@ -20,13 +20,7 @@ pub struct TokioTcpListener {
 impl TokioTcpListener {
     /// Validates `config` and binds its address. Call it inside a tokio runtime.
     pub fn bind(config: &Config) -> Result<Self, Error> {
-        let std = super::socket::bind_std(config)?;
-        let addr = std.local_addr().map_err(|source| Error::Bind {
-            addr: config
-                .resolve_address()
-                .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
-            source,
-        })?;
+        let (std, addr) = super::socket::bind_std(config)?;
         let inner = tokio::net::TcpListener::from_std(std)
             .map_err(|source| Error::Bind { addr, source })?;
         Ok(TokioTcpListener {
