@@ -23,6 +23,7 @@ use crate::conn::{Conn, Meta, Outcome, Supervised};
 use crate::error::Error;
 use crate::events::{CloseReason, ConnEvent};
 use crate::handler::Handler;
+use crate::limits::RejectReason;
 use crate::listener::{Accepted, Listener};
 use crate::server::{Permit, Shared, TuneHook};
 
@@ -84,10 +85,33 @@ pub(crate) async fn accept_loop<L: Listener, H: Handler>(
             None => break,
             Some(Ok(accepted)) => {
                 backoff = None;
+                // Direct clients are admitted here, before any task or TLS work; clients of a
+                // trusted proxy are admitted on their original address once it is known.
+                let proxied = shared
+                    .config
+                    .proxy_protocol
+                    .as_ref()
+                    .is_some_and(|p| p.trusts(accepted.peer_addr.ip()));
+                let admitted = if shared.limiter.is_active() && !proxied {
+                    match shared
+                        .limiter
+                        .admit(accepted.peer_addr.ip(), shared.clock_now())
+                    {
+                        Ok(ip) => ip,
+                        Err(reason) => {
+                            drop(accepted.stream);
+                            shared.reject(accepted.peer_addr, reason);
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
                 shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                let permit = Permit::new(shared.clone());
+                let mut permit = Permit::new(shared.clone());
+                permit.ip = admitted;
                 let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-                let task = connection(permit, handler.clone(), tune.clone(), accepted, id);
+                let task = connection(permit, handler.clone(), tune.clone(), accepted, proxied, id);
                 shared.runtime.spawn(Box::pin(task));
             }
             Some(Err(e)) if is_per_connection(&e) => {}
@@ -113,12 +137,14 @@ pub(crate) async fn accept_loop<L: Listener, H: Handler>(
     shared.shutdown.accept_stopped.set();
 }
 
-/// One connection's task: tune the socket, run the handler, report a panic.
+/// One connection's task: tune the socket, read a PROXY header (from a trusted proxy), then
+/// [`serve`].
 async fn connection<S, H>(
     permit: Permit,
     handler: Arc<H>,
     tune: Option<TuneHook<S>>,
     accepted: Accepted<S>,
+    proxied: bool,
     id: u64,
 ) where
     S: crate::listener::Stream,
@@ -129,13 +155,9 @@ async fn connection<S, H>(
         id,
         peer_addr: accepted.peer_addr,
         local_addr: accepted.local_addr,
+        proxy_addr: None,
         opened_at: shared.runtime.now(),
     };
-    shared.hooks.conn(ConnEvent::Accepted {
-        id,
-        peer_addr: meta.peer_addr,
-        local_addr: meta.local_addr,
-    });
     if let Some(tune) = tune {
         let tuned =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tune(&accepted.stream)));
@@ -151,6 +173,11 @@ async fn connection<S, H>(
             }),
         };
         if let Some(error) = error {
+            shared.hooks.conn(ConnEvent::Accepted {
+                id,
+                peer_addr: meta.peer_addr,
+                local_addr: meta.local_addr,
+            });
             drop(accepted.stream);
             shared.hooks.error(&error);
             shared.finish(
@@ -163,14 +190,84 @@ async fn connection<S, H>(
             return;
         }
     }
+    if proxied {
+        // Boxed: the header read and a second instance of `serve` would otherwise size
+        // every connection's task, direct ones included.
+        Box::pin(via_proxy(permit, handler, accepted.stream, meta)).await;
+    } else {
+        serve(permit, handler, accepted.stream, meta).await;
+    }
+}
+
+/// A connection from a trusted proxy: the PROXY header first (bounded like a handshake),
+/// admission on the original address, then [`serve`].
+async fn via_proxy<S, H>(mut permit: Permit, handler: Arc<H>, mut stream: S, mut meta: Meta)
+where
+    S: crate::listener::Stream,
+    H: Handler,
+{
+    let shared = permit.shared().clone();
+    let read = crate::runtime::timeout(
+        &*shared.runtime,
+        shared.config.handshake_timeout,
+        crate::proxy::read_header(&mut stream),
+    );
+    let header = match read.await {
+        Some(Ok(header)) => header,
+        Some(Err(reason)) => {
+            return refuse(permit, meta.peer_addr, RejectReason::ProxyHeader(reason));
+        }
+        None => {
+            let reason = "no complete header within the handshake timeout".to_owned();
+            return refuse(permit, meta.peer_addr, RejectReason::ProxyHeader(reason));
+        }
+    };
+    if let Some(source) = header.source {
+        meta.proxy_addr = Some(meta.peer_addr);
+        meta.peer_addr = source;
+    }
+    if shared.limiter.is_active() {
+        match shared
+            .limiter
+            .admit(meta.peer_addr.ip(), shared.clock_now())
+        {
+            Ok(ip) => permit.ip = ip,
+            Err(reason) => return refuse(permit, meta.peer_addr, reason),
+        }
+    }
+    let stream = crate::proxy::Prefixed::new(header.rest, stream);
+    serve(permit, handler, stream, meta).await;
+}
+
+/// A connection refused after accept: it never counted as served.
+fn refuse(permit: Permit, peer_addr: std::net::SocketAddr, reason: RejectReason) {
+    let shared = permit.shared().clone();
+    shared.counters.accepted.fetch_sub(1, Ordering::Relaxed);
+    shared.reject(peer_addr, reason);
+    drop(permit);
+}
+
+/// `Accepted`, the TLS handshake (when configured), then the handler.
+async fn serve<S, H>(permit: Permit, handler: Arc<H>, stream: S, meta: Meta)
+where
+    S: crate::listener::Stream,
+    H: Handler,
+{
+    let shared = permit.shared().clone();
+    let id = meta.id;
+    shared.hooks.conn(ConnEvent::Accepted {
+        id,
+        peer_addr: meta.peer_addr,
+        local_addr: meta.local_addr,
+    });
     #[cfg(feature = "tls")]
     let conn = match shared.tls() {
-        None => Conn::new(permit, accepted.stream, meta, None),
+        None => Conn::new(permit, stream, meta, None),
         Some(config) => {
             let timeout = shared.config.handshake_timeout;
             // Boxed: the handshake's state is large (rustls), and inline it would size every
             // connection task, plain ones included, for the handshake.
-            let handshake = crate::tls::handshake(&shared, config, accepted.stream, timeout);
+            let handshake = crate::tls::handshake(&shared, config, stream, timeout);
             match Box::pin(handshake).await {
                 Ok((stream, info)) => {
                     shared
@@ -204,7 +301,7 @@ async fn connection<S, H>(
         }
     };
     #[cfg(not(feature = "tls"))]
-    let conn = Conn::new(permit, accepted.stream, meta, None);
+    let conn = Conn::new(permit, stream, meta, None);
     let handle = conn.handle();
     if let Outcome::Panicked(message) = Supervised::new(handler.call(conn), handle).await {
         shared.hooks.error(&Error::HandlerPanicked {
@@ -281,6 +378,7 @@ mod tests {
             handler,
             None,
             accepted,
+            false,
             1,
         );
         let size = std::mem::size_of_val(&task);

@@ -11,6 +11,8 @@
 //! | `max_connections` | unset (no limit)   | stop accepting while this many connections are open            |
 //! | `linger_timeout`  | `2s`               | lingering close after a handler returns first (0: off)         |
 //! | `handshake_timeout` | `10s`            | TLS clients must finish the handshake within this              |
+//! | `limits`          | all off            | per-IP and global limits, allow/deny, see [`Limits`](crate::limits::Limits) |
+//! | `proxy_protocol`  | unset (off)        | PROXY header from trusted proxies, see [`ProxyProtocol`](crate::ProxyProtocol) |
 //! | `tls`             | unset (plain TCP)  | TLS settings (feature `tls`), see [`TlsConfig`](crate::tls::TlsConfig) |
 //!
 //! Durations are written the human way in TOML/JSON/YAML: `"30s"`, `"5m"`, `"250ms"`.
@@ -40,7 +42,7 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How a server listens and treats its connections. See the [module docs](self) for the
 /// table of defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `HOST:PORT` to listen on. `HOST` may be an IPv4 address, a bracketed IPv6 address
@@ -75,6 +77,11 @@ pub struct Config {
     /// A TLS client that has not completed its handshake within this is dropped.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Per-address and global connection limits, allow/deny lists (all off by default).
+    pub limits: crate::limits::Limits,
+    /// Read a PROXY-protocol header (v1 or v2) from these trusted proxies and use the
+    /// original client address; `None`: off.
+    pub proxy_protocol: Option<crate::proxy::ProxyProtocol>,
     /// Serve TLS with these settings; `None` serves plain TCP.
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsConfig>,
@@ -92,6 +99,8 @@ impl Default for Config {
             max_connections: None,
             linger_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
+            limits: crate::limits::Limits::default(),
+            proxy_protocol: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -142,6 +151,14 @@ impl Config {
         }
         if self.backlog == 0 || i32::try_from(self.backlog).is_err() {
             return Err(ConfigError::InvalidBacklog(self.backlog));
+        }
+        self.limits.validate()?;
+        if self
+            .proxy_protocol
+            .as_ref()
+            .is_some_and(|p| p.trusted_proxies.is_empty())
+        {
+            return Err(ConfigError::NoTrustedProxies);
         }
         Ok(())
     }

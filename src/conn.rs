@@ -95,6 +95,7 @@ pub struct Conn {
     id: u64,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
+    proxy_addr: Option<SocketAddr>,
     opened_at: Instant,
     extensions: Extensions,
     tls: Option<Box<TlsInfo>>,
@@ -105,6 +106,8 @@ pub(crate) struct Meta {
     pub(crate) id: u64,
     pub(crate) peer_addr: SocketAddr,
     pub(crate) local_addr: SocketAddr,
+    /// The proxy's address, when a PROXY header gave the client's original address.
+    pub(crate) proxy_addr: Option<SocketAddr>,
     /// When it was accepted (so `Closed`'s duration includes a TLS handshake).
     pub(crate) opened_at: Instant,
 }
@@ -129,6 +132,7 @@ impl Conn {
             id: meta.id,
             peer_addr: meta.peer_addr,
             local_addr: meta.local_addr,
+            proxy_addr: meta.proxy_addr,
             extensions: Extensions::default(),
             tls: tls.map(Box::new),
         };
@@ -143,9 +147,15 @@ impl Conn {
         self.permit.shared()
     }
 
-    /// The client's address.
+    /// The client's address: behind a trusted proxy speaking the PROXY protocol, the
+    /// original client's.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// The proxy's address, when the client's came from a PROXY-protocol header.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy_addr
     }
 
     /// The server-side address of this connection.

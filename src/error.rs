@@ -43,6 +43,14 @@ pub enum ConfigError {
         "idle_timeout is zero: leave it unset to disable idle reaping, or give a positive duration"
     )]
     ZeroIdleTimeout,
+    /// A connection limit is out of range.
+    #[error("invalid limit: {0}")]
+    InvalidLimit(String),
+    /// PROXY protocol is on but no proxy is trusted, so no connection could be served.
+    #[error(
+        "proxy_protocol is enabled with an empty trusted_proxies list: add the load balancer's addresses (e.g. \"10.0.0.0/8\")"
+    )]
+    NoTrustedProxies,
     /// `handshake_timeout` is zero: no TLS client could ever connect.
     #[error("handshake_timeout is zero: give TLS clients time to shake hands (default 10s)")]
     ZeroHandshakeTimeout,

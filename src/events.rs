@@ -28,6 +28,15 @@ pub enum ConnEvent {
         /// The server-side address.
         local_addr: SocketAddr,
     },
+    /// A connection was refused by the limits or allow/deny lists, or for a bad PROXY
+    /// header, and closed at once. It gets no `Accepted` or `Closed` event and does not
+    /// count as open.
+    Rejected {
+        /// The client's address (the original one when a PROXY header gave it).
+        peer_addr: SocketAddr,
+        /// Why.
+        reason: crate::limits::RejectReason,
+    },
     /// A TLS handshake completed; the handler starts next.
     TlsEstablished {
         /// The connection's id.
@@ -136,6 +145,8 @@ pub struct Stats {
     pub active: usize,
     /// `accept` errors that made the server back off (EMFILE and the like).
     pub accept_errors: u64,
+    /// Connections refused by limits, allow/deny lists or a bad PROXY header.
+    pub rejected: u64,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS handshakes failed or timed out.
@@ -167,6 +178,7 @@ pub(crate) struct Counters {
     pub(crate) slots_allocated: AtomicU64,
     pub(crate) tls_handshakes: AtomicU64,
     pub(crate) tls_failures: AtomicU64,
+    pub(crate) rejected: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
 }
 
@@ -181,6 +193,7 @@ impl Counters {
             active,
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
             slots_allocated: self.slots_allocated.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
             tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
             tls_failures: self.tls_failures.load(Ordering::Relaxed),
             closed: std::array::from_fn(|i| self.closed[i].load(Ordering::Relaxed)),

@@ -39,7 +39,7 @@ impl Clock {
         self.next_sweep.load(Ordering::Relaxed)
     }
 
-    fn since_origin(&self, now: Instant) -> u64 {
+    pub(crate) fn since_origin(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 }

@@ -42,10 +42,12 @@ pub mod events;
 mod extensions;
 mod handler;
 mod idle;
+pub mod limits;
 pub mod listener;
 #[cfg(test)]
 mod micro;
 mod pool;
+mod proxy;
 pub mod runtime;
 mod server;
 mod shutdown;
@@ -57,6 +59,7 @@ pub use error::{ConfigError, Error};
 pub use events::{CloseReason, ConnEvent, ServerEvent, Stats};
 pub use extensions::Extensions;
 pub use handler::Handler;
+pub use proxy::ProxyProtocol;
 pub use server::{Builder, Server, ServerHandle, State};
 pub use shutdown::ShutdownReport;
 

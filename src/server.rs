@@ -41,6 +41,7 @@ pub(crate) struct Shared {
     pub(crate) hooks: Hooks,
     pub(crate) counters: Counters,
     pub(crate) next_id: AtomicU64,
+    pub(crate) limiter: crate::limits::Limiter,
     reports_in_flight: std::sync::atomic::AtomicUsize,
     local_addr: SocketAddr,
     /// Swapped whole by a reload; each connection clones the `Arc` once, at accept.
@@ -97,6 +98,18 @@ impl Shared {
         self.shutdown.conn_closed.notify(usize::MAX);
     }
 
+    /// Nanoseconds since the server started, on the runtime's clock.
+    pub(crate) fn clock_now(&self) -> u64 {
+        self.clock.since_origin(self.runtime.now())
+    }
+
+    /// Refuses a connection: counted and reported, never served. The caller drops the
+    /// stream, which closes it.
+    pub(crate) fn reject(&self, peer_addr: SocketAddr, reason: crate::limits::RejectReason) {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        self.hooks.conn(ConnEvent::Rejected { peer_addr, reason });
+    }
+
     /// Whether no connection is open and every `Closed` event has fired.
     pub(crate) fn all_closed(&self) -> bool {
         self.pool.count() == 0 && self.reports_in_flight.load(Ordering::Acquire) == 0
@@ -127,6 +140,8 @@ impl Shared {
 pub(crate) struct Permit {
     shared: Arc<Shared>,
     released: bool,
+    /// The per-IP admission to give back with the count.
+    pub(crate) ip: Option<crate::limits::IpKey>,
 }
 
 impl Permit {
@@ -135,6 +150,7 @@ impl Permit {
         Permit {
             shared,
             released: false,
+            ip: None,
         }
     }
 
@@ -147,12 +163,16 @@ impl Permit {
         Permit {
             shared: self.shared.clone(),
             released: std::mem::replace(&mut self.released, true),
+            ip: self.ip.take(),
         }
     }
 
     /// Gives the count back now (idempotent).
     pub(crate) fn release(&mut self) {
         if !std::mem::replace(&mut self.released, true) {
+            if let Some(ip) = self.ip.take() {
+                self.shared.limiter.release(ip, self.shared.clock_now());
+            }
             self.shared.connection_closed();
         }
     }
@@ -280,13 +300,14 @@ impl Builder {
         let shared = Arc::new(Shared {
             clock: Clock::new(runtime.now()),
             runtime,
-            config: self.config,
+            config: self.config.clone(),
             state: AtomicU8::new(State::Created as u8),
             pool: Pool::default(),
             shutdown: Shutdown::default(),
             hooks: self.hooks,
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
+            limiter: crate::limits::Limiter::new(self.config.limits.clone()),
             reports_in_flight: Default::default(),
             local_addr,
             #[cfg(feature = "tls")]
