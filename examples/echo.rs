@@ -66,6 +66,41 @@ struct Args {
     /// missing); trust DIR/ca.pem in clients.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_key"])]
     self_signed: Option<PathBuf>,
+    /// At most N concurrent connections per client address (IPv6: per /64).
+    #[arg(long, value_name = "N")]
+    max_per_ip: Option<usize>,
+    /// New connections per client address: RATE, RATE/s or RATE/m (e.g. 10/s, 30/m).
+    #[arg(long, value_name = "RATE[/s]", value_parser = parse_rate)]
+    rate_per_ip: Option<f64>,
+    /// Burst allowed by --rate-per-ip (default: the per-second rate, at least 1).
+    #[arg(long, value_name = "N", requires = "rate_per_ip")]
+    burst: Option<u32>,
+    /// Only these networks may connect (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<ipnet::IpNet>,
+    /// These networks may not connect (repeatable; deny wins over allow).
+    #[arg(long, value_name = "CIDR")]
+    deny: Vec<ipnet::IpNet>,
+    /// Expect a PROXY protocol (v1 or v2) header from the trusted proxies.
+    #[arg(long, requires = "trusted_proxy")]
+    proxy_protocol: bool,
+    /// A proxy allowed to send PROXY headers (repeatable; needs --proxy-protocol).
+    #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
+    trusted_proxy: Vec<ipnet::IpNet>,
+}
+
+/// `10`, `10/s` or `30/m`, as connections per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let (number, per) = match text.split_once('/') {
+        Some((n, "s")) => (n, 1.0),
+        Some((n, "m")) => (n, 60.0),
+        Some((_, unit)) => return Err(format!("unknown unit {unit:?}: use /s or /m")),
+        None => (text, 1.0),
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n / per),
+        _ => Err(format!("{number:?} is not a positive number")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -77,8 +112,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // One line: clap's message up to its usage section, joined.
             let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
+            let line = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
             eprintln!("echo: {line} (try --help)");
             return ExitCode::from(2);
         }
@@ -113,8 +155,23 @@ fn run(args: Args) -> Result<(), String> {
         );
     }
 
+    let limits = berth::limits::Limits {
+        max_per_ip: args.max_per_ip,
+        rate_per_ip: args.rate_per_ip.map(|per_second| berth::limits::Rate {
+            per_second,
+            burst: args.burst.unwrap_or((per_second.ceil() as u32).max(1)),
+        }),
+        allow: args.allow.clone(),
+        deny: args.deny.clone(),
+        ..Default::default()
+    };
+    let proxy_protocol = args.proxy_protocol.then(|| berth::ProxyProtocol {
+        trusted_proxies: args.trusted_proxy.clone(),
+    });
     let config = Config {
         tls,
+        limits,
+        proxy_protocol,
         handshake_timeout: args.handshake_timeout,
         address: args.addr,
         idle_timeout: args.idle_timeout,

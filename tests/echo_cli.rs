@@ -148,6 +148,11 @@ fn echo_rejects_bad_input_with_one_line() {
             "/nonexistent/key.pem",
         ],
         &["--bogus"],
+        &["--max-per-ip", "0"],
+        &["--rate-per-ip", "5/h"],
+        &["--allow", "10.0.0.0/33"],
+        &["--proxy-protocol"],
+        &["--trusted-proxy", "10.0.0.0/8"],
     ];
     for args in cases {
         let echo = Echo::spawn(args);
@@ -335,4 +340,36 @@ fn pkcs1_and_sec1_keys_are_accepted() {
         s_client_echo(&addr, "-tls1_3", &dir.join(&cert)).unwrap();
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn echo_limit_flags_take_effect() {
+    let echo = Echo::spawn(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--max-per-ip",
+        "1",
+        "--deny",
+        "127.0.0.9/32",
+    ]);
+    let addr: std::net::SocketAddr = echo.line().replace("listening on ", "").parse().unwrap();
+    let ping = |c: &mut TcpStream| -> bool {
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let mut back = [0u8; 4];
+        c.write_all(b"ping").is_ok() && c.read_exact(&mut back).is_ok()
+    };
+    let mut first = TcpStream::connect(addr).unwrap();
+    assert!(ping(&mut first));
+    let mut second = TcpStream::connect(addr).unwrap();
+    assert!(
+        !ping(&mut second),
+        "a second connection from 127.0.0.1 is refused"
+    );
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 9], 0)).into())
+        .unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut denied = TcpStream::from(sock);
+    assert!(!ping(&mut denied), "127.0.0.9 is denied");
+    drop((first, second, denied));
 }

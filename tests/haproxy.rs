@@ -1,0 +1,142 @@
+//! A real load balancer in front of berth: HAProxy with `send-proxy` (v1) and
+//! `send-proxy-v2`. The echo must work through it, and berth must see each client's own
+//! address and port, not HAProxy's. CI installs haproxy; with CI=true a missing haproxy
+//! fails the test, elsewhere it is skipped with a loud message.
+#![cfg(all(unix, feature = "smol"))]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::{Builder, Config, Conn, ProxyProtocol};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn haproxy_available() -> bool {
+    let ok = Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "haproxy is required when CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: haproxy is not installed; install it to run this test");
+    }
+    ok
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Haproxy(Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts haproxy and waits until its frontend accepts connections (it binds before it
+/// serves; a bounded wait on that signal).
+fn start_haproxy(config: &str, frontend: u16) -> Haproxy {
+    let dir = std::env::temp_dir().join(format!("berth-haproxy-{}-{frontend}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start haproxy");
+    let proxy = Haproxy(child);
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", frontend)).is_err() {
+        assert!(started.elapsed() < WAIT, "haproxy did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy
+}
+
+#[test]
+fn haproxy_send_proxy_v1_and_v2_reach_berth_with_the_client_address() {
+    if !haproxy_available() {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, Option<SocketAddr>)>();
+    let tx = std::sync::Mutex::new(tx);
+    let handle = Builder::new(Config {
+        proxy_protocol: Some(ProxyProtocol {
+            trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+        }),
+        ..Config::new("127.0.0.1:0")
+    })
+    .runtime(berth::runtime::Smol::global())
+    .bind()
+    .unwrap()
+    .serve(move |mut conn: Conn| {
+        let _ = tx
+            .lock()
+            .unwrap()
+            .send((conn.peer_addr(), conn.proxy_addr()));
+        async move {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                if conn.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let backend = handle.local_addr().port();
+    let (v1, v2) = (free_port(), free_port());
+    let config = format!(
+        "global\n  maxconn 100\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend v1\n  bind 127.0.0.1:{v1}\n  default_backend berth_v1\n\
+         frontend v2\n  bind 127.0.0.1:{v2}\n  default_backend berth_v2\n\
+         backend berth_v1\n  server b 127.0.0.1:{backend} send-proxy\n\
+         backend berth_v2\n  server b 127.0.0.1:{backend} send-proxy-v2\n"
+    );
+    let _haproxy = start_haproxy(&config, v2);
+    for port in [v1, v2] {
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        let me = client.local_addr().unwrap();
+        let msg = format!("hello through haproxy on {port}\n");
+        client.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        client.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+        // The readiness probe also went through HAProxy: find this client's report. Were berth
+        // seeing HAProxy's address instead of the client's, none would match.
+        let proxy = loop {
+            let (peer, proxy) = rx.recv_timeout(WAIT).expect("berth saw this client");
+            let proxy = proxy.expect("every connection came through the proxy");
+            assert_ne!(peer, proxy, "berth must see the client, not HAProxy");
+            if peer == me {
+                break proxy;
+            }
+        };
+        assert_ne!(
+            proxy.port(),
+            me.port(),
+            "HAProxy's connection is a different one"
+        );
+    }
+    async_io::block_on(handle.close());
+}
