@@ -10,6 +10,8 @@
 //! shuts down gracefully (each connection stops at the end of its current chunk), prints a
 //! one-line summary and exits 0. Bad flags print one error line and exit non-zero.
 //!
+//! `RUST_LOG=berth=debug` logs each connection's lifecycle to stderr (feature `tracing`).
+//!
 //! TLS in one command: `--self-signed DIR` writes a throwaway CA (`DIR/ca.pem`) and a
 //! certificate for localhost/127.0.0.1 (`DIR/cert.pem`, `DIR/key.pem`), reusing them if they
 //! exist, and serves TLS with them:
@@ -135,6 +137,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    // RUST_LOG=berth=debug logs every connection's lifecycle (to stderr: stdout carries
+    // the "listening on" and summary lines).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let files = match (&args.self_signed, &args.tls_cert, &args.tls_key) {
         (Some(dir), _, _) => Some(self_signed(dir)?),
         (None, Some(cert), Some(key)) => Some((cert.clone(), key.clone())),

@@ -195,7 +195,8 @@ async fn connection<S, H>(
         // every connection's task, direct ones included.
         Box::pin(via_proxy(permit, handler, accepted.stream, meta)).await;
     } else {
-        serve(permit, handler, accepted.stream, meta).await;
+        let span = conn_span(&meta);
+        in_span(serve(permit, handler, accepted.stream, meta), span).await;
     }
 }
 
@@ -236,7 +237,8 @@ where
         }
     }
     let stream = crate::proxy::Prefixed::new(header.rest, stream);
-    serve(permit, handler, stream, meta).await;
+    let span = conn_span(&meta);
+    in_span(serve(permit, handler, stream, meta), span).await;
 }
 
 /// A connection refused after accept: it never counted as served.
@@ -245,6 +247,48 @@ fn refuse(permit: Permit, peer_addr: std::net::SocketAddr, reason: RejectReason)
     shared.counters.accepted.fetch_sub(1, Ordering::Relaxed);
     shared.reject(peer_addr, reason);
     drop(permit);
+}
+
+/// The connection's span (feature `tracing`): id, peer, proxy, and the TLS version and ALPN
+/// once known. The whole connection, handshake, handler and `Closed` event included, runs
+/// inside it. Without the feature it is `()` and costs nothing.
+#[cfg(feature = "tracing")]
+type ConnSpan = tracing::Span;
+#[cfg(not(feature = "tracing"))]
+type ConnSpan = ();
+
+fn conn_span(meta: &Meta) -> ConnSpan {
+    #[cfg(feature = "tracing")]
+    {
+        let span = tracing::info_span!(
+            target: "berth",
+            "conn",
+            id = meta.id,
+            peer = %meta.peer_addr,
+            proxy = tracing::field::Empty,
+            tls = tracing::field::Empty,
+            alpn = tracing::field::Empty,
+        );
+        if let Some(proxy) = meta.proxy_addr {
+            span.record("proxy", tracing::field::display(proxy));
+        }
+        span
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = meta;
+}
+
+fn in_span<F: std::future::Future>(
+    future: F,
+    span: ConnSpan,
+) -> impl std::future::Future<Output = F::Output> {
+    #[cfg(feature = "tracing")]
+    return tracing::Instrument::instrument(future, span);
+    #[cfg(not(feature = "tracing"))]
+    {
+        let () = span;
+        future
+    }
 }
 
 /// `Accepted`, the TLS handshake (when configured), then the handler.
@@ -270,6 +314,15 @@ where
             let handshake = crate::tls::handshake(&shared, config, stream, timeout);
             match Box::pin(handshake).await {
                 Ok((stream, info)) => {
+                    #[cfg(feature = "tracing")]
+                    {
+                        let span = tracing::Span::current();
+                        span.record("tls", tracing::field::display(info.version));
+                        if let Some(alpn) = &info.alpn {
+                            let alpn = String::from_utf8_lossy(alpn);
+                            span.record("alpn", tracing::field::display(alpn));
+                        }
+                    }
                     shared
                         .counters
                         .tls_handshakes
@@ -382,6 +435,15 @@ mod tests {
             1,
         );
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 1024, "the connection task grew to {size} bytes");
+        // With `tracing` the task also holds the connection's span.
+        let limit = if cfg!(feature = "tracing") {
+            1152
+        } else {
+            1024
+        };
+        assert!(
+            size <= limit,
+            "the connection task grew to {size} bytes (limit {limit})"
+        );
     }
 }

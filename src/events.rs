@@ -233,18 +233,24 @@ impl Hooks {
     }
 
     pub(crate) fn conn(&self, event: ConnEvent) {
+        #[cfg(feature = "tracing")]
+        trace::conn(&event);
         if let Some(hook) = load(&self.conn) {
             self.call("connection event", || hook(&event));
         }
     }
 
     pub(crate) fn server(&self, event: ServerEvent) {
+        #[cfg(feature = "tracing")]
+        trace::server(&event);
         if let Some(hook) = load(&self.server) {
             self.call("server event", || hook(&event));
         }
     }
 
     pub(crate) fn error(&self, error: &Error) {
+        #[cfg(feature = "tracing")]
+        tracing::warn!(target: "berth", error = %error, "server error");
         if let Some(hook) = load(&self.error) {
             // Nobody to report a panicking error hook to: contain it and move on.
             let _ = catch_unwind(AssertUnwindSafe(|| hook(error)));
@@ -257,6 +263,57 @@ impl Hooks {
                 hook,
                 message: panic_message(&*payload),
             });
+        }
+    }
+}
+
+/// Events as `tracing` events (feature `tracing`), in the connection's span where there is
+/// one: lifecycle at debug level, refusals, TLS failures and errors at warn.
+#[cfg(feature = "tracing")]
+mod trace {
+    use super::{ConnEvent, ServerEvent};
+
+    pub(super) fn conn(event: &ConnEvent) {
+        match event {
+            ConnEvent::Accepted { id, peer_addr, .. } => {
+                tracing::debug!(target: "berth", id, peer = %peer_addr, "accepted")
+            }
+            ConnEvent::TlsEstablished { id, info } => tracing::debug!(
+                target: "berth", id, version = %info.version, cipher = %info.cipher_suite,
+                alpn = ?info.alpn.as_deref().map(String::from_utf8_lossy), "TLS established"
+            ),
+            ConnEvent::TlsFailed {
+                id,
+                peer_addr,
+                reason,
+            } => {
+                tracing::warn!(target: "berth", id, peer = %peer_addr, %reason, "TLS failed")
+            }
+            ConnEvent::Rejected { peer_addr, reason } => {
+                tracing::warn!(target: "berth", peer = %peer_addr, %reason, "rejected")
+            }
+            ConnEvent::Closed {
+                id,
+                reason,
+                duration,
+                ..
+            } => {
+                tracing::debug!(target: "berth", id, ?reason, ?duration, "closed")
+            }
+        }
+    }
+
+    pub(super) fn server(event: &ServerEvent) {
+        match event {
+            ServerEvent::Listening { addr, tls } => {
+                tracing::info!(target: "berth", %addr, tls, "listening")
+            }
+            ServerEvent::Draining { open_connections } => {
+                tracing::info!(target: "berth", open_connections, "draining")
+            }
+            ServerEvent::Stopped { drained, forced } => {
+                tracing::info!(target: "berth", drained, forced, "stopped")
+            }
         }
     }
 }
