@@ -3,90 +3,22 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
 
-/// `cargo test` builds the examples next to the test binaries' `deps/` folder.
-fn echo_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/echo");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
-}
+use common::example::{Example, WAIT};
 
-struct Echo {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
+type Echo = Example;
 
-impl Echo {
-    fn spawn(args: &[&str]) -> Echo {
-        let mut child = Command::new(echo_bin())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run the echo example");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Echo { child, lines }
-    }
-
-    fn line(&self) -> String {
-        self.lines.recv_timeout(WAIT).expect("a line from echo")
-    }
-
-    /// Waits for exit (bounded), returning the status and stderr.
-    fn wait(mut self) -> (std::process::ExitStatus, String) {
-        let mut stderr = self.child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            let _ = tx.send(s);
-        });
-        let err = rx.recv_timeout(WAIT).expect("echo exited");
-        let status = self.child.wait().unwrap();
-        (status, err)
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -TERM failed");
+fn spawn(args: &[&str]) -> Echo {
+    Example::spawn("echo", args)
 }
 
 #[test]
 fn echo_serves_and_drains_on_sigterm() {
-    let echo = Echo::spawn(&["--addr", "127.0.0.1:0", "--threads", "2"]);
+    let echo = spawn(&["--addr", "127.0.0.1:0", "--threads", "2"]);
     let first = echo.line();
     let addr = first
         .strip_prefix("listening on ")
@@ -99,7 +31,7 @@ fn echo_serves_and_drains_on_sigterm() {
     c.read_exact(&mut back).unwrap();
     assert!(back == data);
 
-    sigterm(&echo.child);
+    echo.sigterm();
     // The connection is drained: the client sees end of file, then closes.
     let mut rest = Vec::new();
     c.read_to_end(&mut rest).unwrap();
@@ -115,7 +47,7 @@ fn echo_serves_and_drains_on_sigterm() {
 
 #[test]
 fn echo_forces_stuck_clients_at_the_drain_timeout() {
-    let echo = Echo::spawn(&["--addr", "127.0.0.1:0", "--drain-timeout", "200ms"]);
+    let echo = spawn(&["--addr", "127.0.0.1:0", "--drain-timeout", "200ms"]);
     let addr = echo.line().replace("listening on ", "");
     // A client that never reads and never closes keeps the lingering close waiting.
     let mut c = TcpStream::connect(&addr).unwrap();
@@ -123,7 +55,7 @@ fn echo_forces_stuck_clients_at_the_drain_timeout() {
     let mut one = [0u8; 1];
     c.set_read_timeout(Some(WAIT)).unwrap();
     c.read_exact(&mut one).unwrap();
-    sigterm(&echo.child);
+    echo.sigterm();
     let summary = echo.line();
     assert!(summary.starts_with("shutdown complete"), "{summary}");
     let (status, _) = echo.wait();
@@ -155,7 +87,7 @@ fn echo_rejects_bad_input_with_one_line() {
         &["--trusted-proxy", "10.0.0.0/8"],
     ];
     for args in cases {
-        let echo = Echo::spawn(args);
+        let echo = spawn(args);
         let (status, stderr) = echo.wait();
         assert!(!status.success(), "{args:?} succeeded");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
@@ -166,7 +98,7 @@ fn echo_rejects_bad_input_with_one_line() {
 
 #[test]
 fn echo_defaults_to_loopback_port_7000() {
-    let echo = Echo::spawn(&[]);
+    let echo = spawn(&[]);
     match echo.lines.recv_timeout(WAIT) {
         Ok(line) => assert_eq!(line, "listening on 127.0.0.1:7000"),
         // Port 7000 taken by another process on this machine: the error still names it.
@@ -239,7 +171,7 @@ fn openssl_s_client_interoperates_over_tls12_and_tls13() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("berth-openssl-{}", std::process::id()));
-    let echo = Echo::spawn(&[
+    let echo = spawn(&[
         "--addr",
         "127.0.0.1:0",
         "--self-signed",
@@ -255,7 +187,7 @@ fn openssl_s_client_interoperates_over_tls12_and_tls13() {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     let ca = dir.join("ca.pem");
-    let mtls = Echo::spawn(&[
+    let mtls = spawn(&[
         "--addr",
         "127.0.0.1:0",
         "--tls-cert",
@@ -328,7 +260,7 @@ fn pkcs1_and_sec1_keys_are_accepted() {
             "-addext",
             "subjectAltName=DNS:localhost",
         ]);
-        let echo = Echo::spawn(&[
+        let echo = spawn(&[
             "--addr",
             "127.0.0.1:0",
             "--tls-cert",
@@ -344,7 +276,7 @@ fn pkcs1_and_sec1_keys_are_accepted() {
 
 #[test]
 fn echo_limit_flags_take_effect() {
-    let echo = Echo::spawn(&[
+    let echo = spawn(&[
         "--addr",
         "127.0.0.1:0",
         "--max-per-ip",

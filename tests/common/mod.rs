@@ -1,6 +1,8 @@
 //! Test support shared by every runtime's instantiation of the suite.
 #![allow(dead_code)]
 
+pub mod example;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,96 @@
+//! Runs an example binary as a child process, as a black box.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// `cargo test` builds the examples next to the test binaries' `deps/` folder.
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+pub struct Example {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Example {
+    pub fn spawn(name: &str, args: &[&str]) -> Example {
+        let mut child = Command::new(example_bin(name))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the example");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Example { child, lines }
+    }
+
+    /// The next line of its stdout.
+    pub fn line(&self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .expect("a line from the example")
+    }
+
+    /// The address from its `listening on ADDR` line.
+    pub fn addr(&self) -> String {
+        let first = self.line();
+        first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_owned()
+    }
+
+    pub fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits for exit (bounded), returning the status and stderr.
+    pub fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let mut stderr = self.child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            let _ = tx.send(s);
+        });
+        let err = rx.recv_timeout(WAIT).expect("the example exited");
+        let status = self.child.wait().unwrap();
+        (status, err)
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
