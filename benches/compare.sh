@@ -10,7 +10,8 @@
 #   bash benches/compare.sh            # full: 3 reps x 5 s, 10,000 idle connections (~8 min)
 #   bash benches/compare.sh --quick    # 3 reps x 1 s, 5,000 idle connections (< 3 min)
 #   SCENARIOS="plain tls connect idle" SERVERS="berth bare tokio" to choose; the server
-#   berth-limits is berth with every admission check on (none refusing).
+#   berth-limits is berth with every admission check on (none refusing), berth-metrics
+#   berth with a Prometheus recorder installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps=3 secs=5 idle_conns=10000
@@ -40,6 +41,8 @@ server_cmd() { # name tls(0|1)
   local t=""; [ "$2" = 1 ] && t=$tls_flags
   case $1 in
     berth) echo "target/release/examples/echo --threads 1 --addr 127.0.0.1:0 $t" ;;
+    # Metrics recorded and exported (Prometheus), the cost of the metrics feature.
+    berth-metrics) echo "target/release/examples/echo --threads 1 --addr 127.0.0.1:0 $t --metrics-addr 127.0.0.1:0" ;;
     # Every admission check on, none refusing: the cost of the checks themselves.
     berth-limits) echo "target/release/examples/echo --threads 1 --addr 127.0.0.1:0 $t --max-per-ip 100000 --rate-per-ip 1000000/s --allow 127.0.0.0/8 --deny 10.0.0.0/8" ;;
     bare) echo "$(bin bare_smol) --threads 1 --addr 127.0.0.1:0 $t" ;;
@@ -69,6 +72,8 @@ run() { # label tls load-args...
 
 for s in $scenarios; do
   case $s in
+    echo50)
+      run "echo-64B-50c" 0 echo --conns 50 --size 64 --secs "$secs" ;;
     plain)
       for conns in 1 50 500; do
         run "echo-64B-${conns}c" 0 echo --conns "$conns" --size 64 --secs "$secs"

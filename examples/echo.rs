@@ -83,6 +83,9 @@ struct Args {
     /// These networks may not connect (repeatable; deny wins over allow).
     #[arg(long, value_name = "CIDR")]
     deny: Vec<ipnet::IpNet>,
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Expect a PROXY protocol (v1 or v2) header from the trusted proxies.
     #[arg(long, requires = "trusted_proxy")]
     proxy_protocol: bool,
@@ -144,6 +147,12 @@ fn run(args: Args) -> Result<(), String> {
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .init();
+    }
+    if let Some(addr) = args.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
     }
     let files = match (&args.self_signed, &args.tls_cert, &args.tls_key) {
         (Some(dir), _, _) => Some(self_signed(dir)?),

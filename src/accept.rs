@@ -120,6 +120,8 @@ pub(crate) async fn accept_loop<L: Listener, H: Handler>(
                     .counters
                     .accept_errors
                     .fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
+                crate::metrics::accept_error();
                 let delay = backoff.map_or(BACKOFF_MIN, |d| (d * 2).min(BACKOFF_MAX));
                 if backoff.is_none() {
                     shared.hooks.error(&Error::Accept {
@@ -312,7 +314,15 @@ where
             // Boxed: the handshake's state is large (rustls), and inline it would size every
             // connection task, plain ones included, for the handshake.
             let handshake = crate::tls::handshake(&shared, config, stream, timeout);
-            match Box::pin(handshake).await {
+            #[cfg(feature = "metrics")]
+            let started = shared.runtime.now();
+            let result = Box::pin(handshake).await;
+            #[cfg(feature = "metrics")]
+            crate::metrics::handshake(
+                shared.runtime.now().saturating_duration_since(started),
+                result.is_ok(),
+            );
+            match result {
                 Ok((stream, info)) => {
                     #[cfg(feature = "tracing")]
                     {

@@ -99,6 +99,9 @@ pub struct Conn {
     opened_at: Instant,
     extensions: Extensions,
     tls: Option<Box<TlsInfo>>,
+    /// Bytes read and written, reported to metrics once, at close.
+    #[cfg(feature = "metrics")]
+    bytes: (u64, u64),
 }
 
 /// What the connection task knows about a connection before its `Conn` exists.
@@ -135,6 +138,8 @@ impl Conn {
             proxy_addr: meta.proxy_addr,
             extensions: Extensions::default(),
             tls: tls.map(Box::new),
+            #[cfg(feature = "metrics")]
+            bytes: (0, 0),
         };
         // A connection that registers after shutdown's final sweep must not escape it.
         if conn.shared().shutdown.force.is_set() {
@@ -332,6 +337,10 @@ impl AsyncRead for Conn {
             return Poll::Ready(Err(e));
         }
         let poll = Pin::new(&mut this.io).poll_read(cx, buf);
+        #[cfg(feature = "metrics")]
+        if let Poll::Ready(Ok(n)) = poll {
+            this.bytes.0 += n as u64;
+        }
         if matches!(poll, Poll::Ready(Ok(0))) && !buf.is_empty() {
             this.slot.mark(SAW_EOF);
         }
@@ -348,6 +357,10 @@ impl AsyncRead for Conn {
             return Poll::Ready(Err(e));
         }
         let poll = Pin::new(&mut this.io).poll_read_vectored(cx, bufs);
+        #[cfg(feature = "metrics")]
+        if let Poll::Ready(Ok(n)) = poll {
+            this.bytes.0 += n as u64;
+        }
         if matches!(poll, Poll::Ready(Ok(0))) && bufs.iter().any(|b| !b.is_empty()) {
             this.slot.mark(SAW_EOF);
         }
@@ -366,6 +379,10 @@ impl AsyncWrite for Conn {
             return Poll::Ready(Err(e));
         }
         let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        #[cfg(feature = "metrics")]
+        if let Poll::Ready(Ok(n)) = poll {
+            this.bytes.1 += n as u64;
+        }
         this.finish(cx, poll, |n| *n > 0, &this.slot.write_waker)
     }
 
@@ -379,6 +396,10 @@ impl AsyncWrite for Conn {
             return Poll::Ready(Err(e));
         }
         let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        #[cfg(feature = "metrics")]
+        if let Poll::Ready(Ok(n)) = poll {
+            this.bytes.1 += n as u64;
+        }
         this.finish(cx, poll, |n| *n > 0, &this.slot.write_waker)
     }
 
@@ -418,6 +439,8 @@ impl Drop for Conn {
             id: self.id,
             peer_addr: self.peer_addr,
             opened_at: self.opened_at,
+            #[cfg(feature = "metrics")]
+            bytes: self.bytes,
         };
         // The handler returned on its own while the peer may still be sending: linger.
         // Everything else (peer closed, error, panic, closed by the server) closes now.
@@ -445,6 +468,8 @@ struct Closing {
     id: u64,
     peer_addr: SocketAddr,
     opened_at: Instant,
+    #[cfg(feature = "metrics")]
+    bytes: (u64, u64),
 }
 
 impl Closing {
@@ -487,6 +512,8 @@ impl Drop for Closing {
             CloseReason::HandlerDone
         });
         let permit = self.permit.take();
+        #[cfg(feature = "metrics")]
+        crate::metrics::bytes(self.bytes.0, self.bytes.1);
         shared.finish(permit, self.id, self.peer_addr, reason, self.opened_at);
     }
 }

@@ -109,6 +109,20 @@ impl CloseReason {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// A short snake_case name, e.g. for metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::HandlerDone => "handler_done",
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::ShutdownForced => "shutdown_forced",
+            CloseReason::Aborted => "aborted",
+            CloseReason::Panicked => "panicked",
+            CloseReason::Error => "error",
+            CloseReason::TlsFailed => "tls_failed",
+        }
+    }
 }
 
 /// Something that happened to the server as a whole.
@@ -235,6 +249,8 @@ impl Hooks {
     pub(crate) fn conn(&self, event: ConnEvent) {
         #[cfg(feature = "tracing")]
         trace::conn(&event);
+        #[cfg(feature = "metrics")]
+        crate::metrics::conn(&event);
         if let Some(hook) = load(&self.conn) {
             self.call("connection event", || hook(&event));
         }

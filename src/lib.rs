@@ -44,6 +44,8 @@ mod handler;
 mod idle;
 pub mod limits;
 pub mod listener;
+#[cfg(feature = "metrics")]
+mod metrics;
 #[cfg(test)]
 mod micro;
 mod pool;

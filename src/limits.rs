@@ -133,6 +133,21 @@ pub enum RejectReason {
     ProxyHeader(String),
 }
 
+impl RejectReason {
+    /// A short snake_case name, e.g. for metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::Denied => "denied",
+            RejectReason::NotAllowed => "not_allowed",
+            RejectReason::AcceptRate => "accept_rate",
+            RejectReason::PerIpConnections => "per_ip_connections",
+            RejectReason::PerIpRate => "per_ip_rate",
+            RejectReason::TooManyAddresses => "too_many_addresses",
+            RejectReason::ProxyHeader(_) => "proxy_header",
+        }
+    }
+}
+
 impl std::fmt::Display for RejectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

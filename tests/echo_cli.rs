@@ -305,3 +305,78 @@ fn echo_limit_flags_take_effect() {
     assert!(!ping(&mut denied), "127.0.0.9 is denied");
     drop((first, second, denied));
 }
+
+/// Scrapes a Prometheus endpoint over plain HTTP.
+fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    let mut c = TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    c.read_to_string(&mut response).ok()?;
+    response.starts_with("HTTP/1.").then_some(response)
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Scrapes until `check` holds (metrics move when the server's tasks run), bounded.
+fn scrape_until(addr: std::net::SocketAddr, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(text) = scrape(addr).filter(|t| check(t)) {
+            return text;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "metrics never showed {what}: {:?}",
+            scrape(addr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn echo_serves_prometheus_metrics_that_move() {
+    let metrics_addr: std::net::SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let echo = spawn(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        &metrics_addr.to_string(),
+    ]);
+    let addr = echo.addr();
+    let mut clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    for c in &mut clients {
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(b"0123456789").unwrap();
+        let mut back = [0u8; 10];
+        c.read_exact(&mut back).unwrap();
+    }
+    let text = scrape_until(metrics_addr, "3 active", |t| {
+        sample(t, "berth_connections_active") == Some(3.0)
+    });
+    assert_eq!(sample(&text, "berth_connections_accepted_total"), Some(3.0));
+    drop(clients);
+    let text = scrape_until(metrics_addr, "0 active", |t| {
+        sample(t, "berth_connections_active") == Some(0.0)
+    });
+    assert_eq!(
+        sample(
+            &text,
+            "berth_connections_closed_total{reason=\"peer_closed\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(sample(&text, "berth_bytes_read_total"), Some(30.0));
+    assert_eq!(sample(&text, "berth_bytes_written_total"), Some(30.0));
+    assert!(text.contains("berth_connection_duration_seconds"), "{text}");
+}
