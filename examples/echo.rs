@@ -218,7 +218,8 @@ fn run(args: Args) -> Result<(), String> {
 
     let server = Server::builder(config)
         .runtime(berth::runtime::Smol::with_executor(executor))
-        .bind()
+        // Under systemd socket activation, serve the passed socket (--addr is then unused).
+        .bind_or_inherit()
         .map_err(|e| e.to_string())?;
     // Attached after bind, whose error is printed below as the one error line.
     server.handle().on_error(|e| eprintln!("echo: {e}"));

@@ -287,6 +287,20 @@ impl Builder {
         }
     }
 
+    /// Serves on the socket systemd passed this process (socket activation) if there is
+    /// one, else binds the config's address like [`bind`](Self::bind).
+    #[cfg(feature = "tcp")]
+    pub fn bind_or_inherit(self) -> Result<Server<crate::listener::TcpListener>, Error> {
+        match crate::listener::TcpListener::from_systemd(&self.config) {
+            Ok(Some(listener)) => self.listener(listener),
+            Ok(None) => self.bind(),
+            Err(e) => {
+                self.hooks.error(&e);
+                Err(e)
+            }
+        }
+    }
+
     /// Serves connections from `listener` (any [`Listener`]: a simulated one, an inherited
     /// socket). The config's `address` is not used.
     pub fn listener<L: Listener>(self, listener: L) -> Result<Server<L>, Error> {

@@ -9,6 +9,22 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 use crate::error::Error;
 
+/// The first socket passed by systemd socket activation (`LISTEN_FDS`/`LISTEN_PID`), if
+/// this process was given one, made non-blocking.
+pub(crate) fn inherited() -> Result<Option<std::net::TcpListener>, Error> {
+    let err = |source| Error::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    };
+    let listener = listenfd::ListenFd::from_env()
+        .take_tcp_listener(0)
+        .map_err(err)?;
+    if let Some(listener) = &listener {
+        listener.set_nonblocking(true).map_err(err)?;
+    }
+    Ok(listener)
+}
+
 /// Validates `config` and returns a bound, listening, non-blocking std listener, with the
 /// address it was bound as (for errors while wrapping it in a reactor).
 pub(crate) fn bind_std(config: &Config) -> Result<(std::net::TcpListener, SocketAddr), Error> {

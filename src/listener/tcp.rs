@@ -39,8 +39,26 @@ impl TcpListener {
         })
     }
 
+    /// The listening socket systemd passed this process (socket activation: `LISTEN_FDS`
+    /// and `LISTEN_PID` name it, as fd 3), or `Ok(None)` when there is none. `config` gives
+    /// `nodelay`; its address is not used (the socket is already bound). Also the way to
+    /// restart without refusing anyone: the new process takes over the same socket.
+    pub fn from_systemd(config: &Config) -> Result<Option<Self>, Error> {
+        let Some(std) = super::socket::inherited()? else {
+            return Ok(None);
+        };
+        let addr = std.local_addr().map_err(|source| Error::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        Self::from_std(std, config.nodelay)
+            .map(Some)
+            .map_err(|source| Error::Bind { addr, source })
+    }
+
     /// Wraps an already-bound std listener (for example one inherited from a parent
-    /// process). `nodelay` is applied to every accepted stream.
+    /// process, or bound by code of your own). `nodelay` is applied to every accepted
+    /// stream.
     pub fn from_std(listener: std::net::TcpListener, nodelay: bool) -> io::Result<Self> {
         Ok(TcpListener {
             inner: Async::new(listener)?,
