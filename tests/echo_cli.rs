@@ -110,21 +110,8 @@ fn echo_defaults_to_loopback_port_7000() {
     }
 }
 
-/// Whether `openssl` can run. Under CI a missing openssl fails the test (CI installs it);
-/// locally the test is skipped with a loud message.
 fn openssl_available() -> bool {
-    let ok = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "openssl is required when CI=true (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: openssl is not installed; install it to run the interop tests");
-    }
-    ok
+    common::example::program_available("openssl", "version")
 }
 
 /// Sends one line through `openssl s_client` and waits for it to come back.

@@ -17,18 +17,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn haproxy_available() -> bool {
-    let ok = Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "haproxy is required when CI=true (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: haproxy is not installed; install it to run this test");
-    }
-    ok
+    common::example::program_available("haproxy", "-v")
 }
 
 fn free_port() -> u16 {

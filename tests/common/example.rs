@@ -94,3 +94,21 @@ impl Drop for Example {
         let _ = self.child.kill();
     }
 }
+
+/// Whether the outside program `name` runs (`name arg` exits 0). Under CI (CI=true) a
+/// missing program fails the test, since CI installs it; locally the test is skipped with
+/// a loud message.
+pub fn program_available(name: &str, arg: &str) -> bool {
+    let ok = std::process::Command::new(name)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is required when CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: {name} is not installed; install it to run this test");
+    }
+    ok
+}
