@@ -41,6 +41,8 @@ server_cmd() { # name tls(0|1)
   local t=""; [ "$2" = 1 ] && t=$tls_flags
   case $1 in
     berth) echo "target/release/examples/echo --threads 1 --addr 127.0.0.1:0 $t" ;;
+    # berth on its tokio adapter (and tokio's listener).
+    berth-tokio) echo "target/release/examples/echo --runtime tokio --threads 1 --addr 127.0.0.1:0 $t" ;;
     # Metrics recorded and exported (Prometheus), the cost of the metrics feature.
     berth-metrics) echo "target/release/examples/echo --threads 1 --addr 127.0.0.1:0 $t --metrics-addr 127.0.0.1:0" ;;
     # Every admission check on, none refusing: the cost of the checks themselves.

@@ -40,6 +40,9 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7000")]
     addr: String,
+    /// The async runtime berth runs on.
+    #[arg(long, value_enum, default_value = "smol")]
+    runtime: RuntimeKind,
     /// Executor threads (default: available cores).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
@@ -92,6 +95,15 @@ struct Args {
     /// A proxy allowed to send PROXY headers (repeatable; needs --proxy-protocol).
     #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
     trusted_proxy: Vec<ipnet::IpNet>,
+}
+
+/// Which runtime adapter serves.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RuntimeKind {
+    /// async-executor threads with async-io (berth's default adapter).
+    Smol,
+    /// tokio (a current-thread runtime for one thread, multi-threaded otherwise).
+    Tokio,
 }
 
 /// `10`, `10/s` or `30/m`, as connections per second.
@@ -207,23 +219,53 @@ fn run(args: Args) -> Result<(), String> {
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         usize::from,
     );
-    let executor = Arc::new(async_executor::Executor::new());
-    for n in 0..threads {
-        let ex = executor.clone();
-        std::thread::Builder::new()
-            .name(format!("echo-{n}"))
-            .spawn(move || async_io::block_on(ex.run(std::future::pending::<()>())))
-            .map_err(|e| format!("cannot start executor thread: {e}"))?;
-    }
-
-    let server = Server::builder(config)
-        .runtime(berth::runtime::Smol::with_executor(executor))
-        // Under systemd socket activation, serve the passed socket (--addr is then unused).
-        .bind_or_inherit()
-        .map_err(|e| e.to_string())?;
-    // Attached after bind, whose error is printed below as the one error line.
-    server.handle().on_error(|e| eprintln!("echo: {e}"));
-    let handle = server.serve(echo);
+    let handle = match args.runtime {
+        RuntimeKind::Smol => {
+            let executor = Arc::new(async_executor::Executor::new());
+            for n in 0..threads {
+                let ex = executor.clone();
+                std::thread::Builder::new()
+                    .name(format!("echo-{n}"))
+                    .spawn(move || async_io::block_on(ex.run(std::future::pending::<()>())))
+                    .map_err(|e| format!("cannot start executor thread: {e}"))?;
+            }
+            let server = Server::builder(config)
+                .runtime(berth::runtime::Smol::with_executor(executor))
+                // Under systemd socket activation, serve the passed socket (--addr unused).
+                .bind_or_inherit()
+                .map_err(|e| e.to_string())?;
+            // Attached after bind, whose error is printed below as the one error line.
+            server.handle().on_error(|e| eprintln!("echo: {e}"));
+            server.serve(echo)
+        }
+        RuntimeKind::Tokio => {
+            let runtime = if threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(threads);
+                b
+            }
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start tokio: {e}"))?;
+            let tokio_handle = runtime.handle().clone();
+            // A current-thread runtime runs where it is blocked on: give it a thread.
+            std::thread::Builder::new()
+                .name("echo-tokio".into())
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .map_err(|e| format!("cannot start executor thread: {e}"))?;
+            let _context = tokio_handle.enter();
+            let listener =
+                berth::listener::TokioTcpListener::bind(&config).map_err(|e| e.to_string())?;
+            let server = Server::builder(config)
+                .runtime(berth::runtime::Tokio::from_handle(tokio_handle.clone()))
+                .listener(listener)
+                .map_err(|e| e.to_string())?;
+            server.handle().on_error(|e| eprintln!("echo: {e}"));
+            server.serve(echo)
+        }
+    };
 
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on {}", handle.local_addr())

@@ -367,3 +367,29 @@ fn echo_serves_prometheus_metrics_that_move() {
     assert_eq!(sample(&text, "berth_bytes_written_total"), Some(30.0));
     assert!(text.contains("berth_connection_duration_seconds"), "{text}");
 }
+
+#[test]
+fn echo_runs_on_the_tokio_adapter_too() {
+    let echo = spawn(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--runtime",
+        "tokio",
+        "--threads",
+        "2",
+    ]);
+    let addr = echo.addr();
+    let mut c = TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"on tokio").unwrap();
+    let mut back = [0u8; 8];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"on tokio");
+    echo.sigterm();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    drop(c);
+    assert!(echo.line().contains("1 connection(s) drained, 0 forced"));
+    let (status, stderr) = echo.wait();
+    assert!(status.success(), "{stderr}");
+}
