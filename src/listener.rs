@@ -1,7 +1,7 @@
 //! The `Listener` seam: where connections come from.
 //!
 //! The core's accept loop is generic over [`Listener`], so a stream type is known statically
-//! on the hot path, and the same server runs over real TCP (`TcpListener` on async-net,
+//! on the hot path, and the same server runs over real TCP (`TcpListener` on async-io,
 //! `TokioTcpListener` on tokio), over turmoil's simulated TCP (the `berth-sim` crate), or over
 //! anything else that yields futures-io streams.
 
