@@ -13,6 +13,7 @@
 //! is checked on every turn, so shutdown works even at the fd limit.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -107,7 +108,6 @@ pub(crate) async fn accept_loop<L: Listener, H: Handler>(
                 } else {
                     None
                 };
-                shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
                 let mut permit = Permit::new(shared.clone());
                 permit.ip = admitted;
                 let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -175,11 +175,7 @@ async fn connection<S, H>(
             }),
         };
         if let Some(error) = error {
-            shared.hooks.conn(ConnEvent::Accepted {
-                id,
-                peer_addr: meta.peer_addr,
-                local_addr: meta.local_addr,
-            });
+            accept(&shared, id, meta.peer_addr, meta.local_addr);
             drop(accepted.stream);
             shared.hooks.error(&error);
             shared.finish(
@@ -245,10 +241,19 @@ where
 
 /// A connection refused after accept: it never counted as served.
 fn refuse(permit: Permit, peer_addr: std::net::SocketAddr, reason: RejectReason) {
-    let shared = permit.shared().clone();
-    shared.counters.accepted.fetch_sub(1, Ordering::Relaxed);
-    shared.reject(peer_addr, reason);
+    permit.shared().reject(peer_addr, reason);
     drop(permit);
+}
+
+/// The connection is accepted: counted in `stats().accepted` together with its `Accepted`
+/// event, so refused connections are counted in neither.
+fn accept(shared: &Shared, id: u64, peer_addr: SocketAddr, local_addr: SocketAddr) {
+    shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+    shared.hooks.conn(ConnEvent::Accepted {
+        id,
+        peer_addr,
+        local_addr,
+    });
 }
 
 /// The connection's span (feature `tracing`): id, peer, proxy, and the TLS version and ALPN
@@ -301,11 +306,7 @@ where
 {
     let shared = permit.shared().clone();
     let id = meta.id;
-    shared.hooks.conn(ConnEvent::Accepted {
-        id,
-        peer_addr: meta.peer_addr,
-        local_addr: meta.local_addr,
-    });
+    accept(&shared, meta.id, meta.peer_addr, meta.local_addr);
     #[cfg(feature = "tls")]
     let conn = match shared.tls() {
         None => Conn::new(permit, stream, meta, None),
