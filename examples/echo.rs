@@ -4,6 +4,7 @@
 //! echo [--addr 127.0.0.1:7000] [--threads N] [--tls-cert CERT.pem --tls-key KEY.pem]
 //!      [--client-ca CA.pem] [--idle-timeout 30s] [--handshake-timeout 10s]
 //!      [--drain-timeout 10s] [--max-connections N]
+//!      [--unix PATH [--unix-mode 660] [--unix-group GID]]
 //! ```
 //!
 //! Prints `listening on ADDR` once bound, echoes every byte back, and on SIGTERM or SIGINT
@@ -95,6 +96,16 @@ struct Args {
     /// A proxy allowed to send PROXY headers (repeatable; needs --proxy-protocol).
     #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
     trusted_proxy: Vec<ipnet::IpNet>,
+    /// Listen on this Unix domain socket instead of --addr (a stale socket file there is
+    /// replaced; the file is removed at shutdown).
+    #[arg(long, value_name = "PATH", conflicts_with = "addr")]
+    unix: Option<PathBuf>,
+    /// Permission bits of the --unix socket file, in octal (e.g. 660: owner and group).
+    #[arg(long, value_name = "OCTAL", requires = "unix", value_parser = parse_mode)]
+    unix_mode: Option<u32>,
+    /// Numeric group id to give the --unix socket file.
+    #[arg(long, value_name = "GID", requires = "unix")]
+    unix_group: Option<u32>,
 }
 
 /// Which runtime adapter serves.
@@ -104,6 +115,15 @@ enum RuntimeKind {
     Smol,
     /// tokio (a current-thread runtime for one thread, multi-threaded otherwise).
     Tokio,
+}
+
+/// `660` or `0o660`: file permission bits in octal.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!("{text:?} is not an octal file mode such as 660")),
+    }
 }
 
 /// `10`, `10/s` or `30/m`, as connections per second.
@@ -208,6 +228,11 @@ fn run(args: Args) -> Result<(), String> {
         idle_timeout: args.idle_timeout,
         drain_timeout: args.drain_timeout,
         max_connections: args.max_connections,
+        unix: args.unix.clone().map(|path| berth::UnixConfig {
+            mode: args.unix_mode,
+            group: args.unix_group,
+            ..berth::UnixConfig::new(path)
+        }),
         ..Config::default()
     };
     // Register signal handlers before binding, so a signal right after "listening on" is
@@ -229,14 +254,14 @@ fn run(args: Args) -> Result<(), String> {
                     .spawn(move || async_io::block_on(ex.run(std::future::pending::<()>())))
                     .map_err(|e| format!("cannot start executor thread: {e}"))?;
             }
-            let server = Server::builder(config)
-                .runtime(berth::runtime::Smol::with_executor(executor))
+            let builder =
+                Server::builder(config).runtime(berth::runtime::Smol::with_executor(executor));
+            if args.unix.is_some() {
+                serve(builder.bind_unix())?
+            } else {
                 // Under systemd socket activation, serve the passed socket (--addr unused).
-                .bind_or_inherit()
-                .map_err(|e| e.to_string())?;
-            // Attached after bind, whose error is printed below as the one error line.
-            server.handle().on_error(|e| eprintln!("echo: {e}"));
-            server.serve(echo)
+                serve(builder.bind_or_inherit())?
+            }
         }
         RuntimeKind::Tokio => {
             let runtime = if threads == 1 {
@@ -256,14 +281,16 @@ fn run(args: Args) -> Result<(), String> {
                 .spawn(move || runtime.block_on(std::future::pending::<()>()))
                 .map_err(|e| format!("cannot start executor thread: {e}"))?;
             let _context = tokio_handle.enter();
-            let listener =
-                berth::listener::TokioTcpListener::bind(&config).map_err(|e| e.to_string())?;
-            let server = Server::builder(config)
-                .runtime(berth::runtime::Tokio::from_handle(tokio_handle.clone()))
-                .listener(listener)
-                .map_err(|e| e.to_string())?;
-            server.handle().on_error(|e| eprintln!("echo: {e}"));
-            server.serve(echo)
+            let builder = Server::builder(config.clone())
+                .runtime(berth::runtime::Tokio::from_handle(tokio_handle.clone()));
+            // Unix sockets run on async-io's reactor; the tasks still run on tokio.
+            if args.unix.is_some() {
+                serve(builder.bind_unix())?
+            } else {
+                let listener =
+                    berth::listener::TokioTcpListener::bind(&config).map_err(|e| e.to_string())?;
+                serve(builder.listener(listener))?
+            }
         }
     };
 
@@ -295,6 +322,16 @@ fn run(args: Args) -> Result<(), String> {
         println!("{summary}");
     });
     Ok(())
+}
+
+/// Serves `echo` on a bound server, printing run-time errors to stderr.
+fn serve<L: berth::listener::Listener>(
+    bound: Result<Server<L>, berth::Error>,
+) -> Result<berth::ServerHandle, String> {
+    let server = bound.map_err(|e| e.to_string())?;
+    // Attached after bind, whose error is printed as the one error line.
+    server.handle().on_error(|e| eprintln!("echo: {e}"));
+    Ok(server.serve(echo))
 }
 
 /// Creates (or reuses) DIR/ca.pem, DIR/cert.pem and DIR/key.pem; returns cert and key paths.

@@ -13,13 +13,13 @@
 //! is checked on every turn, so shutdown works even at the fd limit.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_lite::FutureExt as _;
 
+use crate::addr::Addr;
 use crate::conn::{Conn, Meta, Outcome, Supervised};
 use crate::error::Error;
 use crate::events::{CloseReason, ConnEvent};
@@ -92,11 +92,12 @@ pub(crate) async fn accept_loop<L: Listener, H: Handler>(
                     .config
                     .proxy_protocol
                     .as_ref()
-                    .is_some_and(|p| p.trusts(accepted.peer_addr.ip()));
+                    .zip(accepted.peer_addr.as_socket_addr())
+                    .is_some_and(|(p, peer)| p.trusts(peer.ip()));
                 let admitted = if shared.limiter.is_active() && !proxied {
                     match shared
                         .limiter
-                        .admit(accepted.peer_addr.ip(), shared.clock_now())
+                        .admit(peer_ip(&accepted.peer_addr), shared.clock_now())
                     {
                         Ok(ip) => ip,
                         Err(reason) => {
@@ -153,20 +154,25 @@ async fn connection<S, H>(
     H: Handler,
 {
     let shared = permit.shared().clone();
+    // Taken apart at once: a partly moved `Accepted` would stay in the task's state.
+    let Accepted {
+        stream,
+        peer_addr,
+        local_addr,
+    } = accepted;
     let meta = Meta {
         id,
-        peer_addr: accepted.peer_addr,
-        local_addr: accepted.local_addr,
+        peer_addr,
+        local_addr,
         proxy_addr: None,
         opened_at: shared.runtime.now(),
     };
     if let Some(tune) = tune {
-        let tuned =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tune(&accepted.stream)));
+        let tuned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tune(&stream)));
         let error = match tuned {
             Ok(Ok(())) => None,
             Ok(Err(source)) => Some(Error::Tune {
-                peer: accepted.peer_addr,
+                peer: meta.peer_addr.clone(),
                 source,
             }),
             Err(payload) => Some(Error::HookPanicked {
@@ -175,8 +181,8 @@ async fn connection<S, H>(
             }),
         };
         if let Some(error) = error {
-            accept(&shared, id, meta.peer_addr, meta.local_addr);
-            drop(accepted.stream);
+            accept(&shared, &meta);
+            drop(stream);
             shared.hooks.error(&error);
             shared.finish(
                 permit,
@@ -191,10 +197,10 @@ async fn connection<S, H>(
     if proxied {
         // Boxed: the header read and a second instance of `serve` would otherwise size
         // every connection's task, direct ones included.
-        Box::pin(via_proxy(permit, handler, accepted.stream, meta)).await;
+        Box::pin(via_proxy(permit, handler, stream, meta)).await;
     } else {
         let span = conn_span(&meta);
-        in_span(serve(permit, handler, accepted.stream, meta), span).await;
+        in_span(serve(permit, handler, stream, meta), span).await;
     }
 }
 
@@ -222,13 +228,12 @@ where
         }
     };
     if let Some(source) = header.source {
-        meta.proxy_addr = Some(meta.peer_addr);
-        meta.peer_addr = source;
+        meta.proxy_addr = Some(std::mem::replace(&mut meta.peer_addr, source.into()));
     }
     if shared.limiter.is_active() {
         match shared
             .limiter
-            .admit(meta.peer_addr.ip(), shared.clock_now())
+            .admit(peer_ip(&meta.peer_addr), shared.clock_now())
         {
             Ok(ip) => permit.ip = ip,
             Err(reason) => return refuse(permit, meta.peer_addr, reason),
@@ -240,20 +245,26 @@ where
 }
 
 /// A connection refused after accept: it never counted as served.
-fn refuse(permit: Permit, peer_addr: std::net::SocketAddr, reason: RejectReason) {
+fn refuse(permit: Permit, peer_addr: Addr, reason: RejectReason) {
     permit.shared().reject(peer_addr, reason);
     drop(permit);
 }
 
 /// The connection is accepted: counted in `stats().accepted` together with its `Accepted`
 /// event, so refused connections are counted in neither.
-fn accept(shared: &Shared, id: u64, peer_addr: SocketAddr, local_addr: SocketAddr) {
+fn accept(shared: &Shared, meta: &Meta) {
     shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
     shared.hooks.conn(ConnEvent::Accepted {
-        id,
-        peer_addr,
-        local_addr,
+        id: meta.id,
+        peer_addr: meta.peer_addr.clone(),
+        local_addr: meta.local_addr.clone(),
     });
+}
+
+/// The client's IP for admission; `None` for Unix-socket peers, which the IP lists and
+/// per-IP limits do not apply to (file permissions decide who may connect).
+fn peer_ip(peer_addr: &Addr) -> Option<std::net::IpAddr> {
+    peer_addr.as_socket_addr().map(|addr| addr.ip())
 }
 
 /// The connection's span (feature `tracing`): id, peer, proxy, and the TLS version and ALPN
@@ -276,7 +287,7 @@ fn conn_span(meta: &Meta) -> ConnSpan {
             tls = tracing::field::Empty,
             alpn = tracing::field::Empty,
         );
-        if let Some(proxy) = meta.proxy_addr {
+        if let Some(proxy) = &meta.proxy_addr {
             span.record("proxy", tracing::field::display(proxy));
         }
         span
@@ -304,13 +315,36 @@ where
     S: crate::listener::Stream,
     H: Handler,
 {
+    // Two steps, so the task's state holds either what establishing needs (the meta, the
+    // handshake) or the running handler, never both.
+    let Some(conn) = establish(permit, stream, meta).await else {
+        return;
+    };
+    let shared = conn.server();
+    let id = conn.id();
+    let handle = conn.handle();
+    if let Outcome::Panicked(message) = Supervised::new(handler.call(conn), handle).await {
+        shared.hooks.error(&Error::HandlerPanicked {
+            conn_id: id,
+            message,
+        });
+    }
+}
+
+/// `Accepted`, then the TLS handshake when configured: the connection's `Conn`, or `None`
+/// when the handshake failed (the connection is closed and reported).
+async fn establish<S: crate::listener::Stream>(
+    permit: Permit,
+    stream: S,
+    meta: Meta,
+) -> Option<Conn> {
     let shared = permit.shared().clone();
-    let id = meta.id;
-    accept(&shared, meta.id, meta.peer_addr, meta.local_addr);
+    accept(&shared, &meta);
     #[cfg(feature = "tls")]
     let conn = match shared.tls() {
         None => Conn::new(permit, stream, meta, None),
         Some(config) => {
+            let id = meta.id;
             let timeout = shared.config.handshake_timeout;
             // Boxed: the handshake's state is large (rustls), and inline it would size every
             // connection task, plain ones included, for the handshake.
@@ -349,7 +383,7 @@ where
                     shared.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
                     shared.hooks.conn(ConnEvent::TlsFailed {
                         id,
-                        peer_addr: meta.peer_addr,
+                        peer_addr: meta.peer_addr.clone(),
                         reason,
                     });
                     shared.finish(
@@ -359,20 +393,14 @@ where
                         CloseReason::TlsFailed,
                         meta.opened_at,
                     );
-                    return;
+                    return None;
                 }
             }
         }
     };
     #[cfg(not(feature = "tls"))]
     let conn = Conn::new(permit, stream, meta, None);
-    let handle = conn.handle();
-    if let Outcome::Panicked(message) = Supervised::new(handler.call(conn), handle).await {
-        shared.hooks.error(&Error::HandlerPanicked {
-            conn_id: id,
-            message,
-        });
-    }
+    Some(conn)
 }
 
 #[cfg(all(test, feature = "smol"))]
@@ -416,8 +444,8 @@ mod tests {
         async fn accept(&self) -> io::Result<Accepted<Idle>> {
             std::future::pending().await
         }
-        fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
-            Ok(([127, 0, 0, 1], 1).into())
+        fn local_addr(&self) -> io::Result<Addr> {
+            Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 1)).into())
         }
     }
 
@@ -431,8 +459,8 @@ mod tests {
             .unwrap();
         let accepted = Accepted {
             stream: Idle,
-            peer_addr: ([127, 0, 0, 1], 2).into(),
-            local_addr: ([127, 0, 0, 1], 1).into(),
+            peer_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 2)).into(),
+            local_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)).into(),
         };
         let handler = Arc::new(|mut conn: Conn| async move {
             let _ = conn.readable().await;

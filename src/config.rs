@@ -14,6 +14,7 @@
 //! | `limits`          | all off            | per-IP and global limits, allow/deny, see [`Limits`](crate::limits::Limits) |
 //! | `proxy_protocol`  | unset (off)        | PROXY header from trusted proxies, see [`ProxyProtocol`](crate::ProxyProtocol) |
 //! | `tls`             | unset (plain TCP)  | TLS settings (feature `tls`), see [`TlsConfig`](crate::tls::TlsConfig) |
+//! | `unix`            | unset (TCP)        | listen on a Unix socket instead, see [`UnixConfig`]             |
 //!
 //! Durations are written the human way in TOML/JSON/YAML: `"30s"`, `"5m"`, `"250ms"`.
 //!
@@ -30,6 +31,7 @@
 //! [`ServerHandle::shutdown_graceful`]: crate::ServerHandle::shutdown_graceful
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -85,6 +87,76 @@ pub struct Config {
     /// Serve TLS with these settings; `None` serves plain TCP.
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Listen on this Unix domain socket instead of `address`: set it and bind with
+    /// [`Builder::bind_unix`](crate::Builder::bind_unix). `None`: TCP.
+    pub unix: Option<UnixConfig>,
+}
+
+/// A Unix domain socket to listen on, and who may connect to it.
+///
+/// Binding creates the socket file with `mode` and `group` set before the socket starts
+/// listening, so no client can connect while the file still has the default permissions.
+/// A file left at `path` by a server that is gone (nothing accepts on it) is replaced;
+/// a socket some server still listens on, or a file that is not a socket, is an error.
+/// The file is removed when the server stops listening (unless another file replaced it
+/// meanwhile).
+///
+/// ```
+/// let config: berth::Config = toml::from_str(r#"
+///     [unix]
+///     path = "/run/app/app.sock"
+///     mode = 0o660
+///     group = 33
+/// "#).unwrap();
+/// let unix = config.unix.unwrap();
+/// assert_eq!(unix.mode, Some(0o660));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnixConfig {
+    /// The socket file's path (at most 107 bytes, the kernel's limit).
+    pub path: PathBuf,
+    /// Permission bits of the socket file, e.g. `0o660` (TOML takes octal literals). To
+    /// connect, a client needs write permission on it. `None`: what the process's umask
+    /// gives.
+    #[serde(default)]
+    pub mode: Option<u32>,
+    /// Group id to give the socket file (the process must be allowed to: be root or a
+    /// member of that group). `None`: the process's group.
+    #[serde(default)]
+    pub group: Option<u32>,
+}
+
+impl UnixConfig {
+    /// A socket at `path` with default permissions.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        UnixConfig {
+            path: path.into(),
+            mode: None,
+            group: None,
+        }
+    }
+
+    /// Checks the path's length and the mode's range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // sockaddr_un holds 108 bytes including the terminating NUL.
+        const MAX_PATH: usize = 107;
+        let len = self.path.as_os_str().len();
+        if len == 0 {
+            return Err(ConfigError::EmptyUnixPath);
+        }
+        if len > MAX_PATH {
+            return Err(ConfigError::UnixPathTooLong {
+                path: self.path.clone(),
+                len,
+                max: MAX_PATH,
+            });
+        }
+        if let Some(mode) = self.mode.filter(|m| *m > 0o7777) {
+            return Err(ConfigError::InvalidUnixMode(mode));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -103,6 +175,7 @@ impl Default for Config {
             proxy_protocol: None,
             #[cfg(feature = "tls")]
             tls: None,
+            unix: None,
         }
     }
 }
@@ -159,6 +232,9 @@ impl Config {
             .is_some_and(|p| p.trusted_proxies.is_empty())
         {
             return Err(ConfigError::NoTrustedProxies);
+        }
+        if let Some(unix) = &self.unix {
+            unix.validate()?;
         }
         Ok(())
     }
@@ -301,6 +377,34 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn unix_settings_are_checked() {
+        let with = |unix: UnixConfig| Config {
+            unix: Some(unix),
+            ..Config::default()
+        };
+        assert_eq!(with(UnixConfig::new("/tmp/a.sock")).validate(), Ok(()));
+        assert_eq!(
+            with(UnixConfig::new("")).validate(),
+            Err(ConfigError::EmptyUnixPath)
+        );
+        let long = format!("/tmp/{}", "x".repeat(103));
+        assert!(matches!(
+            with(UnixConfig::new(long)).validate(),
+            Err(ConfigError::UnixPathTooLong {
+                len: 108,
+                max: 107,
+                ..
+            })
+        ));
+        let mut bad_mode = UnixConfig::new("/tmp/a.sock");
+        bad_mode.mode = Some(0o10000);
+        assert_eq!(
+            with(bad_mode).validate(),
+            Err(ConfigError::InvalidUnixMode(0o10000))
+        );
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //! `Closed` event). That happens in `Drop`, not after an `.await`, so it also happens when a
 //! handler is cancelled or panics.
 
+use crate::addr::{Addr, PeerCred};
 use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -93,9 +93,9 @@ pub struct Conn {
     /// The open-count this connection holds; also its way to the server's shared state.
     permit: Permit,
     id: u64,
-    peer_addr: SocketAddr,
-    local_addr: SocketAddr,
-    proxy_addr: Option<SocketAddr>,
+    peer_addr: Addr,
+    local_addr: Addr,
+    proxy_addr: Option<Addr>,
     opened_at: Instant,
     extensions: Extensions,
     tls: Option<Box<TlsInfo>>,
@@ -107,10 +107,10 @@ pub struct Conn {
 /// What the connection task knows about a connection before its `Conn` exists.
 pub(crate) struct Meta {
     pub(crate) id: u64,
-    pub(crate) peer_addr: SocketAddr,
-    pub(crate) local_addr: SocketAddr,
+    pub(crate) peer_addr: Addr,
+    pub(crate) local_addr: Addr,
     /// The proxy's address, when a PROXY header gave the client's original address.
-    pub(crate) proxy_addr: Option<SocketAddr>,
+    pub(crate) proxy_addr: Option<Addr>,
     /// When it was accepted (so `Closed`'s duration includes a TLS handshake).
     pub(crate) opened_at: Instant,
 }
@@ -148,24 +148,45 @@ impl Conn {
         conn
     }
 
+    /// The server's state, shared (the `Arc`, to outlive this `Conn`).
+    pub(crate) fn server(&self) -> Arc<Shared> {
+        self.permit.shared().clone()
+    }
+
     fn shared(&self) -> &Shared {
         self.permit.shared()
     }
 
     /// The client's address: behind a trusted proxy speaking the PROXY protocol, the
     /// original client's.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer_addr
+    pub fn peer_addr(&self) -> &Addr {
+        &self.peer_addr
     }
 
     /// The proxy's address, when the client's came from a PROXY-protocol header.
-    pub fn proxy_addr(&self) -> Option<SocketAddr> {
-        self.proxy_addr
+    pub fn proxy_addr(&self) -> Option<&Addr> {
+        self.proxy_addr.as_ref()
     }
 
     /// The server-side address of this connection.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    pub fn local_addr(&self) -> &Addr {
+        &self.local_addr
+    }
+
+    /// Who is on the other end, for a Unix domain socket connection: the peer process's
+    /// user, group and process ids as the kernel recorded them at connect (`SO_PEERCRED`;
+    /// Linux and Android). `None` for TCP, and where the platform does not report them.
+    ///
+    /// ```no_run
+    /// # fn f(conn: berth::Conn) {
+    /// match conn.peer_cred() {
+    ///     Some(cred) if cred.uid == 0 => { /* root: allow admin commands */ }
+    ///     _ => { /* everyone else */ }
+    /// }
+    /// # }
+    /// ```
+    pub fn peer_cred(&self) -> Option<PeerCred> {
+        self.io.peer_cred()
     }
 
     /// What TLS negotiated, for a TLS connection.
@@ -437,7 +458,7 @@ impl Drop for Conn {
             slot: self.slot.clone(),
             generation: self.generation,
             id: self.id,
-            peer_addr: self.peer_addr,
+            peer_addr: std::mem::replace(&mut self.peer_addr, Addr::Unix(None)),
             opened_at: self.opened_at,
             #[cfg(feature = "metrics")]
             bytes: self.bytes,
@@ -466,7 +487,7 @@ struct Closing {
     slot: Arc<Slot>,
     generation: u64,
     id: u64,
-    peer_addr: SocketAddr,
+    peer_addr: Addr,
     opened_at: Instant,
     #[cfg(feature = "metrics")]
     bytes: (u64, u64),
@@ -514,7 +535,8 @@ impl Drop for Closing {
         let permit = self.permit.take();
         #[cfg(feature = "metrics")]
         crate::metrics::bytes(self.bytes.0, self.bytes.1);
-        shared.finish(permit, self.id, self.peer_addr, reason, self.opened_at);
+        let peer_addr = std::mem::replace(&mut self.peer_addr, Addr::Unix(None));
+        shared.finish(permit, self.id, peer_addr, reason, self.opened_at);
     }
 }
 

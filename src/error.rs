@@ -5,8 +5,10 @@
 //! `std::io::Error`, as every `AsyncRead`/`AsyncWrite` does.
 
 use std::io;
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::addr::Addr;
 
 /// A configuration value that berth cannot run with.
 ///
@@ -75,6 +77,30 @@ pub enum ConfigError {
         /// The largest accepted value.
         max: Duration,
     },
+    /// `unix.path` is empty.
+    #[error("unix.path is empty: give the socket file's path, e.g. \"/run/app/app.sock\"")]
+    EmptyUnixPath,
+    /// `unix.path` is longer than a Unix socket address can hold.
+    #[error(
+        "unix.path {path:?} is {len} bytes, more than the {max} a Unix socket address holds: use a shorter path (or a relative one)"
+    )]
+    UnixPathTooLong {
+        /// The path given.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `unix.mode` has bits beyond the permission bits.
+    #[error("unix.mode {0:#o} is not a file mode: use permission bits such as 0o660")]
+    InvalidUnixMode(u32),
+    /// A Unix socket was asked for without `unix` settings, or a TCP bind was asked for
+    /// with them.
+    #[error(
+        "{0}: set `unix` and call bind_unix for a Unix socket, leave it unset and call bind for TCP"
+    )]
+    ListenerMismatch(&'static str),
 }
 
 /// Everything that can go wrong while binding, serving or stopping a server.
@@ -95,11 +121,11 @@ pub enum Error {
     CertificateNotValid(crate::tls::ValidityWarning),
     /// The listening socket could not be created or bound.
     #[error(
-        "cannot listen on {addr}: {source}; is another process using the port, or does it need privileges?"
+        "cannot listen on {addr}: {source}; {}", bind_hint(.addr, .source)
     )]
     Bind {
         /// The address berth tried to bind.
-        addr: SocketAddr,
+        addr: Addr,
         /// The operating system's error.
         #[source]
         source: io::Error,
@@ -136,7 +162,7 @@ pub enum Error {
     #[error("tune hook failed for connection from {peer}: {source}")]
     Tune {
         /// The client's address.
-        peer: SocketAddr,
+        peer: Addr,
         /// The hook's error.
         #[source]
         source: io::Error,
@@ -155,6 +181,20 @@ pub enum Error {
         /// The grace period that ran out.
         deadline: Duration,
     },
+}
+
+/// What to check when binding `addr` failed with `source`.
+fn bind_hint(addr: &Addr, source: &io::Error) -> &'static str {
+    use io::ErrorKind::*;
+    match (addr, source.kind()) {
+        (Addr::Unix(_), NotFound) => "create the socket's directory first",
+        (Addr::Unix(_), AddrInUse) => "stop the server on that path or choose another path",
+        (Addr::Unix(_), AlreadyExists) => "move that file away or choose another path",
+        (Addr::Unix(_), _) => {
+            "can this process write to the socket's directory (and set the group it was given)?"
+        }
+        _ => "is another process using the port, or does it need privileges?",
+    }
 }
 
 /// Turns a panic payload into a printable message.

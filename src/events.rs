@@ -7,7 +7,7 @@
 //! [`Builder`](crate::Builder). A hook that panics is contained: the panic is reported to the
 //! error hook as [`Error::HookPanicked`] and the server carries on.
 
-use std::net::SocketAddr;
+use crate::addr::Addr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,16 +24,16 @@ pub enum ConnEvent {
         /// The connection's id (unique per server, increasing).
         id: u64,
         /// The client's address.
-        peer_addr: SocketAddr,
+        peer_addr: Addr,
         /// The server-side address.
-        local_addr: SocketAddr,
+        local_addr: Addr,
     },
     /// A connection was refused by the limits or allow/deny lists, or for a bad PROXY
     /// header, and closed at once. It gets no `Accepted` or `Closed` event and does not
     /// count as open.
     Rejected {
         /// The client's address (the original one when a PROXY header gave it).
-        peer_addr: SocketAddr,
+        peer_addr: Addr,
         /// Why.
         reason: crate::limits::RejectReason,
     },
@@ -50,7 +50,7 @@ pub enum ConnEvent {
         /// The connection's id.
         id: u64,
         /// The client's address.
-        peer_addr: SocketAddr,
+        peer_addr: Addr,
         /// Why.
         reason: crate::tls::TlsFailure,
     },
@@ -59,7 +59,7 @@ pub enum ConnEvent {
         /// The connection's id.
         id: u64,
         /// The client's address.
-        peer_addr: SocketAddr,
+        peer_addr: Addr,
         /// Why it closed.
         reason: CloseReason,
         /// How long it was open, on the runtime's clock.
@@ -132,7 +132,7 @@ pub enum ServerEvent {
     /// The server started serving.
     Listening {
         /// The bound address.
-        addr: SocketAddr,
+        addr: Addr,
         /// Whether connections are TLS.
         tls: bool,
     },

@@ -35,6 +35,7 @@
 #![deny(missing_docs)]
 
 mod accept;
+mod addr;
 pub mod config;
 mod conn;
 mod error;
@@ -55,7 +56,8 @@ mod server;
 mod shutdown;
 pub mod tls;
 
-pub use config::Config;
+pub use addr::{Addr, PeerCred};
+pub use config::{Config, UnixConfig};
 pub use conn::{Conn, ConnHandle, Draining, Readable};
 pub use error::{ConfigError, Error};
 pub use events::{CloseReason, ConnEvent, ServerEvent, Stats};

@@ -248,18 +248,25 @@ impl Limiter {
 
     /// Admits a connection from `ip` at `now` (nanoseconds on the server clock). On success
     /// returns the key to [`release`](Self::release) when the connection ends (`None` when
-    /// no per-IP limit is configured).
-    pub(crate) fn admit(&self, ip: IpAddr, now: u64) -> Result<Option<IpKey>, RejectReason> {
+    /// no per-IP limit is configured). A peer without an IP (a Unix socket, `None`) only
+    /// counts against the global accept rate: the lists and per-IP limits are about IPs.
+    pub(crate) fn admit(
+        &self,
+        ip: impl Into<Option<IpAddr>>,
+        now: u64,
+    ) -> Result<Option<IpKey>, RejectReason> {
         let l = &self.limits;
-        let ip = match ip {
+        let ip = ip.into().map(|ip| match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
-        };
-        if l.deny.iter().any(|net| net.contains(&ip)) {
-            return Err(RejectReason::Denied);
-        }
-        if !l.allow.is_empty() && !l.allow.iter().any(|net| net.contains(&ip)) {
-            return Err(RejectReason::NotAllowed);
+        });
+        if let Some(ip) = ip {
+            if l.deny.iter().any(|net| net.contains(&ip)) {
+                return Err(RejectReason::Denied);
+            }
+            if !l.allow.is_empty() && !l.allow.iter().any(|net| net.contains(&ip)) {
+                return Err(RejectReason::NotAllowed);
+            }
         }
         if let Some(rate) = l.accept_rate {
             let mut global = lock(&self.global);
@@ -270,9 +277,9 @@ impl Limiter {
                 return Err(RejectReason::AcceptRate);
             }
         }
-        if !l.per_ip() {
+        let Some(ip) = ip.filter(|_| l.per_ip()) else {
             return Ok(None);
-        }
+        };
         let key = self.key(ip);
         let mut map = lock(&self.per_ip);
         if !map.contains_key(&key) && map.len() >= l.max_tracked_ips {
@@ -422,6 +429,23 @@ mod tests {
         assert_eq!(l.admit(ip("192.168.1.1"), 0), Err(RejectReason::NotAllowed));
         // IPv4-mapped IPv6 is the IPv4 address.
         assert_eq!(l.admit(ip("::ffff:10.1.2.3"), 0), Err(RejectReason::Denied));
+    }
+
+    #[test]
+    fn peers_without_an_ip_only_count_against_the_accept_rate() {
+        let l = Limiter::new(Limits {
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            max_per_ip: Some(1),
+            accept_rate: Some(Rate {
+                per_second: 1.0,
+                burst: 2,
+            }),
+            ..Limits::default()
+        });
+        // Not on the allow list, yet admitted, twice: no IP, no per-IP key.
+        assert_eq!(l.admit(None, 0), Ok(None));
+        assert_eq!(l.admit(None, 0), Ok(None));
+        assert_eq!(l.admit(None, 0), Err(RejectReason::AcceptRate));
     }
 
     #[test]

@@ -7,10 +7,11 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use futures_io::{AsyncRead, AsyncWrite};
+
+use crate::addr::{Addr, PeerCred};
 
 #[cfg(feature = "socket")]
 mod socket;
@@ -18,10 +19,14 @@ mod socket;
 mod tcp;
 #[cfg(feature = "tokio")]
 mod tokio;
+#[cfg(all(unix, feature = "tcp"))]
+mod unix;
 #[cfg(feature = "tcp")]
 pub use tcp::{TcpListener, TcpStream};
 #[cfg(feature = "tokio")]
 pub use tokio::TokioTcpListener;
+#[cfg(all(unix, feature = "tcp"))]
+pub use unix::{UnixListener, UnixStream};
 
 /// A source of connections.
 ///
@@ -42,7 +47,7 @@ pub trait Listener: Send + Sync + 'static {
     fn accept(&self) -> impl Future<Output = io::Result<Accepted<Self::Stream>>> + Send;
 
     /// The address the listener is bound to.
-    fn local_addr(&self) -> io::Result<SocketAddr>;
+    fn local_addr(&self) -> io::Result<Addr>;
 }
 
 /// A connection's byte stream: futures-io, plus an optional readiness signal.
@@ -59,6 +64,12 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
         let _ = cx;
         Poll::Ready(Ok(()))
     }
+
+    /// The peer's credentials, for streams that know them (Unix domain sockets). The
+    /// default is `None`.
+    fn peer_cred(&self) -> Option<PeerCred> {
+        None
+    }
 }
 
 /// Readable when rustls already holds decrypted bytes, else when the socket is.
@@ -71,6 +82,10 @@ impl<S: Stream> Stream for futures_rustls::server::TlsStream<S> {
         }
         io.poll_readable(cx)
     }
+
+    fn peer_cred(&self) -> Option<PeerCred> {
+        self.get_ref().0.peer_cred()
+    }
 }
 
 /// One accepted connection, as a [`Listener`] hands it over.
@@ -79,8 +94,8 @@ pub struct Accepted<S> {
     /// The connection's byte stream.
     pub stream: S,
     /// The client's address.
-    pub peer_addr: SocketAddr,
+    pub peer_addr: Addr,
     /// The server-side address of this connection (may differ from the listener's address
     /// when it listens on a wildcard).
-    pub local_addr: SocketAddr,
+    pub local_addr: Addr,
 }

@@ -94,7 +94,7 @@ fn micro_accept_to_handler_start() {
                 drop(conn);
             }
         });
-    let addr = handle.local_addr();
+    let addr = handle.local_addr().as_socket_addr().unwrap();
     let mut latencies: Vec<Duration> = async_io::block_on(async {
         let mut v = Vec::new();
         for _ in 0..2000 {

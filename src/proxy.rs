@@ -192,6 +192,10 @@ impl<S: Stream> Stream for Prefixed<S> {
         }
         self.inner.poll_readable(cx)
     }
+
+    fn peer_cred(&self) -> Option<crate::PeerCred> {
+        self.inner.peer_cred()
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+
+use crate::addr::Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -43,7 +45,7 @@ pub(crate) struct Shared {
     pub(crate) next_id: AtomicU64,
     pub(crate) limiter: crate::limits::Limiter,
     reports_in_flight: std::sync::atomic::AtomicUsize,
-    local_addr: SocketAddr,
+    local_addr: Addr,
     /// Swapped whole by a reload; each connection clones the `Arc` once, at accept.
     #[cfg(feature = "tls")]
     tls: std::sync::RwLock<Option<Arc<rustls::ServerConfig>>>,
@@ -81,7 +83,7 @@ impl Shared {
         &self,
         mut permit: Permit,
         id: u64,
-        peer_addr: SocketAddr,
+        peer_addr: Addr,
         reason: crate::events::CloseReason,
         opened_at: std::time::Instant,
     ) {
@@ -105,7 +107,7 @@ impl Shared {
 
     /// Refuses a connection: counted and reported, never served. The caller drops the
     /// stream, which closes it.
-    pub(crate) fn reject(&self, peer_addr: SocketAddr, reason: crate::limits::RejectReason) {
+    pub(crate) fn reject(&self, peer_addr: Addr, reason: crate::limits::RejectReason) {
         self.counters.rejected.fetch_add(1, Ordering::Relaxed);
         self.hooks.conn(ConnEvent::Rejected { peer_addr, reason });
     }
@@ -278,7 +280,36 @@ impl Builder {
     /// A failure is returned and also reported to the error hook.
     #[cfg(feature = "tcp")]
     pub fn bind(self) -> Result<Server<crate::listener::TcpListener>, Error> {
-        match crate::listener::TcpListener::bind(&self.config) {
+        let bound = if self.config.unix.is_some() {
+            Err(ConfigError::ListenerMismatch("`unix` is set but bind listens on TCP").into())
+        } else {
+            crate::listener::TcpListener::bind(&self.config)
+        };
+        match bound {
+            Ok(listener) => self.listener(listener),
+            Err(e) => {
+                self.hooks.error(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Listens on the Unix domain socket `config.unix` describes (path, mode, group); see
+    /// [`UnixConfig`](crate::UnixConfig).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), berth::Error> {
+    /// let mut config = berth::Config::default();
+    /// config.unix = Some(berth::UnixConfig {
+    ///     mode: Some(0o660),
+    ///     ..berth::UnixConfig::new("/run/app/app.sock")
+    /// });
+    /// let server = berth::Builder::new(config).bind_unix()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(all(unix, feature = "tcp"))]
+    pub fn bind_unix(self) -> Result<Server<crate::listener::UnixListener>, Error> {
+        match crate::listener::UnixListener::bind(&self.config) {
             Ok(listener) => self.listener(listener),
             Err(e) => {
                 self.hooks.error(&e);
@@ -340,7 +371,7 @@ impl Builder {
     fn check<L: Listener>(
         &self,
         listener: &L,
-    ) -> Result<(Arc<dyn Runtime>, SocketAddr, TlsSetup), Error> {
+    ) -> Result<(Arc<dyn Runtime>, Addr, TlsSetup), Error> {
         self.config.validate_settings()?;
         let runtime = self
             .runtime
@@ -348,7 +379,7 @@ impl Builder {
             .or_else(default_runtime)
             .ok_or(ConfigError::NoRuntime)?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)).into(),
             source,
         })?;
         Ok((runtime, local_addr, self.load_tls()?))
@@ -420,10 +451,19 @@ impl Server<crate::listener::TcpListener> {
     }
 }
 
+#[cfg(all(unix, feature = "tcp"))]
+impl Server<crate::listener::UnixListener> {
+    /// Binds a Unix domain socket server (`config.unix`) with the default runtime. Same as
+    /// `Builder::new(config).bind_unix()`.
+    pub fn bind_unix(config: Config) -> Result<Self, Error> {
+        Builder::new(config).bind_unix()
+    }
+}
+
 impl<L: Listener> Server<L> {
     /// The bound address (with the real port when the config asked for port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
+    pub fn local_addr(&self) -> Addr {
+        self.shared.local_addr.clone()
     }
 
     /// A handle to control and observe the server; usable before and after `serve`.
@@ -460,7 +500,7 @@ impl<L: Listener> Server<L> {
         let shared = self.shared;
         shared.set_state(State::Running);
         shared.hooks.server(ServerEvent::Listening {
-            addr: shared.local_addr,
+            addr: shared.local_addr.clone(),
             tls: shared.is_tls(),
         });
         if let Some(timeout) = shared.config.idle_timeout {
@@ -532,9 +572,10 @@ impl ServerHandle {
         self.shared.pool.count()
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
+    /// The bound address (with the real port when the config asked for port 0; a path
+    /// for a Unix socket server).
+    pub fn local_addr(&self) -> Addr {
+        self.shared.local_addr.clone()
     }
 
     /// A snapshot of the server's counters.

@@ -28,7 +28,7 @@ fn from_std_serves_an_already_bound_listener() {
                 let _ = conn.write_all(&buf[..n]).await;
             }
         });
-    assert_eq!(handle.local_addr(), addr);
+    assert_eq!(handle.local_addr().as_socket_addr().unwrap(), addr);
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
     c.write_all(b"inherited").unwrap();

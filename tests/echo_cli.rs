@@ -85,6 +85,11 @@ fn echo_rejects_bad_input_with_one_line() {
         &["--allow", "10.0.0.0/33"],
         &["--proxy-protocol"],
         &["--trusted-proxy", "10.0.0.0/8"],
+        &["--unix", "/tmp/x.sock", "--addr", "127.0.0.1:0"],
+        &["--unix-mode", "660"],
+        &["--unix", "/tmp/x.sock", "--unix-mode", "999"],
+        &["--unix", "/nonexistent-dir/x.sock"],
+        &["--unix", ""],
     ];
     for args in cases {
         let echo = spawn(args);
@@ -392,4 +397,50 @@ fn echo_runs_on_the_tokio_adapter_too() {
     assert!(echo.line().contains("1 connection(s) drained, 0 forced"));
     let (status, stderr) = echo.wait();
     assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn echo_serves_a_unix_socket_with_its_mode_and_removes_it() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::UnixStream;
+    let dir = std::env::temp_dir().join(format!("berth-echo-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("echo.sock");
+    let path_arg = path.to_str().unwrap();
+    for runtime in ["smol", "tokio"] {
+        let echo = spawn(&[
+            "--unix",
+            path_arg,
+            "--unix-mode",
+            "660",
+            "--runtime",
+            runtime,
+        ]);
+        assert_eq!(echo.addr(), format!("unix:{path_arg}"));
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(b"over a unix socket").unwrap();
+        let mut back = [0u8; 18];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"over a unix socket");
+        echo.sigterm();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+        drop(c);
+        let summary = echo.line();
+        assert!(
+            summary.contains("1 connection(s) drained, 0 forced"),
+            "{summary}"
+        );
+        let (status, stderr) = echo.wait();
+        assert!(status.success(), "{runtime}: {stderr}");
+        assert!(
+            std::fs::symlink_metadata(&path).is_err(),
+            "{runtime}: the socket file is removed at shutdown"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

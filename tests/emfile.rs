@@ -124,7 +124,10 @@ fn child() {
         })
         .bind()
         .unwrap();
-    println!("listening on {}", server.local_addr());
+    println!(
+        "listening on {}",
+        server.local_addr().as_socket_addr().unwrap()
+    );
     let handle = server.serve(|mut conn: berth::Conn| async move {
         let mut draining = conn.draining();
         let mut buf = [0u8; 64];

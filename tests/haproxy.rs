@@ -78,10 +78,10 @@ fn haproxy_send_proxy_v1_and_v2_reach_berth_with_the_client_address() {
     .bind()
     .unwrap()
     .serve(move |mut conn: Conn| {
-        let _ = tx
-            .lock()
-            .unwrap()
-            .send((conn.peer_addr(), conn.proxy_addr()));
+        let _ = tx.lock().unwrap().send((
+            conn.peer_addr().as_socket_addr().unwrap(),
+            conn.proxy_addr().and_then(|a| a.as_socket_addr()),
+        ));
         async move {
             let mut buf = [0u8; 1024];
             while let Ok(n @ 1..) = conn.read(&mut buf).await {
@@ -91,7 +91,7 @@ fn haproxy_send_proxy_v1_and_v2_reach_berth_with_the_client_address() {
             }
         }
     });
-    let backend = handle.local_addr().port();
+    let backend = handle.local_addr().as_socket_addr().unwrap().port();
     let (v1, v2) = (free_port(), free_port());
     let config = format!(
         "global\n  maxconn 100\n\

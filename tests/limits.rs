@@ -41,7 +41,9 @@ fn start(
         .serve(move |mut conn: Conn| {
             let tx = tx.clone();
             async move {
-                let _ = tx.send((conn.peer_addr(), conn.proxy_addr())).await;
+                let peer = conn.peer_addr().as_socket_addr().unwrap();
+                let proxy = conn.proxy_addr().and_then(|a| a.as_socket_addr());
+                let _ = tx.send((peer, proxy)).await;
                 let mut buf = [0u8; 1024];
                 while let Ok(n @ 1..) = conn.read(&mut buf).await {
                     if conn.write_all(&buf[..n]).await.is_err() {
@@ -68,7 +70,9 @@ async fn rejected(rec: &Recorder) -> (SocketAddr, RejectReason) {
         })
         .await
     {
-        Ev::Conn(ConnEvent::Rejected { peer_addr, reason }) => (peer_addr, reason),
+        Ev::Conn(ConnEvent::Rejected { peer_addr, reason }) => {
+            (peer_addr.as_socket_addr().unwrap(), reason)
+        }
         _ => unreachable!(),
     }
 }
@@ -87,7 +91,7 @@ fn per_ip_cap_refuses_the_next_and_frees_on_close() {
             max_per_ip: Some(2),
             ..Limits::default()
         }));
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut a = connect_from("127.0.0.2", addr).await;
         let mut b = connect_from("127.0.0.2", addr).await;
         assert!(echoes(&mut a).await && echoes(&mut b).await);
@@ -128,7 +132,7 @@ fn per_ip_rate_allows_the_burst_then_refuses() {
             }),
             ..Limits::default()
         }));
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut kept = Vec::new();
         for _ in 0..3 {
             let mut c = connect_from("127.0.0.4", addr).await;
@@ -152,7 +156,7 @@ fn allow_and_deny_lists() {
             deny: vec!["127.0.0.6/32".parse().unwrap()],
             ..Limits::default()
         }));
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut ok = connect_from("127.0.0.7", addr).await;
         assert!(echoes(&mut ok).await);
         let mut denied = connect_from("127.0.0.6", addr).await;
@@ -188,7 +192,7 @@ fn v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 fn proxy_v1_and_v2_give_the_original_address() {
     run::<SmolRt>(LIMIT, async {
         let (handle, _rec, rx) = start(proxy_config(Limits::default()));
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let original: SocketAddr = "203.0.113.9:51000".parse().unwrap();
         for header in [
             format!("PROXY TCP4 203.0.113.9 127.0.0.1 51000 {}\r\n", addr.port()).into_bytes(),
@@ -221,7 +225,7 @@ fn proxy_header_problems_refuse_the_connection() {
             ..proxy_config(Limits::default())
         };
         let (handle, rec, rx) = start(config);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let cases: [(&[u8], &str); 4] = [
             (b"ping without a header", "malformed"), // trusted source, no header
             (b"PROXY TCP4 203.0.113.9 127.0.0.1 51", ""), // truncated: then silence
@@ -263,7 +267,7 @@ fn limits_apply_to_the_original_address_behind_a_proxy() {
             deny: vec!["198.51.100.0/24".parse().unwrap()],
             ..Limits::default()
         }));
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let via = |src: &str| format!("PROXY TCP4 {src} 127.0.0.1 40000 {}\r\n", addr.port());
         let mut first = connect_from("127.0.0.8", addr).await;
         first
@@ -317,7 +321,7 @@ fn proxy_header_followed_by_a_tls_client_hello() {
             ..proxy_config(Limits::default())
         };
         let (handle, _rec, rx) = start(config);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
         let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(

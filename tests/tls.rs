@@ -203,7 +203,7 @@ fn tls13_and_tls12_echo_with_session_info() {
             rec.log()[0],
             Ev::Server(berth::ServerEvent::Listening { tls: true, .. })
         ));
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         for (versions, expected) in [(ONLY_13, TlsVersion::Tls13), (ONLY_12, TlsVersion::Tls12)] {
             let presented = try_echo(addr, "localhost", client(pki.ca_der(), versions, &[], None))
                 .await
@@ -250,7 +250,7 @@ fn version_pinning_refuses_other_versions() {
             ..tls_of(&leaf)
         };
         let (handle, rec, _infos) = start(tls_config(tls));
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let refused = try_echo(addr, "localhost", client(pki.ca_der(), ONLY_12, &[], None)).await;
         assert!(refused.is_err(), "a TLS 1.2-only client must be refused");
         assert!(matches!(tls_failed(&rec).await, TlsFailure::Handshake(_)));
@@ -280,7 +280,7 @@ fn sni_selects_the_certificate_with_a_default() {
             ..TlsConfig::default()
         };
         let (handle, _rec, infos) = start(tls_config(tls));
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let c = || client(pki.ca_der(), BOTH, &[], None);
         assert_eq!(try_echo(addr, "beta.test", c()).await.unwrap(), beta.der);
         assert_eq!(
@@ -310,7 +310,7 @@ fn alpn_is_negotiated_and_visible() {
             ..tls_of(&leaf)
         };
         let (handle, rec, infos) = start(tls_config(tls));
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let s = tls_connect(
             addr,
             "localhost",
@@ -354,7 +354,7 @@ fn client_auth_none_optional_required() {
                 ..tls_of(&leaf)
             };
             let (handle, _rec, infos) = start(tls_config(tls));
-            let addr = handle.local_addr();
+            let addr = handle.local_addr().as_socket_addr().unwrap();
             for versions in [ONLY_13, ONLY_12] {
                 let attempt = |identity: Option<&Leaf>| {
                     try_echo(
@@ -407,7 +407,7 @@ fn handshake_timeout_drops_silent_and_half_hello_clients() {
             ..tls_config(tls_of(&leaf))
         };
         let (handle, rec, _infos) = start(config);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         // Silent: connects and sends nothing.
         let mut silent = connect(addr).await;
         let started = std::time::Instant::now();
@@ -438,7 +438,7 @@ fn two_hundred_silent_clients_do_not_delay_a_good_one() {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
         let (handle, rec, _infos) = start(tls_config(tls_of(&leaf))); // 10 s handshake timeout
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut silent = Vec::new();
         for _ in 0..200 {
             silent.push(connect(addr).await);
@@ -484,7 +484,7 @@ fn garbage_and_plain_text_fail_only_their_connection() {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
         let (handle, rec, _infos) = start(tls_config(tls_of(&leaf)));
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         for junk in [
             common::pattern(4096, 1),
             b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
@@ -513,7 +513,7 @@ fn reload_changes_the_certificate_for_new_connections_only() {
         let first = pki.leaf(&["localhost"]);
         let second = pki.leaf(&["localhost"]);
         let (handle, _rec, _infos) = start(tls_config(tls_of(&first)));
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let c = || client(pki.ca_der(), BOTH, &[], None);
         let mut established = tls_connect(addr, "localhost", c()).await.unwrap();
         assert_eq!(
@@ -573,7 +573,7 @@ fn user_built_rustls_config_is_served() {
             .unwrap()
             .serve(echo_reporting(tx));
         try_echo(
-            handle.local_addr(),
+            handle.local_addr().as_socket_addr().unwrap(),
             "localhost",
             client(pki.ca_der(), BOTH, &[], None),
         )
@@ -739,7 +739,7 @@ fn session_resumption_is_on_by_default_and_can_be_turned_off() {
                 ..tls_of(&leaf)
             };
             let (handle, _rec, _infos) = start(tls_config(tls));
-            let addr = handle.local_addr();
+            let addr = handle.local_addr().as_socket_addr().unwrap();
             // One client config, so the client keeps its session cache between connections.
             let config = client(pki.ca_der(), versions, &[], None);
             let mut kinds = Vec::new();
@@ -799,7 +799,7 @@ fn idle_tls_connections_drain_without_being_forced() {
                     }
                 }
             });
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut clients = Vec::new();
         for _ in 0..3 {
             let mut s = tls_connect(addr, "localhost", client(pki.ca_der(), BOTH, &[], None))

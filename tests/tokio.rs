@@ -41,7 +41,7 @@ fn tokio_listener_serves_and_drains() {
                         }
                     }
                 });
-            let addr = handle.local_addr();
+            let addr = handle.local_addr().as_socket_addr().unwrap();
             let mut clients = Vec::new();
             for i in 0..20u8 {
                 let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -72,7 +72,7 @@ fn connection_span_and_lifecycle_events() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let tcp = connect(handle.local_addr()).await;
+        let tcp = connect(handle.local_addr().as_socket_addr().unwrap()).await;
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut tls = futures_rustls::TlsConnector::from(Arc::new(client))
             .connect(name, tcp)

@@ -170,13 +170,13 @@ impl Listener for SimListener {
         let local_addr = stream.local_addr()?;
         Ok(Accepted {
             stream: SimStream(stream.compat()),
-            peer_addr,
-            local_addr,
+            peer_addr: peer_addr.into(),
+            local_addr: local_addr.into(),
         })
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+    fn local_addr(&self) -> io::Result<berth::Addr> {
+        self.inner.local_addr().map(berth::Addr::from)
     }
 }
 
@@ -190,7 +190,7 @@ pub async fn serve<H: Handler>(
     let listener = SimListener::bind(("0.0.0.0", port))
         .await
         .map_err(|source| berth::Error::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], port)),
+            addr: SocketAddr::from(([0, 0, 0, 0], port)).into(),
             source,
         })?;
     Ok(builder.runtime(Sim).listener(listener)?.serve(handler))

@@ -13,7 +13,7 @@ use crate::error::Error;
 /// this process was given one, made non-blocking.
 pub(crate) fn inherited() -> Result<Option<std::net::TcpListener>, Error> {
     let err = |source| Error::Bind {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)).into(),
         source,
     };
     let listener = listenfd::ListenFd::from_env()
@@ -30,7 +30,10 @@ pub(crate) fn inherited() -> Result<Option<std::net::TcpListener>, Error> {
 pub(crate) fn bind_std(config: &Config) -> Result<(std::net::TcpListener, SocketAddr), Error> {
     config.validate()?;
     let addr = config.resolve_address()?;
-    let bind_err = |source| Error::Bind { addr, source };
+    let bind_err = |source| Error::Bind {
+        addr: addr.into(),
+        source,
+    };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(bind_err)?;
     // SO_REUSEADDR lets a restarted server bind while old connections sit in TIME-WAIT; on

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use async_io::Async;
 
 use super::{Accepted, Listener};
+use crate::addr::Addr;
 use crate::config::Config;
 use crate::error::Error;
 
@@ -32,7 +33,10 @@ impl TcpListener {
     /// system refuses (address in use, no permission, address not local).
     pub fn bind(config: &Config) -> Result<Self, Error> {
         let (std, addr) = super::socket::bind_std(config)?;
-        let inner = Async::new(std).map_err(|source| Error::Bind { addr, source })?;
+        let inner = Async::new(std).map_err(|source| Error::Bind {
+            addr: addr.into(),
+            source,
+        })?;
         Ok(TcpListener {
             inner,
             nodelay: config.nodelay,
@@ -48,12 +52,15 @@ impl TcpListener {
             return Ok(None);
         };
         let addr = std.local_addr().map_err(|source| Error::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)).into(),
             source,
         })?;
         Self::from_std(std, config.nodelay)
             .map(Some)
-            .map_err(|source| Error::Bind { addr, source })
+            .map_err(|source| Error::Bind {
+                addr: addr.into(),
+                source,
+            })
     }
 
     /// Wraps an already-bound std listener (for example one inherited from a parent
@@ -80,13 +87,13 @@ impl Listener for TcpListener {
         let local_addr = stream.get_ref().local_addr()?;
         Ok(Accepted {
             stream: TcpStream(stream),
-            peer_addr,
-            local_addr,
+            peer_addr: peer_addr.into(),
+            local_addr: local_addr.into(),
         })
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().local_addr()
+    fn local_addr(&self) -> io::Result<Addr> {
+        self.inner.get_ref().local_addr().map(Addr::from)
     }
 }
 

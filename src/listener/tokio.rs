@@ -1,11 +1,11 @@
 //! Real TCP on tokio's reactor, bridged to futures-io with tokio-util's compat layer.
 
 use std::io;
-use std::net::SocketAddr;
 
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
 use super::{Accepted, Listener, Stream};
+use crate::addr::Addr;
 use crate::config::Config;
 use crate::error::Error;
 
@@ -21,8 +21,10 @@ impl TokioTcpListener {
     /// Validates `config` and binds its address. Call it inside a tokio runtime.
     pub fn bind(config: &Config) -> Result<Self, Error> {
         let (std, addr) = super::socket::bind_std(config)?;
-        let inner = tokio::net::TcpListener::from_std(std)
-            .map_err(|source| Error::Bind { addr, source })?;
+        let inner = tokio::net::TcpListener::from_std(std).map_err(|source| Error::Bind {
+            addr: addr.into(),
+            source,
+        })?;
         Ok(TokioTcpListener {
             inner,
             nodelay: config.nodelay,
@@ -50,12 +52,12 @@ impl Listener for TokioTcpListener {
         let local_addr = stream.local_addr()?;
         Ok(Accepted {
             stream: stream.compat(),
-            peer_addr,
-            local_addr,
+            peer_addr: peer_addr.into(),
+            local_addr: local_addr.into(),
         })
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+    fn local_addr(&self) -> io::Result<Addr> {
+        self.inner.local_addr().map(Addr::from)
     }
 }

@@ -120,7 +120,7 @@ async fn roundtrip(stream: &mut async_net::TcpStream, msg: &[u8]) {
 pub fn echo_is_byte_exact_with_split_halves<R: Rt>() {
     run::<R>(Duration::from_secs(60), async {
         let (handle, _rec) = start::<R>(config(), echo_split);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         for (i, len) in [1usize, 2, 1000, 65_543, (1 << 20) + 3, 8 << 20]
             .into_iter()
             .enumerate()
@@ -148,7 +148,7 @@ pub fn echo_is_byte_exact_with_split_halves<R: Rt>() {
 pub fn open_connections_counts_up_and_down<R: Rt>() {
     run::<R>(LIMIT, async {
         let (handle, rec) = start::<R>(config(), hold);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         assert_eq!(handle.open_connections(), 0);
         let mut clients = Vec::new();
         for n in 1..=3 {
@@ -171,7 +171,7 @@ pub fn open_connections_counts_up_and_down<R: Rt>() {
 pub fn churn_returns_to_zero_and_reuses_slots<R: Rt>() {
     run::<R>(Duration::from_secs(60), async {
         let (handle, rec) = start::<R>(config(), echo_split);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         for i in 0..500u32 {
             let mut c = connect(addr).await;
             roundtrip(&mut c, &i.to_le_bytes()).await;
@@ -209,7 +209,7 @@ pub fn churn_returns_to_zero_and_reuses_slots<R: Rt>() {
 pub fn resets_mid_stream_are_counted_and_closed<R: Rt>() {
     run::<R>(LIMIT, async {
         let (handle, rec) = start::<R>(config(), echo_split);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         for _ in 0..20 {
             let mut c = connect(addr).await;
             roundtrip(&mut c, b"hello").await;
@@ -244,7 +244,7 @@ pub fn handler_panic_is_contained<R: Rt>() {
             let _ = conn.write_all(&first).await;
             echo_split(conn).await;
         });
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut good = connect(addr).await;
         roundtrip(&mut good, b"a").await;
         let mut bad = connect(addr).await;
@@ -301,7 +301,7 @@ pub fn idle_timeout_subsecond_reaps_and_fails_pending_io<R: Rt>() {
                 }
             }
         });
-        let mut c = connect(handle.local_addr()).await;
+        let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
         roundtrip(&mut c, b"ping").await;
         let last_activity = Instant::now();
         assert!(ends(&mut c).await);
@@ -331,7 +331,7 @@ pub fn idle_timeout_spares_active_connections<R: Rt>() {
             ..config()
         };
         let (handle, rec) = start::<R>(cfg, echo_split);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut idle = connect(addr).await;
         let idle_since = Instant::now();
         let idle_id = rec.accepted().await;
@@ -360,7 +360,7 @@ pub fn idle_timeout_spares_active_connections<R: Rt>() {
 pub fn shutdown_returns_when_handlers_finish<R: Rt>() {
     run::<R>(LIMIT, async {
         let (handle, rec) = start::<R>(config(), echo_draining);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut clients = Vec::new();
         for _ in 0..5 {
             let mut c = connect(addr).await;
@@ -393,7 +393,7 @@ pub fn shutdown_returns_when_handlers_finish<R: Rt>() {
 pub fn shutdown_deadline_force_closes_and_reports<R: Rt>() {
     run::<R>(LIMIT, async {
         let (handle, rec) = start::<R>(config(), stuck);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut a = connect(addr).await;
         let mut b = connect(addr).await;
         rec.accepted().await;
@@ -428,7 +428,7 @@ pub fn shutdown_deadline_force_closes_and_reports<R: Rt>() {
 pub fn new_connects_refused_while_draining<R: Rt>() {
     run::<R>(LIMIT, async {
         let (handle, rec) = start::<R>(config(), hold);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let _held = connect(addr).await;
         rec.accepted().await;
         let h = handle.clone();
@@ -455,7 +455,7 @@ pub fn new_connects_refused_while_draining<R: Rt>() {
 pub fn shutdown_is_idempotent_and_concurrent<R: Rt>() {
     run::<R>(LIMIT, async {
         let (handle, rec) = start::<R>(config(), echo_draining);
-        let mut c = connect(handle.local_addr()).await;
+        let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
         roundtrip(&mut c, b"x").await;
         let (h1, h2, h3) = (handle.clone(), handle.clone(), handle.clone());
         let (r1, (r2, r3)) = futures_lite::future::zip(
@@ -505,7 +505,7 @@ pub fn shutdown_before_serve_is_a_noop<R: Rt>() {
         assert_eq!(handle.state(), State::Created);
         // Serving afterwards still works.
         let handle = server.serve(echo_split);
-        let mut c = connect(handle.local_addr()).await;
+        let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
         roundtrip(&mut c, b"served").await;
         drop(c);
         handle.shutdown(Duration::from_secs(5)).await.unwrap();
@@ -516,7 +516,7 @@ pub fn shutdown_right_after_serve_is_not_lost<R: Rt>() {
     run::<R>(LIMIT, async {
         for _ in 0..20 {
             let server = Builder::new(config()).runtime(R::runtime()).bind().unwrap();
-            let addr = server.local_addr();
+            let addr = server.local_addr().as_socket_addr().unwrap();
             let handle = server.serve(echo_split);
             handle.shutdown(Duration::from_secs(5)).await.unwrap();
             assert_eq!(handle.state(), State::Stopped);
@@ -528,7 +528,7 @@ pub fn shutdown_right_after_serve_is_not_lost<R: Rt>() {
 pub fn close_closes_every_socket_at_once<R: Rt>() {
     run::<R>(LIMIT, async {
         let (handle, rec) = start::<R>(config(), hold);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut clients = Vec::new();
         for _ in 0..10 {
             clients.push(connect(addr).await);
@@ -579,7 +579,7 @@ pub fn draining_handler_loses_no_acknowledged_request<R: Rt>() {
                 }
             }
         });
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut c = connect(addr).await;
         // Pipeline many requests, start shutdown after the first ack, and count acks.
         let mut requests = String::new();
@@ -611,7 +611,7 @@ pub fn draining_handler_loses_no_acknowledged_request<R: Rt>() {
 pub fn bind_conflict_is_an_error_and_reported<R: Rt>() {
     run::<R>(LIMIT, async {
         let (handle, _rec) = start::<R>(config(), hold);
-        let taken = handle.local_addr();
+        let taken = handle.local_addr().as_socket_addr().unwrap();
         let rec = Recorder::new();
         let result = rec
             .attach(Builder::new(Config::new(taken.to_string())).runtime(R::runtime()))
@@ -688,7 +688,7 @@ pub fn max_connections_applies_backpressure<R: Rt>() {
             ..config()
         };
         let (handle, rec) = start::<R>(cfg, echo_split);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut a = connect(addr).await;
         let mut b = connect(addr).await;
         roundtrip(&mut a, b"a").await;
@@ -719,7 +719,7 @@ pub fn max_connections_applies_backpressure<R: Rt>() {
 pub fn connection_event_sequence<R: Rt>() {
     run::<R>(LIMIT, async {
         let (handle, rec) = start::<R>(config(), echo_split);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut c = connect(addr).await;
         let local = c.local_addr().unwrap();
         roundtrip(&mut c, b"x").await;
@@ -730,7 +730,10 @@ pub fn connection_event_sequence<R: Rt>() {
         assert_eq!(log.len(), 5, "{log:#?}");
         assert_eq!(
             log[0],
-            Ev::Server(ServerEvent::Listening { addr, tls: false })
+            Ev::Server(ServerEvent::Listening {
+                addr: addr.into(),
+                tls: false
+            })
         );
         assert!(matches!(
             &log[1],
@@ -770,7 +773,7 @@ pub fn state_transitions<R: Rt>() {
         let handle = server.serve(hold);
         assert_eq!(handle.state(), State::Running);
         assert!(handle.is_running());
-        let mut c = connect(handle.local_addr()).await;
+        let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
         rec.accepted().await;
         let h = handle.clone();
         let shutdown = async move { h.shutdown(Duration::from_secs(3600)).await };
@@ -813,7 +816,7 @@ pub fn tune_hook_runs_after_defaults_and_errors_close<R: Rt>() {
                 }
             });
         let handle = server.serve(echo_split);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut served = 0;
         let mut rejected = 0;
         for _ in 0..6 {
@@ -844,7 +847,7 @@ pub fn tune_hook_runs_after_defaults_and_errors_close<R: Rt>() {
 pub fn hooks_are_replaceable_and_panics_contained<R: Rt>() {
     run::<R>(LIMIT, async {
         let (handle, rec) = start::<R>(config(), echo_split);
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut c = connect(addr).await;
         rec.accepted().await;
         // Replace the connection hook while serving with one that panics.
@@ -884,7 +887,7 @@ pub fn stale_conn_handle_cannot_touch_reused_slot<R: Rt>() {
                 echo_split(conn).await;
             }
         });
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut first = connect(addr).await;
         roundtrip(&mut first, b"1").await;
         let stale = rx.recv().await.unwrap();
@@ -929,8 +932,8 @@ pub fn conn_context_addresses_extensions_and_eof<R: Rt>() {
                 let _ = tx
                     .send((
                         conn.id(),
-                        conn.peer_addr(),
-                        conn.local_addr(),
+                        conn.peer_addr().clone(),
+                        conn.local_addr().clone(),
                         read.map(|_| buf),
                         eof_again.ok(),
                         session,
@@ -940,7 +943,7 @@ pub fn conn_context_addresses_extensions_and_eof<R: Rt>() {
                     .await;
             }
         });
-        let addr = handle.local_addr();
+        let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut c = connect(addr).await;
         c.write_all(b"payload").await.unwrap();
         c.close().await.unwrap();
@@ -971,7 +974,7 @@ pub fn conn_handle_close_aborts_pending_io<R: Rt>() {
                 let _ = errors_tx.send(r.map_err(|e| e.kind())).await;
             }
         });
-        let mut c = connect(handle.local_addr()).await;
+        let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
         let h = handles_rx.recv().await.unwrap();
         assert!(h.close());
         assert!(!h.close(), "closing twice reports false");
@@ -999,7 +1002,7 @@ pub fn lingering_close_delivers_everything_and_is_bounded<R: Rt>() {
                 let _ = conn.write_all(&pattern(1 << 20, 3)).await;
             }
         });
-        let mut c = connect(handle.local_addr()).await;
+        let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
         c.write_all(b"?").await.unwrap();
         // More data the handler never reads: without lingering this makes the close a reset.
         c.write_all(&pattern(200_000, 9)).await.unwrap();
@@ -1049,7 +1052,7 @@ pub fn struct_handler_serves_with_its_own_state<R: Rt>() {
         };
         let (handle, rec) = start::<R>(config(), handler);
         for _ in 0..3 {
-            let mut c = connect(handle.local_addr()).await;
+            let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
             c.write_all(b"hi").await.unwrap();
             let mut back = [0u8; 4];
             c.read_exact(&mut back).await.unwrap();
@@ -1090,7 +1093,7 @@ pub fn readable_waits_without_consuming_and_fails_when_closed<R: Rt>() {
                 }
             }
         });
-        let mut c = connect(handle.local_addr()).await;
+        let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
         c.write_all(b"abc").await.unwrap();
         assert_eq!(within(LIMIT, "readable", rx.recv()).await.unwrap(), Ok(()));
         let mut back = [0u8; 3];
@@ -1123,7 +1126,7 @@ pub fn readable_returns_when_draining_begins<R: Rt>() {
         });
         let mut clients = Vec::new();
         for _ in 0..5 {
-            clients.push(connect(handle.local_addr()).await);
+            clients.push(connect(handle.local_addr().as_socket_addr().unwrap()).await);
             rec.accepted().await;
         }
         let h = handle.clone();
