@@ -1,8 +1,9 @@
 //! # berth
 //!
-//! A TCP server library that does everything around your connection handler: binding and
-//! accepting (with back-off on EMFILE), one task per connection, idle reaping, connection
-//! limits, graceful shutdown, lifecycle events and counters. It is runtime-agnostic: the
+//! A TCP (and Unix-socket) server library that does everything around your connection
+//! handler: binding and accepting (with back-off on EMFILE), one task per connection, idle
+//! reaping, connection limits, graceful shutdown, lifecycle events and counters. TLS,
+//! PROXY-protocol, tracing and metrics are optional features. It is runtime-agnostic: the
 //! same server runs on smol (default), async-std, or a simulator, because all spawning and
 //! all time go through the [`Runtime`](runtime::Runtime) seam and all connections come from
 //! a [`Listener`](listener::Listener).

@@ -11,8 +11,8 @@
 //!
 //! Adapters, each behind a cargo feature:
 //! - [`Smol`] (feature `smol`, default): async-executor tasks and async-io timers;
-//! - [`AsyncStd`] (feature `async-std`);
-//! - [`Tokio`] (feature `tokio`);
+//! - `AsyncStd` (feature `async-std`);
+//! - `Tokio` (feature `tokio`);
 //! - `berth_sim::Sim` (the `berth-sim` crate): turmoil's simulated hosts and clock.
 //!
 //! Implementing it for another runtime takes three short methods; see the trait docs.
