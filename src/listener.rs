@@ -13,6 +13,8 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::addr::{Addr, PeerCred};
 
+#[cfg(feature = "tcp")]
+mod async_stream;
 #[cfg(feature = "socket")]
 mod socket;
 #[cfg(feature = "tcp")]
@@ -21,6 +23,8 @@ mod tcp;
 mod tokio;
 #[cfg(all(unix, feature = "tcp"))]
 mod unix;
+#[cfg(feature = "tcp")]
+pub use async_stream::{AsyncStream, HalfClose};
 #[cfg(feature = "tcp")]
 pub use tcp::{TcpListener, TcpStream};
 #[cfg(feature = "tokio")]

@@ -1,12 +1,9 @@
 //! Real TCP on async-io's reactor (which the smol and async-std adapters use). The socket is
-//! built by [`socket::bind_std`](super::socket::bind_std). Streams are [`TcpStream`]: a thin
-//! wrapper of `Async<std::net::TcpStream>` (no `Arc`, no cached readiness futures) that
-//! sends FIN on close and exposes readiness for [`Conn::readable`](crate::Conn::readable).
+//! built by [`socket::bind_std`](super::socket::bind_std). Streams are [`TcpStream`]s
+//! ([`AsyncStream`](super::AsyncStream)s of std TCP streams).
 
 use std::io;
 use std::net::SocketAddr;
-
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_io::Async;
@@ -86,7 +83,7 @@ impl Listener for TcpListener {
         }
         let local_addr = stream.get_ref().local_addr()?;
         Ok(Accepted {
-            stream: TcpStream(stream),
+            stream: super::AsyncStream(stream),
             peer_addr: peer_addr.into(),
             local_addr: local_addr.into(),
         })
@@ -97,62 +94,8 @@ impl Listener for TcpListener {
     }
 }
 
-/// An accepted TCP connection: async-io's `Async<std::net::TcpStream>`, with `close`
-/// shutting down the write side (the peer reads end of file), which async-io's own
-/// `poll_close` does not do, and readiness for [`Conn::readable`](crate::Conn::readable).
-#[derive(Debug)]
-pub struct TcpStream(Async<std::net::TcpStream>);
-
-impl TcpStream {
-    /// The std socket, e.g. for `socket2::SockRef::from(stream.get_ref())` in a tune hook.
-    pub fn get_ref(&self) -> &std::net::TcpStream {
-        self.0.get_ref()
-    }
-}
-
-impl futures_io::AsyncRead for TcpStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-
-    fn poll_read_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &mut [io::IoSliceMut<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read_vectored(cx, bufs)
-    }
-}
-
-impl futures_io::AsyncWrite for TcpStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
-    }
-}
+/// An accepted TCP connection (see [`AsyncStream`](super::AsyncStream)).
+pub type TcpStream = super::AsyncStream<std::net::TcpStream>;
 
 impl super::Stream for TcpStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -5,7 +5,6 @@
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -150,7 +149,7 @@ impl Listener for UnixListener {
     async fn accept(&self) -> io::Result<Accepted<Self::Stream>> {
         let (stream, peer) = self.inner.accept().await?;
         Ok(Accepted {
-            stream: UnixStream(stream),
+            stream: super::AsyncStream(stream),
             peer_addr: Addr::Unix(peer.as_pathname().map(Arc::from)),
             local_addr: Addr::Unix(self.path.clone()),
         })
@@ -161,46 +160,9 @@ impl Listener for UnixListener {
     }
 }
 
-/// An accepted Unix domain socket connection: `Async<std::os::unix::net::UnixStream>`
-/// with `close` shutting down the write side, readiness for
-/// [`Conn::readable`](crate::Conn::readable), and the peer's credentials.
-#[derive(Debug)]
-pub struct UnixStream(Async<std::os::unix::net::UnixStream>);
-
-impl UnixStream {
-    /// The std socket.
-    pub fn get_ref(&self) -> &std::os::unix::net::UnixStream {
-        self.0.get_ref()
-    }
-}
-
-impl futures_io::AsyncRead for UnixStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl futures_io::AsyncWrite for UnixStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
-    }
-}
+/// An accepted Unix domain socket connection (see [`AsyncStream`](super::AsyncStream)),
+/// which also knows the peer's credentials.
+pub type UnixStream = super::AsyncStream<std::os::unix::net::UnixStream>;
 
 impl super::Stream for UnixStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
