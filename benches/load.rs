@@ -81,6 +81,11 @@ enum Mode {
         /// Server pid, to read its RSS.
         #[arg(long)]
         pid: u32,
+        /// Once every connection is confirmed, print `held conns=N` and keep them open
+        /// until standard input closes (for runs that spread connections over several
+        /// load processes, see benches/hold.sh).
+        #[arg(long)]
+        hold: bool,
         #[arg(long, hide = true)]
         bench: bool,
     },
@@ -133,8 +138,12 @@ fn main() {
             ..
         } => connect_rate(addr, conns, Duration::from_secs_f64(secs), pid, tls(tls_ca)),
         Mode::Idle {
-            addr, conns, pid, ..
-        } => idle(addr, conns, pid),
+            addr,
+            conns,
+            pid,
+            hold,
+            ..
+        } => idle(addr, conns, pid, hold),
         Mode::Report { input, json, .. } => report(&input, json.as_deref()),
     }
 }
@@ -289,7 +298,7 @@ fn echo(
     println!();
 }
 
-fn idle(addr: SocketAddr, conns: usize, pid: u32) {
+fn idle(addr: SocketAddr, conns: usize, pid: u32, hold: bool) {
     let before = rss_kib(pid);
     let base = 1 + std::process::id() % 200;
     let ex = async_executor::LocalExecutor::new();
@@ -323,6 +332,11 @@ fn idle(addr: SocketAddr, conns: usize, pid: u32) {
         }
         held
     }));
+    if hold {
+        println!("held conns={}", held.len());
+        std::io::Write::flush(&mut std::io::stdout()).expect("stdout");
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    }
     // Let the server settle its buffers before reading RSS.
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(pid);

@@ -4,7 +4,7 @@
 //! echo [--addr 127.0.0.1:7000] [--threads N] [--tls-cert CERT.pem --tls-key KEY.pem]
 //!      [--client-ca CA.pem] [--idle-timeout 30s] [--handshake-timeout 10s]
 //!      [--drain-timeout 10s] [--max-connections N]
-//!      [--unix PATH [--unix-mode 660] [--unix-group GID]]
+//!      [--unix PATH [--unix-mode 660] [--unix-group GID]] [--reuse-port]
 //! ```
 //!
 //! Prints `listening on ADDR` once bound, echoes every byte back, and on SIGTERM or SIGINT
@@ -68,6 +68,10 @@ struct Args {
     /// Accept at most this many connections at once.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Set SO_REUSEPORT, so several echo processes can share one port (the kernel spreads
+    /// new connections over them).
+    #[arg(long)]
+    reuse_port: bool,
     /// Serve TLS with a throwaway CA and localhost certificate kept in DIR (created if
     /// missing); trust DIR/ca.pem in clients.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_key"])]
@@ -228,6 +232,7 @@ fn run(args: Args) -> Result<(), String> {
         idle_timeout: args.idle_timeout,
         drain_timeout: args.drain_timeout,
         max_connections: args.max_connections,
+        reuse_port: args.reuse_port,
         unix: args.unix.clone().map(|path| berth::UnixConfig {
             mode: args.unix_mode,
             group: args.unix_group,
