@@ -444,3 +444,32 @@ fn echo_serves_a_unix_socket_with_its_mode_and_removes_it() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn echo_processes_share_a_port_with_reuse_port() {
+    let first = spawn(&["--addr", "127.0.0.1:0", "--reuse-port"]);
+    let addr = first.addr();
+    // Without the flag the port is taken: one error line, non-zero exit.
+    let refused = spawn(&["--addr", &addr]);
+    let (status, stderr) = refused.wait();
+    assert!(
+        !status.success() && stderr.contains("cannot listen"),
+        "{stderr}"
+    );
+    let second = spawn(&["--addr", &addr, "--reuse-port"]);
+    assert_eq!(second.addr(), addr);
+    for i in 0..8u8 {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(&[i]).unwrap();
+        let mut back = [0u8; 1];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, [i]);
+    }
+    for echo in [first, second] {
+        echo.sigterm();
+        assert!(echo.line().starts_with("shutdown complete"));
+        let (status, stderr) = echo.wait();
+        assert!(status.success(), "{stderr}");
+    }
+}
