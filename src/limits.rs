@@ -5,7 +5,9 @@
 //! [`ConnEvent::Rejected`](crate::ConnEvent::Rejected). Checks run in this order: deny list,
 //! allow list, global accept rate, per-IP concurrency, per-IP rate. Direct clients are
 //! checked right after accept; clients behind a trusted PROXY-protocol proxy are checked on
-//! their original address once the header is read.
+//! their original address once the header is read. Unix-socket peers have no IP address:
+//! the lists and per-IP limits do not apply to them (file permissions do), the global accept
+//! rate does.
 //!
 //! Per-IP state lives in an ordered map (deterministic under simulation) bounded by
 //! `max_tracked_ips`: an entry goes away when its last connection closes and its rate bucket

@@ -5,6 +5,7 @@
 //! header from anyone else would let any client choose its own address. The header is read
 //! on the connection's task before TLS, under the handshake timeout, and never over-read:
 //! bytes after it (a TLS ClientHello, the first request) are kept and served first.
+//! Unix-socket peers have no IP, so they are never trusted proxies (no header is read).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

@@ -825,3 +825,60 @@ fn idle_tls_connections_drain_without_being_forced() {
         assert_eq!(report.unwrap().drained, 3);
     });
 }
+
+/// TLS works over any listener: here a Unix domain socket, whose peer credentials still
+/// reach the handler through the TLS stream.
+#[cfg(unix)]
+#[test]
+fn tls_over_a_unix_socket_keeps_peer_credentials() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let dir = std::env::temp_dir().join(format!("berth-tls-unix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tls.sock");
+        let config = Config {
+            unix: Some(berth::UnixConfig::new(&path)),
+            ..tls_config(tls_of(&leaf))
+        };
+        let (tx, rx) = async_channel::unbounded();
+        let handle = Builder::new(config)
+            .runtime(berth::runtime::Smol::global())
+            .bind_unix()
+            .unwrap()
+            .serve(move |mut conn: Conn| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((conn.tls().cloned(), conn.peer_cred())).await;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                        if conn.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        let unix = async_net::unix::UnixStream::connect(&path).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut s = futures_rustls::TlsConnector::from(client(pki.ca_der(), ONLY_13, &[], None))
+            .connect(name, unix)
+            .await
+            .expect("TLS handshake over the Unix socket");
+        s.write_all(b"secret").await.unwrap();
+        s.flush().await.unwrap();
+        let mut back = [0u8; 6];
+        within(LIMIT, "echo", s.read_exact(&mut back))
+            .await
+            .unwrap();
+        assert_eq!(&back, b"secret");
+        let (info, cred) = within(LIMIT, "handler report", rx.recv()).await.unwrap();
+        assert_eq!(info.unwrap().version, TlsVersion::Tls13);
+        assert_eq!(cred.unwrap().pid, Some(std::process::id() as i32));
+        s.close().await.unwrap();
+        handle
+            .shutdown(std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

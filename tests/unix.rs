@@ -349,3 +349,29 @@ fn file_mode_decides_which_users_may_connect() {
         async_io::block_on(within(LIMIT, "close", handle.close()));
     }
 }
+
+/// An inherited Unix listener is served as is, and its file is not ours to remove.
+#[test]
+fn an_inherited_unix_listener_is_served_and_its_file_left_alone() {
+    let dir = Dir::new("inherited");
+    let path = dir.sock();
+    let std = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std.set_nonblocking(true).unwrap();
+    run::<SmolRt>(LIMIT, async {
+        let listener = berth::listener::UnixListener::from_std(std).unwrap();
+        let server = Builder::new(Config::default())
+            .runtime(SmolRt::runtime())
+            .listener(listener)
+            .unwrap();
+        assert_eq!(server.local_addr().as_unix_path(), Some(path.as_path()));
+        let handle = server.serve(echo);
+        let mut c = UnixStream::connect(&path).await.unwrap();
+        roundtrip(&mut c, b"inherited").await;
+        drop(c);
+        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+    });
+    assert!(
+        std::fs::symlink_metadata(&path).is_ok(),
+        "not created by berth: kept"
+    );
+}
