@@ -9,14 +9,14 @@
 #
 #   bash benches/compare.sh            # full: 3 reps x 5 s, 10,000 idle connections (~8 min)
 #   bash benches/compare.sh --quick    # 3 reps x 1 s, 5,000 idle connections (< 3 min)
-#   SCENARIOS="plain tls connect idle" SERVERS="berth bare tokio" to choose; the server
+#   SCENARIOS="plain tls connect idle shutdown" SERVERS="berth bare tokio" to choose; the server
 #   berth-limits is berth with every admission check on (none refusing), berth-metrics
 #   berth with a Prometheus recorder installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps=3 secs=5 idle_conns=10000
 if [ "${1:-}" = "--quick" ]; then secs=1 idle_conns=5000; fi
-scenarios=${SCENARIOS:-plain tls connect idle}
+scenarios=${SCENARIOS:-plain tls connect idle shutdown}
 servers=${SERVERS:-berth bare tokio}
 # As many descriptors as allowed (idle scenario); the hard limit is the ceiling.
 ulimit -n "$(ulimit -Hn)"
@@ -59,7 +59,7 @@ start() { # name tls -> sets pid, addr
   addr=$(sed -n 's/.*listening on //p' "$log")
   [ -n "$addr" ] || { echo "$1 did not start: $(cat "$log")" >&2; exit 1; }
 }
-stop() { kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }
+stop() { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
 run() { # label tls load-args...
   local label=$1 t=$2; shift 2
   for rep in $(seq "$reps"); do
@@ -90,6 +90,15 @@ for s in $scenarios; do
       for name in $servers; do
         start "$name" 0
         line="$name idle-${idle_conns}c rep=1 $(taskset -c 1 "$load" idle --addr "$addr" --conns "$idle_conns" --pid "$pid")"
+        stop
+        echo "$line" | tee -a "$results"
+      done ;;
+    shutdown)
+      # Graceful shutdown with every connection open: berth only (the peers have no
+      # graceful shutdown; SIGTERM just kills them).
+      for rep in $(seq "$reps"); do
+        start berth 0
+        line="berth shutdown-${idle_conns}c rep=$rep $(taskset -c 1 "$load" idle --addr "$addr" --conns "$idle_conns" --pid "$pid" --shutdown)"
         stop
         echo "$line" | tee -a "$results"
       done ;;

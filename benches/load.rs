@@ -86,6 +86,11 @@ enum Mode {
         /// load processes, see benches/hold.sh).
         #[arg(long)]
         hold: bool,
+        /// Then send the server SIGTERM and time its graceful shutdown: until every
+        /// client has read end of file (clients close when they do), and until the server
+        /// process has exited.
+        #[arg(long)]
+        shutdown: bool,
         #[arg(long, hide = true)]
         bench: bool,
     },
@@ -142,8 +147,9 @@ fn main() {
             conns,
             pid,
             hold,
+            shutdown,
             ..
-        } => idle(addr, conns, pid, hold),
+        } => idle(addr, conns, pid, hold, shutdown),
         Mode::Report { input, json, .. } => report(&input, json.as_deref()),
     }
 }
@@ -298,7 +304,7 @@ fn echo(
     println!();
 }
 
-fn idle(addr: SocketAddr, conns: usize, pid: u32, hold: bool) {
+fn idle(addr: SocketAddr, conns: usize, pid: u32, hold: bool, shutdown: bool) {
     let before = rss_kib(pid);
     let base = 1 + std::process::id() % 200;
     let ex = async_executor::LocalExecutor::new();
@@ -351,20 +357,75 @@ fn idle(addr: SocketAddr, conns: usize, pid: u32, hold: bool) {
         s.read_exact(&mut back).await.expect("echo while holding");
         started.elapsed().as_micros()
     });
-    println!(
-        "idle conns={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={:.2} fresh_echo_us={responsive_us}",
+    // What the server spends while every connection is idle (no idle timeout: nothing).
+    let window = Duration::from_secs(2);
+    let cpu_before = cpu_us(pid);
+    std::thread::sleep(window);
+    let idle_cpu_pct = (cpu_us(pid) - cpu_before) as f64 / window.as_micros() as f64 * 100.0;
+    print!(
+        "idle conns={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={:.2} fresh_echo_us={responsive_us} idle_cpu_pct={idle_cpu_pct:.2}",
         held.len(),
         (after.saturating_sub(before)) as f64 / held.len() as f64
     );
-    drop(held);
+    if shutdown {
+        let (drain, exit) = shutdown_time(pid, held);
+        print!(
+            " drain_ms={:.1} exit_ms={:.1}",
+            drain.as_secs_f64() * 1e3,
+            exit.as_secs_f64() * 1e3
+        );
+    }
+    println!();
+}
+
+/// SIGTERM to the server, then: how long until every held connection reads end of file
+/// (each client closes its side as soon as it does, as a well-behaved client would), and
+/// how long until the server process has exited.
+fn shutdown_time(pid: u32, held: Vec<async_net::TcpStream>) -> (Duration, Duration) {
+    let started = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success(), "kill -TERM {pid} failed");
+    let ex = async_executor::LocalExecutor::new();
+    async_io::block_on(ex.run(async {
+        let readers: Vec<_> = held
+            .into_iter()
+            .map(|mut s| {
+                ex.spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(1..) = s.read(&mut buf).await {}
+                })
+            })
+            .collect();
+        for reader in readers {
+            reader.await;
+        }
+    }));
+    let drained = started.elapsed();
+    // Exited: gone, or a zombie its parent (the benchmark script) has not reaped yet.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let exited = state
+            .as_deref()
+            .is_none_or(|s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'));
+        if exited {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (drained, started.elapsed())
 }
 
 /// The headline metric of a result line, and whether bigger is better.
 fn headline(fields: &std::collections::BTreeMap<String, f64>) -> Option<(&'static str, bool)> {
-    ["req/s", "conn/s", "kib_per_conn"]
+    ["req/s", "conn/s", "drain_ms", "kib_per_conn"]
         .into_iter()
         .find(|k| fields.contains_key(*k))
-        .map(|k| (k, k != "kib_per_conn"))
+        .map(|k| (k, matches!(k, "req/s" | "conn/s")))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
