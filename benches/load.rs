@@ -289,8 +289,9 @@ fn echo(
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
     let rps = lat.len() as f64 / elapsed.as_secs_f64();
     print!(
-        "echo conns={conns} size={size} requests={} req/s={rps:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1}",
+        "echo conns={conns} size={size} requests={} req/s={rps:.0} mib/s={:.1} p50_us={:.1} p99_us={:.1} p999_us={:.1}",
         lat.len(),
+        rps * size as f64 / (1024.0 * 1024.0),
         pct(0.50),
         pct(0.99),
         pct(0.999)
