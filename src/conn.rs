@@ -9,7 +9,6 @@
 //! `Closed` event). That happens in `Drop`, not after an `.await`, so it also happens when a
 //! handler is cancelled or panics.
 
-use crate::addr::{Addr, PeerCred};
 use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::pin::Pin;
@@ -21,6 +20,7 @@ use event_listener::EventListener;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::io::{ReadHalf, WriteHalf};
 
+use crate::addr::{Addr, PeerCred};
 use crate::events::CloseReason;
 use crate::extensions::Extensions;
 use crate::listener::Stream;

@@ -7,12 +7,12 @@
 //! [`Builder`](crate::Builder). A hook that panics is contained: the panic is reported to the
 //! error hook as [`Error::HookPanicked`] and the server carries on.
 
-use crate::addr::Addr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::addr::Addr;
 use crate::error::{Error, panic_message};
 
 /// Something that happened to one connection.
