@@ -94,8 +94,9 @@ struct Args {
     /// Serve Prometheus metrics over HTTP on this address (GET /metrics).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
-    /// Expect a PROXY protocol (v1 or v2) header from the trusted proxies.
-    #[arg(long, requires = "trusted_proxy")]
+    /// Expect a PROXY protocol (v1 or v2) header from the trusted proxies (with --unix:
+    /// from every peer of the socket).
+    #[arg(long)]
     proxy_protocol: bool,
     /// A proxy allowed to send PROXY headers (repeatable; needs --proxy-protocol).
     #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
@@ -222,6 +223,8 @@ fn run(args: Args) -> Result<(), String> {
     };
     let proxy_protocol = args.proxy_protocol.then(|| berth::ProxyProtocol {
         trusted_proxies: args.trusted_proxy.clone(),
+        // On a Unix socket the proxy is whoever may connect to it.
+        trust_unix_peers: args.unix.is_some(),
     });
     let config = Config {
         tls,

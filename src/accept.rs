@@ -92,8 +92,7 @@ pub(crate) async fn accept_loop<L: Listener, H: Handler>(
                     .config
                     .proxy_protocol
                     .as_ref()
-                    .zip(accepted.peer_addr.as_socket_addr())
-                    .is_some_and(|(p, peer)| p.trusts(peer.ip()));
+                    .is_some_and(|p| p.trusts(&accepted.peer_addr));
                 let admitted = if shared.limiter.is_active() && !proxied {
                     match shared
                         .limiter

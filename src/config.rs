@@ -229,7 +229,7 @@ impl Config {
         if self
             .proxy_protocol
             .as_ref()
-            .is_some_and(|p| p.trusted_proxies.is_empty())
+            .is_some_and(|p| p.trusted_proxies.is_empty() && !p.trust_unix_peers)
         {
             return Err(ConfigError::NoTrustedProxies);
         }
@@ -377,6 +377,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn proxy_protocol_must_trust_someone() {
+        let with = |proxy: crate::ProxyProtocol| Config {
+            proxy_protocol: Some(proxy),
+            ..Config::new("127.0.0.1:0")
+        };
+        assert_eq!(
+            with(crate::ProxyProtocol::new(Vec::new())).validate(),
+            Err(ConfigError::NoTrustedProxies)
+        );
+        let unix_only = crate::ProxyProtocol {
+            trust_unix_peers: true,
+            ..crate::ProxyProtocol::new(Vec::new())
+        };
+        assert_eq!(with(unix_only).validate(), Ok(()));
+        let proxies = crate::ProxyProtocol::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(with(proxies).validate(), Ok(()));
     }
 
     #[test]

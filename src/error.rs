@@ -50,7 +50,7 @@ pub enum ConfigError {
     InvalidLimit(String),
     /// PROXY protocol is on but no proxy is trusted, so no connection could be served.
     #[error(
-        "proxy_protocol is enabled with an empty trusted_proxies list: add the load balancer's addresses (e.g. \"10.0.0.0/8\")"
+        "proxy_protocol is enabled but trusts no proxy: add the load balancer's addresses to trusted_proxies (e.g. \"10.0.0.0/8\"), or set trust_unix_peers for a proxy on a Unix socket"
     )]
     NoTrustedProxies,
     /// `handshake_timeout` is zero: no TLS client could ever connect.

@@ -5,7 +5,8 @@
 //! header from anyone else would let any client choose its own address. The header is read
 //! on the connection's task before TLS, under the handshake timeout, and never over-read:
 //! bytes after it (a TLS ClientHello, the first request) are kept and served first.
-//! Unix-socket peers have no IP, so they are never trusted proxies (no header is read).
+//! Unix-socket peers have no IP: they are trusted only with `trust_unix_peers` (a proxy on
+//! the same host, such as HAProxy's `server ... /run/app.sock send-proxy-v2`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -26,12 +27,29 @@ use crate::listener::Stream;
 pub struct ProxyProtocol {
     /// Networks of the proxies allowed (and required) to send a PROXY header.
     pub trusted_proxies: Vec<IpNet>,
+    /// Also trust every peer of a Unix domain socket server (a proxy on the same host):
+    /// they too must send a header. File permissions decide who may connect, so only set
+    /// this when only the proxy can. Default `false`.
+    #[serde(default)]
+    pub trust_unix_peers: bool,
 }
 
 impl ProxyProtocol {
-    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+    /// Trusted proxies on these networks; Unix-socket peers not trusted.
+    pub fn new(trusted_proxies: Vec<IpNet>) -> Self {
+        ProxyProtocol {
+            trusted_proxies,
+            trust_unix_peers: false,
+        }
+    }
+
+    /// Whether `peer` must (and may) send a PROXY header.
+    pub(crate) fn trusts(&self, peer: &crate::Addr) -> bool {
+        let Some(addr) = peer.as_socket_addr() else {
+            return self.trust_unix_peers;
+        };
+        let ip = match addr.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr.ip(), IpAddr::V4),
             v4 => v4,
         };
         self.trusted_proxies.iter().any(|net| net.contains(&ip))

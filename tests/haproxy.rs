@@ -69,9 +69,7 @@ fn haproxy_send_proxy_v1_and_v2_reach_berth_with_the_client_address() {
     let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, Option<SocketAddr>)>();
     let tx = std::sync::Mutex::new(tx);
     let handle = Builder::new(Config {
-        proxy_protocol: Some(ProxyProtocol {
-            trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
-        }),
+        proxy_protocol: Some(ProxyProtocol::new(vec!["127.0.0.1/32".parse().unwrap()])),
         ..Config::new("127.0.0.1:0")
     })
     .runtime(berth::runtime::Smol::global())
@@ -128,4 +126,74 @@ fn haproxy_send_proxy_v1_and_v2_reach_berth_with_the_client_address() {
         );
     }
     async_io::block_on(handle.close());
+}
+
+/// HAProxy on the same host speaking to berth over a Unix socket (`server ... /path
+/// send-proxy-v2`): with `trust_unix_peers`, berth sees each TCP client's address, and the
+/// Unix peer as the proxy.
+#[test]
+fn haproxy_over_a_unix_socket_with_trusted_unix_peers() {
+    if !haproxy_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("berth-haproxy-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("berth.sock");
+    let (tx, rx) = std::sync::mpsc::channel::<(berth::Addr, Option<berth::Addr>)>();
+    let tx = std::sync::Mutex::new(tx);
+    let handle = Builder::new(Config {
+        proxy_protocol: Some(ProxyProtocol {
+            trust_unix_peers: true,
+            ..ProxyProtocol::new(Vec::new())
+        }),
+        unix: Some(berth::UnixConfig::new(&path)),
+        ..Config::default()
+    })
+    .runtime(berth::runtime::Smol::global())
+    .bind_unix()
+    .unwrap()
+    .serve(move |mut conn: Conn| {
+        let _ = tx
+            .lock()
+            .unwrap()
+            .send((conn.peer_addr().clone(), conn.proxy_addr().cloned()));
+        async move {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                if conn.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let front = free_port();
+    let config = format!(
+        "global\n  maxconn 100\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend f\n  bind 127.0.0.1:{front}\n  default_backend berth\n\
+         backend berth\n  server b {} send-proxy-v2\n",
+        path.display()
+    );
+    let _haproxy = start_haproxy(&config, front);
+    let mut client = TcpStream::connect(("127.0.0.1", front)).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let me = client.local_addr().unwrap();
+    client.write_all(b"over unix\n").unwrap();
+    let mut back = [0u8; 10];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"over unix\n");
+    // Skip the readiness probe's connection; find this client's.
+    loop {
+        let (peer, proxy) = rx.recv_timeout(WAIT).expect("berth saw this client");
+        assert_eq!(
+            proxy,
+            Some(berth::Addr::Unix(None)),
+            "HAProxy is the Unix peer"
+        );
+        if peer == me {
+            break;
+        }
+    }
+    async_io::block_on(handle.close());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -171,9 +171,7 @@ fn allow_and_deny_lists() {
 
 fn proxy_config(limits: Limits) -> Config {
     Config {
-        proxy_protocol: Some(ProxyProtocol {
-            trusted_proxies: vec!["127.0.0.8/32".parse().unwrap()],
-        }),
+        proxy_protocol: Some(ProxyProtocol::new(vec!["127.0.0.8/32".parse().unwrap()])),
         ..config(limits)
     }
 }
