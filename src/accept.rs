@@ -96,7 +96,7 @@ pub(crate) async fn accept_loop<L: Listener, H: Handler>(
                 let admitted = if shared.limiter.is_active() && !proxied {
                     match shared
                         .limiter
-                        .admit(peer_ip(&accepted.peer_addr), shared.clock_now())
+                        .admit(accepted.peer_addr.ip(), shared.clock_now())
                     {
                         Ok(ip) => ip,
                         Err(reason) => {
@@ -232,7 +232,7 @@ where
     if shared.limiter.is_active() {
         match shared
             .limiter
-            .admit(peer_ip(&meta.peer_addr), shared.clock_now())
+            .admit(meta.peer_addr.ip(), shared.clock_now())
         {
             Ok(ip) => permit.ip = ip,
             Err(reason) => return refuse(permit, meta.peer_addr, reason),
@@ -258,12 +258,6 @@ fn accept(shared: &Shared, meta: &Meta) {
         peer_addr: meta.peer_addr.clone(),
         local_addr: meta.local_addr.clone(),
     });
-}
-
-/// The client's IP for admission; `None` for Unix-socket peers, which the IP lists and
-/// per-IP limits do not apply to (file permissions decide who may connect).
-fn peer_ip(peer_addr: &Addr) -> Option<std::net::IpAddr> {
-    peer_addr.as_socket_addr().map(|addr| addr.ip())
 }
 
 /// The connection's span (feature `tracing`): id, peer, proxy, and the TLS version and ALPN

@@ -2,7 +2,7 @@
 //! socket path; and [`PeerCred`], who is on the other end of a Unix socket.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -39,6 +39,17 @@ impl Addr {
             Addr::Ip(addr) => Some(*addr),
             Addr::Unix(_) => None,
         }
+    }
+
+    /// The IP address, if this is an IP socket address (e.g. to key per-client state).
+    ///
+    /// ```
+    /// let addr = berth::Addr::from("[::1]:80".parse::<std::net::SocketAddr>().unwrap());
+    /// assert_eq!(addr.ip(), Some(std::net::Ipv6Addr::LOCALHOST.into()));
+    /// assert_eq!(berth::Addr::Unix(None).ip(), None);
+    /// ```
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.as_socket_addr().map(|addr| addr.ip())
     }
 
     /// The Unix socket's path, if this is a named Unix socket.

@@ -45,11 +45,11 @@ impl ProxyProtocol {
 
     /// Whether `peer` must (and may) send a PROXY header.
     pub(crate) fn trusts(&self, peer: &crate::Addr) -> bool {
-        let Some(addr) = peer.as_socket_addr() else {
+        let Some(ip) = peer.ip() else {
             return self.trust_unix_peers;
         };
-        let ip = match addr.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr.ip(), IpAddr::V4),
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
