@@ -383,18 +383,27 @@ fn echo_runs_on_the_tokio_adapter_too() {
         "--threads",
         "2",
     ]);
-    let addr = echo.addr();
-    let mut c = TcpStream::connect(&addr).unwrap();
+    let c = TcpStream::connect(echo.addr()).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
-    c.write_all(b"on tokio").unwrap();
-    let mut back = [0u8; 8];
+    echo_once_then_drain(echo, c, b"on tokio");
+}
+
+/// One echo of `msg` over `c`, then SIGTERM: the client reads to end of file and closes,
+/// and the server reports exactly that connection drained and exits 0.
+fn echo_once_then_drain(echo: Echo, mut c: impl Read + Write, msg: &[u8]) {
+    c.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
     c.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"on tokio");
+    assert_eq!(back, msg);
     echo.sigterm();
     let mut rest = Vec::new();
     let _ = c.read_to_end(&mut rest);
     drop(c);
-    assert!(echo.line().contains("1 connection(s) drained, 0 forced"));
+    let summary = echo.line();
+    assert!(
+        summary.contains("1 connection(s) drained, 0 forced"),
+        "{summary}"
+    );
     let (status, stderr) = echo.wait();
     assert!(status.success(), "{stderr}");
 }
@@ -420,23 +429,9 @@ fn echo_serves_a_unix_socket_with_its_mode_and_removes_it() {
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
-        let mut c = UnixStream::connect(&path).unwrap();
+        let c = UnixStream::connect(&path).unwrap();
         c.set_read_timeout(Some(WAIT)).unwrap();
-        c.write_all(b"over a unix socket").unwrap();
-        let mut back = [0u8; 18];
-        c.read_exact(&mut back).unwrap();
-        assert_eq!(&back, b"over a unix socket");
-        echo.sigterm();
-        let mut rest = Vec::new();
-        let _ = c.read_to_end(&mut rest);
-        drop(c);
-        let summary = echo.line();
-        assert!(
-            summary.contains("1 connection(s) drained, 0 forced"),
-            "{summary}"
-        );
-        let (status, stderr) = echo.wait();
-        assert!(status.success(), "{runtime}: {stderr}");
+        echo_once_then_drain(echo, c, b"over a unix socket");
         assert!(
             std::fs::symlink_metadata(&path).is_err(),
             "{runtime}: the socket file is removed at shutdown"
