@@ -1,10 +1,13 @@
 //! The echo server: berth's main example and the server every benchmark drives.
 //!
 //! ```text
-//! echo [--addr 127.0.0.1:7000] [--threads N] [--tls-cert CERT.pem --tls-key KEY.pem]
-//!      [--client-ca CA.pem] [--idle-timeout 30s] [--handshake-timeout 10s]
-//!      [--drain-timeout 10s] [--max-connections N]
-//!      [--unix PATH [--unix-mode 660] [--unix-group GID]] [--reuse-port]
+//! echo [--addr 127.0.0.1:7000] [--threads N] [--runtime smol|tokio]
+//!      [--tls-cert CERT.pem --tls-key KEY.pem] [--client-ca CA.pem] [--self-signed DIR]
+//!      [--idle-timeout 30s] [--handshake-timeout 10s] [--drain-timeout 10s]
+//!      [--max-connections N] [--reuse-port] [--metrics-addr ADDR]
+//!      [--max-per-ip N] [--rate-per-ip R] [--burst N] [--allow CIDR]... [--deny CIDR]...
+//!      [--proxy-protocol [--trusted-proxy CIDR]...]
+//!      [--unix PATH [--unix-mode 660] [--unix-group GID]]
 //! ```
 //!
 //! Prints `listening on ADDR` once bound, echoes every byte back, and on SIGTERM or SIGINT
@@ -28,11 +31,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_signal::{Signal, Signals};
 use berth::tls::{ClientAuth, PemSource, TlsConfig};
-use berth::{Config, Conn, Server};
+use berth::{Builder, Config, Conn};
 use clap::Parser;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 /// berth's echo server.
 #[derive(Parser, Debug)]
@@ -196,14 +198,13 @@ fn run(args: Args) -> Result<(), String> {
         (None, Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
         _ => None,
     };
-    let tls = files.map(|(cert, key)| TlsConfig {
-        client_auth: if args.client_ca.is_some() {
-            ClientAuth::Required
-        } else {
-            ClientAuth::None
-        },
-        client_ca: args.client_ca.clone().map(PemSource::Path),
-        ..TlsConfig::from_pem_files(cert, key)
+    let tls = files.map(|(cert, key)| {
+        let mut tls = TlsConfig::from_pem_files(cert, key);
+        if let Some(ca) = &args.client_ca {
+            tls.client_auth = ClientAuth::Required;
+            tls.client_ca = Some(PemSource::Path(ca.clone()));
+        }
+        tls
     });
     if args.client_ca.is_some() && tls.is_none() {
         return Err(
@@ -211,48 +212,45 @@ fn run(args: Args) -> Result<(), String> {
         );
     }
 
-    let limits = berth::limits::Limits {
-        max_per_ip: args.max_per_ip,
-        rate_per_ip: args.rate_per_ip.map(|per_second| berth::limits::Rate {
-            per_second,
-            burst: args.burst.unwrap_or((per_second.ceil() as u32).max(1)),
-        }),
-        allow: args.allow.clone(),
-        deny: args.deny.clone(),
-        ..Default::default()
-    };
-    let proxy_protocol = args.proxy_protocol.then(|| berth::ProxyProtocol {
-        trusted_proxies: args.trusted_proxy.clone(),
-        // On a Unix socket the proxy is whoever may connect to it.
-        trust_unix_peers: args.unix.is_some(),
+    let mut limits = berth::limits::Limits::default();
+    limits.max_per_ip = args.max_per_ip;
+    limits.rate_per_ip = args.rate_per_ip.map(|per_second| berth::limits::Rate {
+        per_second,
+        burst: args.burst.unwrap_or((per_second.ceil() as u32).max(1)),
     });
-    let config = Config {
-        tls,
-        limits,
-        proxy_protocol,
-        handshake_timeout: args.handshake_timeout,
-        address: args.addr,
-        idle_timeout: args.idle_timeout,
-        drain_timeout: args.drain_timeout,
-        max_connections: args.max_connections,
-        reuse_port: args.reuse_port,
-        unix: args.unix.clone().map(|path| berth::UnixConfig {
-            mode: args.unix_mode,
-            group: args.unix_group,
-            ..berth::UnixConfig::new(path)
-        }),
-        ..Config::default()
-    };
-    // Register signal handlers before binding, so a signal right after "listening on" is
-    // never lost.
-    let mut signals = Signals::new([Signal::Term, Signal::Int])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    limits.allow = args.allow.clone();
+    limits.deny = args.deny.clone();
+    let mut config = Config::new(args.addr.clone());
+    config.tls = tls;
+    config.limits = limits;
+    config.proxy_protocol = args.proxy_protocol.then(|| {
+        let mut proxy = berth::ProxyProtocol::new(args.trusted_proxy.clone());
+        // On a Unix socket the proxy is whoever may connect to it.
+        proxy.trust_unix_peers = args.unix.is_some();
+        proxy
+    });
+    config.handshake_timeout = args.handshake_timeout;
+    config.idle_timeout = args.idle_timeout;
+    config.drain_timeout = args.drain_timeout;
+    config.max_connections = args.max_connections;
+    config.reuse_port = args.reuse_port;
+    config.unix = args.unix.clone().map(|path| {
+        let mut unix = berth::UnixConfig::new(path);
+        unix.mode = args.unix_mode;
+        unix.group = args.unix_group;
+        unix
+    });
+    // Installed before binding, so a signal right after "listening on" is never lost.
+    let signals = berth::signal::Signals::new().map_err(|e| e.to_string())?;
 
     let threads = args.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         usize::from,
     );
-    let handle = match args.runtime {
+    let builder = Builder::new(config);
+    // `bind` serves config.address (or --unix), or the socket systemd passed, on the reactor
+    // of the chosen runtime.
+    let server = match args.runtime {
         RuntimeKind::Smol => {
             let executor = Arc::new(async_executor::Executor::new());
             for n in 0..threads {
@@ -262,14 +260,9 @@ fn run(args: Args) -> Result<(), String> {
                     .spawn(move || async_io::block_on(ex.run(std::future::pending::<()>())))
                     .map_err(|e| format!("cannot start executor thread: {e}"))?;
             }
-            let builder =
-                Server::builder(config).runtime(berth::runtime::Smol::with_executor(executor));
-            if args.unix.is_some() {
-                serve(builder.bind_unix())?
-            } else {
-                // Under systemd socket activation, serve the passed socket (--addr unused).
-                serve(builder.bind_or_inherit())?
-            }
+            builder
+                .runtime(berth::runtime::Smol::with_executor(executor))
+                .bind()
         }
         RuntimeKind::Tokio => {
             let runtime = if threads == 1 {
@@ -282,64 +275,42 @@ fn run(args: Args) -> Result<(), String> {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start tokio: {e}"))?;
-            let tokio_handle = runtime.handle().clone();
+            let handle = runtime.handle().clone();
             // A current-thread runtime runs where it is blocked on: give it a thread.
             std::thread::Builder::new()
                 .name("echo-tokio".into())
                 .spawn(move || runtime.block_on(std::future::pending::<()>()))
                 .map_err(|e| format!("cannot start executor thread: {e}"))?;
-            let _context = tokio_handle.enter();
-            let builder = Server::builder(config.clone())
-                .runtime(berth::runtime::Tokio::from_handle(tokio_handle.clone()));
-            // Unix sockets run on async-io's reactor; the tasks still run on tokio.
-            if args.unix.is_some() {
-                serve(builder.bind_unix())?
-            } else {
-                let listener =
-                    berth::listener::TokioTcpListener::bind(&config).map_err(|e| e.to_string())?;
-                serve(builder.listener(listener))?
-            }
+            builder
+                .runtime(berth::runtime::Tokio::from_handle(handle))
+                .bind()
         }
-    };
+    }
+    .map_err(|e| e.to_string())?;
+    // Attached after bind, whose error is printed once, as the one error line.
+    server.handle().on_error(|e| eprintln!("echo: {e}"));
 
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {}", handle.local_addr())
+    writeln!(stdout, "listening on {}", server.local_addr())
         .and_then(|()| stdout.flush())
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(stdout);
+    let handle = server.serve(echo);
 
-    async_io::block_on(async {
-        let signal = async {
-            signals.next().await;
-        };
-        // The server only stops by a signal here, but if it ever stops by itself, exit too.
-        signal.or(handle.stopped()).await;
-        let summary = match handle.shutdown(args.drain_timeout).await {
-            Ok(report) => format!(
-                "shutdown complete: {} connection(s) drained, 0 forced",
-                report.drained
-            ),
-            Err(berth::Error::ShutdownTimeout {
-                forced, drained, ..
-            }) => format!(
-                "shutdown complete: {drained} connection(s) drained, {forced} forced after {:?}",
-                args.drain_timeout
-            ),
-            Err(e) => format!("shutdown failed: {e}"),
-        };
-        println!("{summary}");
-    });
+    // SIGTERM or SIGINT: drain (each connection stops after its current chunk) within
+    // --drain-timeout, then exit.
+    let summary = match futures_lite::future::block_on(handle.shutdown_on(signals.recv())) {
+        Ok(report) => format!("shutdown complete: {report}"),
+        Err(berth::Error::ShutdownTimeout {
+            forced, drained, ..
+        }) => format!(
+            "shutdown complete: {drained} connection(s) drained, {forced} forced after {:?}",
+            args.drain_timeout
+        ),
+        Err(e) => format!("shutdown failed: {e}"),
+    };
+    println!("{summary}");
     Ok(())
-}
-
-/// Serves `echo` on a bound server, printing run-time errors to stderr.
-fn serve<L: berth::listener::Listener>(
-    bound: Result<Server<L>, berth::Error>,
-) -> Result<berth::ServerHandle, String> {
-    let server = bound.map_err(|e| e.to_string())?;
-    // Attached after bind, whose error is printed as the one error line.
-    server.handle().on_error(|e| eprintln!("echo: {e}"));
-    Ok(server.serve(echo))
 }
 
 /// Creates (or reuses) DIR/ca.pem, DIR/cert.pem and DIR/key.pem; returns cert and key paths.

@@ -15,10 +15,8 @@
 //!
 //! `cargo run --example lines -- --addr 127.0.0.1:7001`, then `nc 127.0.0.1 7001`.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
-use async_signal::{Signal, Signals};
 use asynchronous_codec::{BytesMut, Decoder, Encoder, Framed, LinesCodec};
 use berth::{Config, Conn, Server};
 use clap::Parser;
@@ -106,35 +104,21 @@ async fn serve(conn: Conn, max_line: usize) {
     }
 }
 
-fn main() -> ExitCode {
+fn main() -> Result<(), berth::Error> {
     let args = Args::parse();
-    let mut signals = match Signals::new([Signal::Term, Signal::Int]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("lines: error: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let config = Config {
-        drain_timeout: args.drain_timeout,
-        ..Config::new(args.addr)
-    };
-    let server = match Server::bind(config) {
-        Ok(server) => server,
-        Err(e) => {
-            eprintln!("lines: error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // Installed before binding, so a signal right after "listening on" is never lost.
+    let signals = berth::signal::Signals::new()?;
+    let mut config = Config::new(args.addr);
+    config.drain_timeout = args.drain_timeout;
+    let server = Server::bind(config)?;
+    println!("listening on {}", server.local_addr());
     let max_line = args.max_line;
     let handle = server.serve(move |conn: Conn| serve(conn, max_line));
-    println!("listening on {}", handle.local_addr());
-    async_io::block_on(async {
-        signals.next().await;
-        match handle.shutdown_graceful().await {
-            Ok(r) => println!("shutdown complete: {} drained, 0 forced", r.drained),
-            Err(e) => println!("shutdown complete: {e}"),
-        }
-    });
-    ExitCode::SUCCESS
+    // SIGTERM or SIGINT: drain within --drain-timeout, then exit.
+    let report = futures_lite::future::block_on(handle.shutdown_on(signals.recv()));
+    match report {
+        Ok(report) => println!("shutdown complete: {report}"),
+        Err(e) => println!("shutdown complete: {e}"),
+    }
+    Ok(())
 }

@@ -1,34 +1,5 @@
-//! Server configuration: one plain struct, serde-friendly, with every default in one place.
-//!
-//! | field             | default            | meaning                                                        |
-//! |-------------------|--------------------|----------------------------------------------------------------|
-//! | `address`         | `"127.0.0.1:7000"` | `HOST:PORT` to listen on; port 0 picks a free port             |
-//! | `idle_timeout`    | unset (off)        | close connections with no read/write progress for this long    |
-//! | `drain_timeout`   | `10s`              | grace period used by [`ServerHandle::shutdown_graceful`]       |
-//! | `nodelay`         | `true`             | set `TCP_NODELAY` on every accepted socket                     |
-//! | `backlog`         | `1024`             | kernel accept queue length                                     |
-//! | `reuse_port`      | `false`            | set `SO_REUSEPORT` so several processes can share the port     |
-//! | `max_connections` | unset (no limit)   | stop accepting while this many connections are open            |
-//! | `linger_timeout`  | `2s`               | lingering close after a handler returns first (0: off)         |
-//! | `handshake_timeout` | `10s`            | TLS clients must finish the handshake within this              |
-//! | `limits`          | all off            | per-IP and global limits, allow/deny, see [`Limits`](crate::limits::Limits) |
-//! | `proxy_protocol`  | unset (off)        | PROXY header from trusted proxies, see [`ProxyProtocol`](crate::ProxyProtocol) |
-//! | `tls`             | unset (plain TCP)  | TLS settings (feature `tls`), see [`TlsConfig`](crate::tls::TlsConfig) |
-//! | `unix`            | unset (TCP)        | listen on a Unix socket instead, see [`UnixConfig`]             |
-//!
-//! Durations are written the human way in TOML/JSON/YAML: `"30s"`, `"5m"`, `"250ms"`.
-//!
-//! ```
-//! let config: berth::Config = toml::from_str(r#"
-//!     address = "127.0.0.1:0"
-//!     idle_timeout = "30s"
-//!     max_connections = 10000
-//! "#).unwrap();
-//! config.validate().unwrap();
-//! assert_eq!(config.idle_timeout, Some(std::time::Duration::from_secs(30)));
-//! ```
-//!
-//! [`ServerHandle::shutdown_graceful`]: crate::ServerHandle::shutdown_graceful
+//! Server configuration: one plain struct, serde-friendly, with every default in one place
+//! (the table is on [`Config`]).
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -38,14 +9,43 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
-/// The largest timeout berth accepts: a year. Larger values are almost certainly a unit
-/// mistake, and would overflow `Instant` arithmetic on some platforms.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// How a server listens and treats its connections. See the [module docs](self) for the
-/// table of defaults.
+/// How a server listens and treats its connections.
+///
+/// | field             | default            | meaning                                                        |
+/// |-------------------|--------------------|----------------------------------------------------------------|
+/// | `address`         | `"127.0.0.1:7000"` | `HOST:PORT` to listen on; port 0 picks a free port             |
+/// | `idle_timeout`    | unset (off)        | close connections with no read/write progress for this long    |
+/// | `drain_timeout`   | `10s`              | grace period of [`ServerHandle::shutdown`](crate::ServerHandle::shutdown) |
+/// | `nodelay`         | `true`             | set `TCP_NODELAY` on every accepted socket                     |
+/// | `backlog`         | `1024`             | kernel accept queue length                                     |
+/// | `reuse_port`      | `false`            | set `SO_REUSEPORT` so several processes can share the port     |
+/// | `max_connections` | unset (no limit)   | stop accepting while this many connections are open            |
+/// | `linger_timeout`  | `2s`               | lingering close after a handler returns first (0: off)         |
+/// | `handshake_timeout` | `10s`            | TLS clients must finish the handshake within this              |
+/// | `limits`          | all off            | per-IP and global limits, allow/deny, see [`Limits`](crate::limits::Limits) |
+/// | `proxy_protocol`  | unset (off)        | PROXY header from trusted proxies, see [`ProxyProtocol`](crate::ProxyProtocol) |
+/// | `tls`             | unset (plain TCP)  | TLS settings (served with feature `tls`), see [`TlsConfig`](crate::tls::TlsConfig) |
+/// | `unix`            | unset (TCP)        | listen on a Unix socket instead, see [`UnixConfig`]             |
+///
+/// Durations are written the human way in TOML/JSON/YAML: `"30s"`, `"5m"`, `"250ms"`.
+/// New fields may be added in minor releases, so build one with [`Config::new`] (or
+/// `Default`, or a configuration file) and set fields on it:
+///
+/// ```
+/// let mut config = berth::Config::new("127.0.0.1:0");
+/// config.idle_timeout = Some(std::time::Duration::from_secs(30));
+///
+/// let from_file: berth::Config = toml::from_str(r#"
+///     address = "127.0.0.1:0"
+///     idle_timeout = "30s"
+///     max_connections = 10000
+/// "#).unwrap();
+/// from_file.validate().unwrap();
+/// assert_eq!(from_file.idle_timeout, config.idle_timeout);
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// `HOST:PORT` to listen on. `HOST` may be an IPv4 address, a bracketed IPv6 address
     /// (`"[::1]:7000"`), a host name that resolves, or empty (`":7000"`: all IPv4 interfaces).
@@ -54,8 +54,8 @@ pub struct Config {
     /// `None` disables idle reaping. Sub-second values work.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
-    /// Grace period for [`ServerHandle::shutdown_graceful`](crate::ServerHandle::shutdown_graceful):
-    /// how long handlers may take to finish before they are force-closed.
+    /// Grace period of [`ServerHandle::shutdown`](crate::ServerHandle::shutdown): how long
+    /// handlers may take to finish before they are force-closed.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// Set `TCP_NODELAY` on accepted sockets (on by default: request/response protocols
@@ -84,11 +84,10 @@ pub struct Config {
     /// Read a PROXY-protocol header (v1 or v2) from these trusted proxies and use the
     /// original client address; `None`: off.
     pub proxy_protocol: Option<crate::proxy::ProxyProtocol>,
-    /// Serve TLS with these settings; `None` serves plain TCP.
-    #[cfg(feature = "tls")]
+    /// Serve TLS with these settings; `None` serves plain TCP. Needs the `tls` feature:
+    /// without it, binding fails with [`ConfigError::FeatureDisabled`].
     pub tls: Option<crate::tls::TlsConfig>,
-    /// Listen on this Unix domain socket instead of `address`: set it and bind with
-    /// [`Builder::bind_unix`](crate::Builder::bind_unix). `None`: TCP.
+    /// Listen on this Unix domain socket instead of `address`. `None`: TCP.
     pub unix: Option<UnixConfig>,
 }
 
@@ -113,6 +112,7 @@ pub struct Config {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct UnixConfig {
     /// The socket file's path (at most 107 bytes, the kernel's limit).
     pub path: PathBuf,
@@ -173,7 +173,6 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             limits: crate::limits::Limits::default(),
             proxy_protocol: None,
-            #[cfg(feature = "tls")]
             tls: None,
             unix: None,
         }
@@ -181,6 +180,10 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The largest timeout berth accepts: a year. Larger values are almost certainly a unit
+    /// mistake, and would overflow `Instant` arithmetic on some platforms.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
     /// A default configuration listening on `address`.
     pub fn new(address: impl Into<String>) -> Self {
         Config {
@@ -211,11 +214,11 @@ impl Config {
             ("linger_timeout", Some(self.linger_timeout)),
             ("handshake_timeout", Some(self.handshake_timeout)),
         ] {
-            if let Some(value) = value.filter(|v| *v > MAX_TIMEOUT) {
+            if let Some(value) = value.filter(|v| *v > Self::MAX_TIMEOUT) {
                 return Err(ConfigError::TimeoutTooLarge {
                     name,
                     value,
-                    max: MAX_TIMEOUT,
+                    max: Self::MAX_TIMEOUT,
                 });
             }
         }
@@ -235,6 +238,12 @@ impl Config {
         }
         if let Some(unix) = &self.unix {
             unix.validate()?;
+        }
+        if self.tls.is_some() && !cfg!(feature = "tls") {
+            return Err(ConfigError::FeatureDisabled {
+                field: "tls",
+                feature: "tls",
+            });
         }
         Ok(())
     }

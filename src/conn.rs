@@ -5,59 +5,29 @@
 //! server closes the connection (idle timeout, forced shutdown, a [`ConnHandle`]), pending
 //! and later I/O fails with a clear error and the task is woken.
 //!
-//! Dropping the `Conn` closes the socket and ends the connection's bookkeeping (count, stats,
-//! `Closed` event). That happens in `Drop`, not after an `.await`, so it also happens when a
-//! handler is cancelled or panics.
+//! Dropping the `Conn` ends the connection: at once, or after a lingering close when the
+//! handler returned while its peer was still sending. Either way the stream and the
+//! connection's [`Lifecycle`] travel together (as `Open`), and the lifecycle's `Drop` does
+//! the bookkeeping, so it also happens when a handler is cancelled or panics.
 
 use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::Duration;
 
 use event_listener::EventListener;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::io::{ReadHalf, WriteHalf};
 
 use crate::addr::{Addr, PeerCred};
-use crate::events::CloseReason;
 use crate::extensions::Extensions;
-use crate::listener::Stream;
+use crate::lifecycle::Lifecycle;
+use crate::listener::ByteStream;
 use crate::pool::{LINGERING, PANICKED, SAW_EOF, SAW_ERROR, Slot, SlotState};
-use crate::server::{Permit, Shared};
+use crate::state::Core;
 use crate::tls::TlsInfo;
-
-/// The stream behind a `Conn` is a `Box<dyn Stream>`, type-erased so `Conn` (and every
-/// handler) is the same type whatever the listener or TLS layer.
-type Io = dyn Stream;
-
-/// What `Conn::io` holds after the socket is closed. A zero-sized box does not allocate.
-struct Gone;
-
-impl AsyncRead for Gone {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        _: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
-    }
-}
-
-impl Stream for Gone {}
-
-impl AsyncWrite for Gone {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
-        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
 
 /// One client connection, as the handler sees it.
 ///
@@ -65,6 +35,11 @@ impl AsyncWrite for Gone {
 /// file is `Ok(0)`. After the server closes the connection, I/O fails with
 /// [`io::ErrorKind::TimedOut`] (idle timeout) or [`io::ErrorKind::ConnectionAborted`]
 /// (forced shutdown, [`ConnHandle::close`]).
+///
+/// Reading lines with `futures_lite::AsyncBufReadExt::read_line` is a trap here: it panics
+/// in debug builds when a read fails half-way through a line (futures-lite issue 67), which
+/// berth's idle timeout makes easy to hit. Use a codec with a length limit instead
+/// (`asynchronous-codec`'s `LinesCodec`, as in `examples/lines.rs`).
 ///
 /// ```no_run
 /// use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -87,74 +62,71 @@ impl AsyncWrite for Gone {
 /// }
 /// ```
 pub struct Conn {
-    io: Box<Io>,
     slot: Arc<Slot>,
     generation: u64,
-    /// The open-count this connection holds; also its way to the server's shared state.
-    permit: Permit,
+    core: Arc<Core>,
+    /// The stream and the bookkeeping, taken by `Drop` (to end now or after a lingering
+    /// close); `None` only inside `Drop`.
+    open: Option<Open>,
     id: u64,
     peer_addr: Addr,
     local_addr: Addr,
     proxy_addr: Option<Addr>,
-    opened_at: Instant,
     extensions: Extensions,
     tls: Option<Box<TlsInfo>>,
-    /// Bytes read and written, reported to metrics once, at close.
+}
+
+/// What outlives the `Conn` in a lingering close: the stream (type-erased, so `Conn` and
+/// every handler are one type whatever the listener or TLS layer) and the lifecycle. Fields
+/// drop in order: the socket closes before the lifecycle finishes.
+struct Open {
+    io: Box<dyn ByteStream>,
+    life: Lifecycle,
+    /// A TLS session, which should end with `close_notify`.
+    tls: bool,
+    /// The stream's write side was closed (by the lingering close).
+    closed: bool,
+    /// Bytes read and written, reported to metrics once, at the end.
     #[cfg(feature = "metrics")]
     bytes: (u64, u64),
 }
 
-/// What the connection task knows about a connection before its `Conn` exists.
+/// What the connection task knows of a connection besides its lifecycle.
 pub(crate) struct Meta {
-    pub(crate) id: u64,
-    pub(crate) peer_addr: Addr,
     pub(crate) local_addr: Addr,
     /// The proxy's address, when a PROXY header gave the client's original address.
     pub(crate) proxy_addr: Option<Addr>,
-    /// When it was accepted (so `Closed`'s duration includes a TLS handshake).
-    pub(crate) opened_at: Instant,
 }
 
 impl Conn {
-    /// Registers a new connection. Takes over `permit` (the open-count increment the accept
-    /// loop made), so the count stays right whatever happens from here on.
-    pub(crate) fn new(permit: Permit, io: impl Stream, meta: Meta, tls: Option<TlsInfo>) -> Conn {
-        let shared = permit.shared();
-        let (slot, generation) = shared.pool.open(shared.clock.stamp(), || {
-            shared
-                .counters
-                .slots_allocated
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        });
-        let conn = Conn {
-            io: Box::new(io),
+    /// Registers `life`'s connection (for the idle scanner and server-side closes) and wraps
+    /// its stream.
+    pub(crate) fn new(
+        mut life: Lifecycle,
+        io: impl ByteStream,
+        meta: Meta,
+        tls: Option<TlsInfo>,
+    ) -> Conn {
+        let (slot, generation) = life.register();
+        Conn {
             slot,
             generation,
-            opened_at: meta.opened_at,
-            permit,
-            id: meta.id,
-            peer_addr: meta.peer_addr,
+            core: life.core().clone(),
+            id: life.id(),
+            peer_addr: life.peer_addr().clone(),
             local_addr: meta.local_addr,
             proxy_addr: meta.proxy_addr,
             extensions: Extensions::default(),
+            open: Some(Open {
+                io: Box::new(io),
+                life,
+                tls: tls.is_some(),
+                closed: false,
+                #[cfg(feature = "metrics")]
+                bytes: (0, 0),
+            }),
             tls: tls.map(Box::new),
-            #[cfg(feature = "metrics")]
-            bytes: (0, 0),
-        };
-        // A connection that registers after shutdown's final sweep must not escape it.
-        if conn.shared().shutdown.force.is_set() {
-            conn.slot.close(generation, SlotState::ShutdownForced);
         }
-        conn
-    }
-
-    /// The server's state, shared (the `Arc`, to outlive this `Conn`).
-    pub(crate) fn server(&self) -> Arc<Shared> {
-        self.permit.shared().clone()
-    }
-
-    fn shared(&self) -> &Shared {
-        self.permit.shared()
     }
 
     /// The client's address: behind a trusted proxy speaking the PROXY protocol, the
@@ -186,7 +158,7 @@ impl Conn {
     /// # }
     /// ```
     pub fn peer_cred(&self) -> Option<PeerCred> {
-        self.io.peer_cred()
+        self.open.as_ref().and_then(|open| open.io.peer_cred())
     }
 
     /// What TLS negotiated, for a TLS connection.
@@ -207,7 +179,7 @@ impl Conn {
 
     /// Whether the server has started a graceful shutdown.
     pub fn is_draining(&self) -> bool {
-        self.shared().shutdown.draining.is_set()
+        self.core.is_draining()
     }
 
     /// A future that completes when the server starts a graceful shutdown (at once if it
@@ -235,7 +207,7 @@ impl Conn {
     /// ```
     pub fn draining(&self) -> Draining {
         Draining {
-            shared: self.permit.shared().clone(),
+            core: self.core.clone(),
             listener: None,
         }
     }
@@ -247,7 +219,7 @@ impl Conn {
     /// [`is_draining`](Self::is_draining) after it. Fails like a read once the server has
     /// closed the connection (idle timeout, shutdown). Works for TLS too (ready when rustls
     /// holds decrypted bytes or the socket has more); on streams that cannot tell readiness
-    /// (see [`Stream::poll_readable`]) it returns at once, which is still correct.
+    /// (see [`ByteStream::poll_readable`]) it returns at once, which is still correct.
     ///
     /// ```no_run
     /// # async fn f(mut conn: berth::Conn) -> std::io::Result<()> {
@@ -298,45 +270,40 @@ impl Conn {
 
     /// The error for I/O on a connection the server closed, or `None` while open.
     fn closed_error(&self) -> Option<io::Error> {
-        match self.slot.state(self.generation) {
-            SlotState::Open => None,
-            SlotState::IdleTimeout => Some(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection closed by berth: idle timeout",
-            )),
-            SlotState::ShutdownForced => Some(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed by berth: server shutdown",
-            )),
-            SlotState::Aborted | SlotState::Finished => Some(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed by berth: closed through its ConnHandle",
-            )),
-        }
+        closed_error(self.slot.state(self.generation))
     }
 
-    fn stamp(&self) {
-        self.slot.last_active.store(
-            self.shared().clock.stamp(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
-    /// Common tail of every poll: stamp progress, note EOF/errors, and on `Pending` register
-    /// the waker the server uses to interrupt us, then re-check the close state (the server
-    /// may have closed between the first check and the registration).
-    fn finish<T>(
-        &self,
+    /// Runs one poll of the stream: fails at once if the server closed the connection, then
+    /// stamps progress, notes EOF and errors, and on `Pending` registers the waker the server
+    /// uses to interrupt us and re-checks the close state (the server may have closed between
+    /// the first check and the registration).
+    fn poll_io<T>(
+        &mut self,
         cx: &mut Context<'_>,
-        poll: Poll<io::Result<T>>,
+        write: bool,
+        io: impl FnOnce(&mut Open, &mut Context<'_>) -> Poll<io::Result<T>>,
         progress: impl Fn(&T) -> bool,
-        waker: &atomic_waker::AtomicWaker,
     ) -> Poll<io::Result<T>> {
+        if let Some(e) = self.closed_error() {
+            return Poll::Ready(Err(e));
+        }
+        let Some(open) = self.open.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        let poll = io(open, cx);
         match &poll {
-            Poll::Ready(Ok(v)) if progress(v) => self.stamp(),
+            Poll::Ready(Ok(v)) if progress(v) => self
+                .slot
+                .last_active
+                .store(self.core.stamp(), std::sync::atomic::Ordering::Relaxed),
             Poll::Ready(Ok(_)) => {}
             Poll::Ready(Err(_)) => self.slot.mark(SAW_ERROR),
             Poll::Pending => {
+                let waker = if write {
+                    &self.slot.write_waker
+                } else {
+                    &self.slot.read_waker
+                };
                 waker.register(cx.waker());
                 if let Some(e) = self.closed_error() {
                     return Poll::Ready(Err(e));
@@ -347,6 +314,24 @@ impl Conn {
     }
 }
 
+fn closed_error(state: SlotState) -> Option<io::Error> {
+    match state {
+        SlotState::Open => None,
+        SlotState::IdleTimeout => Some(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "connection closed by berth: idle timeout",
+        )),
+        SlotState::ShutdownForced => Some(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "connection closed by berth: server shutdown",
+        )),
+        SlotState::Aborted | SlotState::Finished => Some(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "connection closed by berth: closed through its ConnHandle",
+        )),
+    }
+}
+
 impl AsyncRead for Conn {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -354,18 +339,23 @@ impl AsyncRead for Conn {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(e) = this.closed_error() {
-            return Poll::Ready(Err(e));
-        }
-        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
-        #[cfg(feature = "metrics")]
-        if let Poll::Ready(Ok(n)) = poll {
-            this.bytes.0 += n as u64;
-        }
+        let poll = this.poll_io(
+            cx,
+            false,
+            |open, cx| {
+                let poll = Pin::new(&mut open.io).poll_read(cx, buf);
+                #[cfg(feature = "metrics")]
+                if let Poll::Ready(Ok(n)) = poll {
+                    open.bytes.0 += n as u64;
+                }
+                poll
+            },
+            |n| *n > 0,
+        );
         if matches!(poll, Poll::Ready(Ok(0))) && !buf.is_empty() {
             this.slot.mark(SAW_EOF);
         }
-        this.finish(cx, poll, |n| *n > 0, &this.slot.read_waker)
+        poll
     }
 
     fn poll_read_vectored(
@@ -374,18 +364,24 @@ impl AsyncRead for Conn {
         bufs: &mut [IoSliceMut<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(e) = this.closed_error() {
-            return Poll::Ready(Err(e));
-        }
-        let poll = Pin::new(&mut this.io).poll_read_vectored(cx, bufs);
-        #[cfg(feature = "metrics")]
-        if let Poll::Ready(Ok(n)) = poll {
-            this.bytes.0 += n as u64;
-        }
-        if matches!(poll, Poll::Ready(Ok(0))) && bufs.iter().any(|b| !b.is_empty()) {
+        let wanted = bufs.iter().any(|b| !b.is_empty());
+        let poll = this.poll_io(
+            cx,
+            false,
+            |open, cx| {
+                let poll = Pin::new(&mut open.io).poll_read_vectored(cx, bufs);
+                #[cfg(feature = "metrics")]
+                if let Poll::Ready(Ok(n)) = poll {
+                    open.bytes.0 += n as u64;
+                }
+                poll
+            },
+            |n| *n > 0,
+        );
+        if matches!(poll, Poll::Ready(Ok(0))) && wanted {
             this.slot.mark(SAW_EOF);
         }
-        this.finish(cx, poll, |n| *n > 0, &this.slot.read_waker)
+        poll
     }
 }
 
@@ -395,16 +391,19 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(e) = this.closed_error() {
-            return Poll::Ready(Err(e));
-        }
-        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
-        #[cfg(feature = "metrics")]
-        if let Poll::Ready(Ok(n)) = poll {
-            this.bytes.1 += n as u64;
-        }
-        this.finish(cx, poll, |n| *n > 0, &this.slot.write_waker)
+        self.get_mut().poll_io(
+            cx,
+            true,
+            |open, cx| {
+                let poll = Pin::new(&mut open.io).poll_write(cx, buf);
+                #[cfg(feature = "metrics")]
+                if let Poll::Ready(Ok(n)) = poll {
+                    open.bytes.1 += n as u64;
+                }
+                poll
+            },
+            |n| *n > 0,
+        )
     }
 
     fn poll_write_vectored(
@@ -412,36 +411,43 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(e) = this.closed_error() {
-            return Poll::Ready(Err(e));
-        }
-        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        #[cfg(feature = "metrics")]
-        if let Poll::Ready(Ok(n)) = poll {
-            this.bytes.1 += n as u64;
-        }
-        this.finish(cx, poll, |n| *n > 0, &this.slot.write_waker)
+        self.get_mut().poll_io(
+            cx,
+            true,
+            |open, cx| {
+                let poll = Pin::new(&mut open.io).poll_write_vectored(cx, bufs);
+                #[cfg(feature = "metrics")]
+                if let Poll::Ready(Ok(n)) = poll {
+                    open.bytes.1 += n as u64;
+                }
+                poll
+            },
+            |n| *n > 0,
+        )
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(e) = this.closed_error() {
-            return Poll::Ready(Err(e));
-        }
-        let poll = Pin::new(&mut this.io).poll_flush(cx);
-        this.finish(cx, poll, |_| false, &this.slot.write_waker)
+        self.get_mut().poll_io(
+            cx,
+            true,
+            |open, cx| Pin::new(&mut open.io).poll_flush(cx),
+            |_| false,
+        )
     }
 
-    /// Shuts down the write side (the peer reads end of file). The socket itself is closed
-    /// when the `Conn` is dropped.
+    /// Shuts down the write side (the peer reads end of file; a TLS session sends
+    /// `close_notify` first). The socket itself is closed when the `Conn` is dropped.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.closed_error().is_some() {
             return Poll::Ready(Ok(()));
         }
-        let poll = Pin::new(&mut this.io).poll_close(cx);
-        this.finish(cx, poll, |_| false, &this.slot.write_waker)
+        this.poll_io(
+            cx,
+            true,
+            |open, cx| Pin::new(&mut open.io).poll_close(cx),
+            |_| false,
+        )
     }
 }
 
@@ -452,91 +458,60 @@ impl Drop for Conn {
         if std::thread::panicking() {
             self.slot.mark(PANICKED);
         }
-        let closing = Closing {
-            io: std::mem::replace(&mut self.io, Box::new(Gone)),
-            permit: self.permit.take(),
-            slot: self.slot.clone(),
-            generation: self.generation,
-            id: self.id,
-            peer_addr: std::mem::replace(&mut self.peer_addr, Addr::Unix(None)),
-            opened_at: self.opened_at,
-            #[cfg(feature = "metrics")]
-            bytes: self.bytes,
+        let Some(open) = self.open.take() else {
+            return;
         };
         // The handler returned on its own while the peer may still be sending: linger.
         // Everything else (peer closed, error, panic, closed by the server) closes now.
-        let shared = self.shared();
-        let linger = shared.config.linger_timeout;
+        let linger = self.core.config().linger_timeout;
         if !linger.is_zero()
             && self.slot.flags() == 0
             && self.slot.state(self.generation) == SlotState::Open
-            && !shared.shutdown.force.is_set()
+            && !self.core.is_forced()
         {
             self.slot.mark(LINGERING);
-            shared.runtime.spawn(Box::pin(closing.linger(linger)));
+            self.core.runtime().spawn(Box::pin(open.linger(linger)));
         }
     }
 }
 
-/// A connection whose handler is done, on its way to closed. Its `Drop` closes the socket and
-/// does the final bookkeeping (slot, count, stats, `Closed` event), so that happens even if a
-/// lingering task is dropped half-way (a runtime shutting down, a simulated host crashing).
-struct Closing {
-    io: Box<Io>,
-    permit: Permit,
-    slot: Arc<Slot>,
-    generation: u64,
-    id: u64,
-    peer_addr: Addr,
-    opened_at: Instant,
-    #[cfg(feature = "metrics")]
-    bytes: (u64, u64),
-}
-
-impl Closing {
+impl Open {
     /// Lingering close. Closing a TCP socket that still has unread incoming data makes the
     /// kernel send a reset and discard what it has not sent yet: the peer could lose
     /// responses the handler wrote just before returning. So: half-close (our FIN goes after
     /// all our data), then discard what the peer still sends until it closes, the linger
-    /// timeout passes, or shutdown forces.
-    async fn linger(mut self, timeout: std::time::Duration) {
+    /// timeout passes, or shutdown forces. Dropping `self` then ends the connection.
+    async fn linger(mut self, timeout: Duration) {
         use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
-        let shared = self.permit.shared().clone();
+        let core = self.life.core().clone();
         let io = &mut self.io;
+        let closed = &mut self.closed;
         let discard = async {
             if io.close().await.is_ok() {
+                *closed = true;
                 let mut sink = [0u8; 512];
                 while let Ok(1..) = io.read(&mut sink).await {}
             }
         };
         discard
-            .or(shared.runtime.sleep(timeout))
-            .or(shared.shutdown.force.wait())
+            .or(core.runtime().sleep(timeout))
+            .or(core.forced())
             .await;
     }
 }
 
-impl Drop for Closing {
+impl Drop for Open {
     fn drop(&mut self) {
-        // Close the socket first: once the count drops or `Closed` fires, it is closed.
-        drop(std::mem::replace(&mut self.io, Box::new(Gone)));
-        let shared = self.permit.shared().clone();
-        let flags = self.slot.flags();
-        let state = shared.pool.release(&self.slot, self.generation);
-        let reason = state.close_reason().unwrap_or(if flags & PANICKED != 0 {
-            CloseReason::Panicked
-        } else if flags & SAW_ERROR != 0 {
-            CloseReason::Error
-        } else if flags & SAW_EOF != 0 {
-            CloseReason::PeerClosed
-        } else {
-            CloseReason::HandlerDone
-        });
-        let permit = self.permit.take();
+        // A TLS session ends with close_notify, also when the server cut it (idle timeout,
+        // forced shutdown, a handle): one poll, never a wait, so a peer that does not read
+        // cannot hold the close; it goes out when the socket has room, as it usually does.
+        if self.tls && !self.closed {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let _ = Pin::new(&mut self.io).poll_close(&mut cx);
+        }
         #[cfg(feature = "metrics")]
-        crate::metrics::bytes(self.bytes.0, self.bytes.1);
-        let peer_addr = std::mem::replace(&mut self.peer_addr, Addr::Unix(None));
-        shared.finish(permit, self.id, peer_addr, reason, self.opened_at);
+        self.life.set_bytes(self.bytes.0, self.bytes.1);
+        // Then the fields drop in order: the socket closes, then the lifecycle finishes.
     }
 }
 
@@ -599,8 +574,7 @@ impl Future for Readable<'_> {
         if conn.is_draining() {
             return Poll::Ready(Ok(()));
         }
-        let poll = conn.io.poll_readable(cx);
-        let poll = conn.finish(cx, poll, |_| false, &conn.slot.read_waker);
+        let poll = conn.poll_io(cx, false, |open, cx| open.io.poll_readable(cx), |_| false);
         // Drain began between the check above and the registration: the sweep may have
         // missed this waker.
         if poll.is_pending() && conn.is_draining() {
@@ -614,7 +588,7 @@ impl Future for Readable<'_> {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct Draining {
-    shared: Arc<Shared>,
+    core: Arc<Core>,
     listener: Option<EventListener>,
 }
 
@@ -624,7 +598,7 @@ impl Future for Draining {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
-            if this.shared.shutdown.draining.is_set() {
+            if this.core.is_draining() {
                 this.listener = None;
                 return Poll::Ready(());
             }
@@ -634,87 +608,27 @@ impl Future for Draining {
                     this.listener = None;
                 }
                 // Listen, then loop to check the flag again: a notify before `listen` is lost.
-                None => this.listener = Some(this.shared.shutdown.draining.listen()),
+                None => this.listener = Some(this.core.draining().listen()),
             }
         }
     }
 }
 
-pub(crate) use self::supervise::{Outcome, Supervised};
-
-/// Runs a handler future so that a panic is caught and a server-side close cancels it.
-mod supervise {
-    use super::*;
-    use std::panic::{AssertUnwindSafe, catch_unwind};
-
-    /// How a handler ended.
-    pub(crate) enum Outcome {
-        Done,
-        Panicked(String),
-        /// The server closed the connection and the handler did not return on its own.
-        Cancelled,
+impl ConnHandle {
+    /// Whether the server (not the handler) closed the connection: idle timeout, forced
+    /// shutdown, [`close`](Self::close).
+    pub(crate) fn closed_by_server(&self) -> bool {
+        self.slot.state(self.generation).close_reason().is_some()
     }
 
-    pin_project_lite::pin_project! {
-        /// Polls the handler; if the server closes the connection, the handler gets one more
-        /// poll to see the error from its pending I/O and return, then it is dropped (which
-        /// closes the socket even if the handler was not doing I/O).
-        pub(crate) struct Supervised<F> {
-            #[pin]
-            handler: F,
-            conn: ConnHandle,
-            // The waker last registered in the slot: registering costs an atomic
-            // read-modify-write per poll, and a task's waker rarely changes.
-            registered: Option<std::task::Waker>,
-        }
+    /// Marks the connection as panicked, so its `Closed` event says so.
+    pub(crate) fn mark_panicked(&self) {
+        self.slot.mark(PANICKED);
     }
 
-    impl<F> Supervised<F> {
-        pub(crate) fn new(handler: F, conn: ConnHandle) -> Self {
-            Supervised {
-                handler,
-                conn,
-                registered: None,
-            }
-        }
-    }
-
-    impl<F: Future<Output = ()>> Future for Supervised<F> {
-        type Output = Outcome;
-
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-            let mut this = self.project();
-            match catch_unwind(AssertUnwindSafe(|| this.handler.as_mut().poll(cx))) {
-                Ok(Poll::Ready(())) => return Poll::Ready(Outcome::Done),
-                Ok(Poll::Pending) => {}
-                Err(payload) => {
-                    // Marked before the handler (and its Conn) is dropped, so the Closed
-                    // event says Panicked.
-                    this.conn.slot.mark(PANICKED);
-                    return Poll::Ready(Outcome::Panicked(crate::error::panic_message(&*payload)));
-                }
-            }
-            // Only a server-side close cancels: a handler that dropped its Conn early and
-            // carries on is left alone (its connection has already ended).
-            let conn = &*this.conn;
-            let killed = || conn.slot.state(conn.generation).close_reason().is_some();
-            if killed() {
-                return Poll::Ready(Outcome::Cancelled);
-            }
-            // The slot's task waker is consumed only by the close that kills this handler,
-            // so skipping an unchanged registration cannot lose a wake-up.
-            if !this
-                .registered
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                conn.slot.task_waker.register(cx.waker());
-                *this.registered = Some(cx.waker().clone());
-            }
-            if killed() {
-                return Poll::Ready(Outcome::Cancelled);
-            }
-            Poll::Pending
-        }
+    /// Registers the waker of the task that runs the handler: a server-side close wakes it
+    /// so it can cancel the handler.
+    pub(crate) fn register_task(&self, waker: &std::task::Waker) {
+        self.slot.task_waker.register(waker);
     }
 }

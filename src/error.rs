@@ -62,11 +62,28 @@ pub enum ConfigError {
     /// `backlog` is zero or larger than the kernel can take.
     #[error("backlog {0} is out of range: use 1 to {max}", max = i32::MAX)]
     InvalidBacklog(u32),
-    /// No runtime was given and no runtime adapter feature is enabled.
+    /// No runtime was given and none could be chosen: no adapter feature applies (with only
+    /// the `tokio` feature, berth was called outside a tokio runtime).
     #[error(
-        "no async runtime: enable berth's `smol` (default) or `async-std` feature, or pass one with Builder::runtime"
+        "no async runtime: call berth inside a tokio runtime (feature `tokio`, berth::runtime::Tokio), enable the `smol` (default) or `async-std` feature, or pass a runtime with Builder::runtime"
     )]
     NoRuntime,
+    /// The runtime has no reactor for real sockets (a simulator, or a runtime berth has no
+    /// listener for), so berth cannot bind one for it.
+    #[error(
+        "the runtime has no reactor for real sockets (see Runtime::reactor): serve a Listener of your own with Builder::listener"
+    )]
+    NoReactor,
+    /// The configuration asks for something this build of berth does not include.
+    #[error(
+        "`{field}` is set but berth was built without its `{feature}` feature: enable it in Cargo.toml (berth = {{ features = [\"{feature}\"] }}) or remove `{field}`"
+    )]
+    FeatureDisabled {
+        /// The config field.
+        field: &'static str,
+        /// The cargo feature it needs.
+        feature: &'static str,
+    },
     /// A timeout is too large to be meaningful (it would overflow the clock).
     #[error("{name} of {value:?} is too large: use at most {max:?}")]
     TimeoutTooLarge {
@@ -104,19 +121,20 @@ pub enum ConfigError {
 }
 
 /// Everything that can go wrong while binding, serving or stopping a server.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` output is its message (with the cause), so `fn main() -> Result<(),
+/// berth::Error>` prints a sentence, not a struct dump; `{:#?}` shows the structure.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
     /// The TLS settings cannot be used.
-    #[cfg(feature = "tls")]
     #[error("invalid TLS configuration: {0}")]
     Tls(#[from] crate::tls::TlsError),
     /// A configured certificate is expired or not yet valid (reported to the error hook at
     /// load time; serving goes on, but clients will reject the certificate).
-    #[cfg(feature = "tls")]
     #[error("certificate {} is outside its validity period (valid from {} to {}, Unix seconds): renew it", .0.source, .0.not_before, .0.not_after)]
     CertificateNotValid(crate::tls::ValidityWarning),
     /// The listening socket could not be created or bound.
@@ -167,11 +185,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Signal handlers could not be installed (see [`Signals`](crate::signal::Signals)).
+    #[error("cannot install handlers for SIGTERM and SIGINT: {0}")]
+    Signal(#[source] io::Error),
     /// Graceful shutdown hit its deadline and force-closed the connections still open.
     ///
     /// Its message starts with golib's "timeout on stopping socket".
     #[error(
-        "timeout on stopping socket: {forced} connection(s) force-closed after {deadline:?} ({drained} drained)"
+        "timeout on stopping socket: {forced} connection(s) force-closed after the {grace:?} grace period ({drained} drained)"
     )]
     ShutdownTimeout {
         /// Connections that were still open at the deadline and were force-closed.
@@ -179,21 +200,98 @@ pub enum Error {
         /// Connections that finished by themselves while draining.
         drained: usize,
         /// The grace period that ran out.
-        deadline: Duration,
+        grace: Duration,
     },
 }
 
-/// What to check when binding `addr` failed with `source`.
+/// What to do when binding `addr` failed with `source`.
 fn bind_hint(addr: &Addr, source: &io::Error) -> &'static str {
     use io::ErrorKind::*;
     match (addr, source.kind()) {
         (Addr::Unix(_), NotFound) => "create the socket's directory first",
         (Addr::Unix(_), AddrInUse) => "stop the server on that path or choose another path",
         (Addr::Unix(_), AlreadyExists) => "move that file away or choose another path",
-        (Addr::Unix(_), _) => {
-            "can this process write to the socket's directory (and set the group it was given)?"
+        (Addr::Unix(_), PermissionDenied) => {
+            "let this process write to the socket's directory (and set the group it was given)"
         }
-        _ => "is another process using the port, or does it need privileges?",
+        (Addr::Unix(_), _) => "check the path and the process's permissions on its directory",
+        (_, AddrInUse) => {
+            "another process (or another server in this one) listens on that port: stop it, pick another port, or use port 0"
+        }
+        (_, AddrNotAvailable) => {
+            "that IP address is not one of this machine's: use one it has, 127.0.0.1, or 0.0.0.0 for all"
+        }
+        (_, PermissionDenied) => {
+            "ports below 1024 need privileges (CAP_NET_BIND_SERVICE or root): use a higher port"
+        }
+        (_, Unsupported) => "this address family is not available here (IPv6 disabled?)",
+        _ => "check the address and that the process may listen on it",
+    }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if f.alternate() {
+            return self.fmt_structure(f);
+        }
+        // What `?` in main prints: the message, then each cause not already in it.
+        std::fmt::Display::fmt(self, f)?;
+        let message = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                write!(f, "\n  caused by: {text}")?;
+            }
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl Error {
+    fn fmt_structure(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Config(e) => f.debug_tuple("Config").field(e).finish(),
+            Error::Tls(e) => f.debug_tuple("Tls").field(e).finish(),
+            Error::CertificateNotValid(w) => f.debug_tuple("CertificateNotValid").field(w).finish(),
+            Error::Bind { addr, source } => f
+                .debug_struct("Bind")
+                .field("addr", addr)
+                .field("source", source)
+                .finish(),
+            Error::Accept { source, backoff } => f
+                .debug_struct("Accept")
+                .field("source", source)
+                .field("backoff", backoff)
+                .finish(),
+            Error::HandlerPanicked { conn_id, message } => f
+                .debug_struct("HandlerPanicked")
+                .field("conn_id", conn_id)
+                .field("message", message)
+                .finish(),
+            Error::HookPanicked { hook, message } => f
+                .debug_struct("HookPanicked")
+                .field("hook", hook)
+                .field("message", message)
+                .finish(),
+            Error::Tune { peer, source } => f
+                .debug_struct("Tune")
+                .field("peer", peer)
+                .field("source", source)
+                .finish(),
+            Error::ShutdownTimeout {
+                forced,
+                drained,
+                grace,
+            } => f
+                .debug_struct("ShutdownTimeout")
+                .field("forced", forced)
+                .field("drained", drained)
+                .field("grace", grace)
+                .finish(),
+            Error::Signal(e) => f.debug_tuple("Signal").field(e).finish(),
+        }
     }
 }
 

@@ -1,19 +1,10 @@
-//! What the server tells the outside: connection and server events, the error hook, and
-//! counters.
-//!
-//! Hooks are plain synchronous callbacks, called on the task where the event happens; keep
-//! them short (forward to a channel if you need to do I/O). They can be set or replaced
-//! at any time, also while serving, through [`ServerHandle`](crate::ServerHandle) or the
-//! [`Builder`](crate::Builder). A hook that panics is contained: the panic is reported to the
-//! error hook as [`Error::HookPanicked`] and the server carries on.
+//! What the server tells the outside: connection and server events, close reasons, and the
+//! counters behind [`Stats`].
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::addr::Addr;
-use crate::error::{Error, panic_message};
 
 /// Something that happened to one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +142,10 @@ pub enum ServerEvent {
 }
 
 /// A snapshot of a server's counters, from [`ServerHandle::stats`](crate::ServerHandle::stats).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+///
+/// Its `Debug` output names the close reasons (`closed: {peer_closed: 2, idle_timeout: 1}`,
+/// zeros left out).
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Stats {
     /// Connections accepted since the server started.
     pub accepted: u64,
@@ -168,6 +162,9 @@ pub struct Stats {
     /// Per-connection slots ever allocated. At steady state this stays at the peak number of
     /// concurrent connections: slots are reused.
     pub slots_allocated: u64,
+    /// Refusals and accept errors not passed to the hooks because the hooks had fallen more
+    /// than 4,096 reports behind (they are still counted in `rejected` and `accept_errors`).
+    pub reports_dropped: u64,
     closed: [u64; CloseReason::ALL.len()],
 }
 
@@ -183,153 +180,104 @@ impl Stats {
     }
 }
 
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct ByReason<'a>(&'a Stats);
+        impl std::fmt::Debug for ByReason<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_map()
+                    .entries(
+                        CloseReason::ALL
+                            .iter()
+                            .map(|r| (r.label(), self.0.closed_by(*r)))
+                            .filter(|(_, n)| *n > 0),
+                    )
+                    .finish()
+            }
+        }
+        f.debug_struct("Stats")
+            .field("accepted", &self.accepted)
+            .field("active", &self.active)
+            .field("closed", &ByReason(self))
+            .field("rejected", &self.rejected)
+            .field("accept_errors", &self.accept_errors)
+            .field("tls_handshakes", &self.tls_handshakes)
+            .field("tls_failures", &self.tls_failures)
+            .field("slots_allocated", &self.slots_allocated)
+            .field("reports_dropped", &self.reports_dropped)
+            .finish()
+    }
+}
+
+/// What [`Counters::add`] counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Count {
+    Accepted,
+    AcceptError,
+    SlotAllocated,
+    TlsHandshake,
+    TlsFailure,
+    Rejected,
+}
+
 /// The live counters behind [`Stats`]. Relaxed atomics: they are statistics, not
 /// synchronization.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) accepted: AtomicU64,
-    pub(crate) accept_errors: AtomicU64,
-    pub(crate) slots_allocated: AtomicU64,
-    pub(crate) tls_handshakes: AtomicU64,
-    pub(crate) tls_failures: AtomicU64,
-    pub(crate) rejected: AtomicU64,
+    counts: [AtomicU64; 6],
     closed: [AtomicU64; CloseReason::ALL.len()],
 }
 
 impl Counters {
+    pub(crate) fn add(&self, what: Count) {
+        self.counts[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn closed(&self, reason: CloseReason) {
         self.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, active: usize) -> Stats {
+    pub(crate) fn snapshot(&self, active: usize, reports_dropped: u64) -> Stats {
+        let count = |what: Count| self.counts[what as usize].load(Ordering::Relaxed);
         Stats {
-            accepted: self.accepted.load(Ordering::Relaxed),
+            accepted: count(Count::Accepted),
             active,
-            accept_errors: self.accept_errors.load(Ordering::Relaxed),
-            slots_allocated: self.slots_allocated.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
-            tls_failures: self.tls_failures.load(Ordering::Relaxed),
+            accept_errors: count(Count::AcceptError),
+            slots_allocated: count(Count::SlotAllocated),
+            rejected: count(Count::Rejected),
+            tls_handshakes: count(Count::TlsHandshake),
+            tls_failures: count(Count::TlsFailure),
+            reports_dropped,
             closed: std::array::from_fn(|i| self.closed[i].load(Ordering::Relaxed)),
         }
     }
 }
 
-type Hook<T> = Arc<dyn Fn(&T) + Send + Sync>;
-
-/// The user's callbacks. Each sits behind its own lock so it can be replaced while serving;
-/// the lock is held only to clone the `Arc`, never while the hook runs.
-#[derive(Default)]
-pub(crate) struct Hooks {
-    conn: RwLock<Option<Hook<ConnEvent>>>,
-    server: RwLock<Option<Hook<ServerEvent>>>,
-    error: RwLock<Option<Hook<Error>>>,
+/// What a shutdown did.
+///
+/// Displays as one line for logs: `3 connection(s) drained, 1 forced`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShutdownReport {
+    /// Connections that finished by themselves while draining.
+    pub drained: usize,
+    /// Connections force-closed at the deadline or by `close()`.
+    pub forced: usize,
+    /// Connections still counted as open when shutdown returned. Always 0 unless a handler
+    /// moved its [`Conn`](crate::Conn) into a task of its own and that task kept it alive
+    /// after the server closed it (its I/O fails; its socket closes when it is dropped).
+    pub still_open: usize,
 }
 
-fn load<T: ?Sized>(slot: &RwLock<Option<Arc<T>>>) -> Option<Arc<T>> {
-    // A poisoned lock only means a writer panicked mid-swap of an Arc: the value is fine.
-    slot.read().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-fn store<T: ?Sized>(slot: &RwLock<Option<Arc<T>>>, value: Option<Arc<T>>) {
-    *slot.write().unwrap_or_else(|e| e.into_inner()) = value;
-}
-
-impl Hooks {
-    pub(crate) fn set_conn(&self, hook: Option<Hook<ConnEvent>>) {
-        store(&self.conn, hook);
-    }
-    pub(crate) fn set_server(&self, hook: Option<Hook<ServerEvent>>) {
-        store(&self.server, hook);
-    }
-    pub(crate) fn set_error(&self, hook: Option<Hook<Error>>) {
-        store(&self.error, hook);
-    }
-
-    pub(crate) fn conn(&self, event: ConnEvent) {
-        #[cfg(feature = "tracing")]
-        trace::conn(&event);
-        #[cfg(feature = "metrics")]
-        crate::metrics::conn(&event);
-        if let Some(hook) = load(&self.conn) {
-            self.call("connection event", || hook(&event));
+impl std::fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} connection(s) drained, {} forced",
+            self.drained, self.forced
+        )?;
+        if self.still_open > 0 {
+            write!(f, ", {} still open", self.still_open)?;
         }
-    }
-
-    pub(crate) fn server(&self, event: ServerEvent) {
-        #[cfg(feature = "tracing")]
-        trace::server(&event);
-        if let Some(hook) = load(&self.server) {
-            self.call("server event", || hook(&event));
-        }
-    }
-
-    pub(crate) fn error(&self, error: &Error) {
-        #[cfg(feature = "tracing")]
-        tracing::warn!(target: "berth", error = %error, "server error");
-        if let Some(hook) = load(&self.error) {
-            // Nobody to report a panicking error hook to: contain it and move on.
-            let _ = catch_unwind(AssertUnwindSafe(|| hook(error)));
-        }
-    }
-
-    fn call(&self, hook: &'static str, f: impl FnOnce()) {
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-            self.error(&Error::HookPanicked {
-                hook,
-                message: panic_message(&*payload),
-            });
-        }
-    }
-}
-
-/// Events as `tracing` events (feature `tracing`), in the connection's span where there is
-/// one: lifecycle at debug level, refusals, TLS failures and errors at warn.
-#[cfg(feature = "tracing")]
-mod trace {
-    use super::{ConnEvent, ServerEvent};
-
-    pub(super) fn conn(event: &ConnEvent) {
-        match event {
-            ConnEvent::Accepted { id, peer_addr, .. } => {
-                tracing::debug!(target: "berth", id, peer = %peer_addr, "accepted")
-            }
-            ConnEvent::TlsEstablished { id, info } => tracing::debug!(
-                target: "berth", id, version = %info.version, cipher = %info.cipher_suite,
-                alpn = ?info.alpn.as_deref().map(String::from_utf8_lossy), "TLS established"
-            ),
-            ConnEvent::TlsFailed {
-                id,
-                peer_addr,
-                reason,
-            } => {
-                tracing::warn!(target: "berth", id, peer = %peer_addr, %reason, "TLS failed")
-            }
-            ConnEvent::Rejected { peer_addr, reason } => {
-                tracing::warn!(target: "berth", peer = %peer_addr, %reason, "rejected")
-            }
-            ConnEvent::Closed {
-                id,
-                reason,
-                duration,
-                ..
-            } => {
-                tracing::debug!(target: "berth", id, ?reason, ?duration, "closed")
-            }
-        }
-    }
-
-    pub(super) fn server(event: &ServerEvent) {
-        match event {
-            ServerEvent::Listening { addr, tls } => {
-                tracing::info!(target: "berth", %addr, tls, "listening")
-            }
-            ServerEvent::Draining { open_connections } => {
-                tracing::info!(target: "berth", open_connections, "draining")
-            }
-            ServerEvent::Stopped { drained, forced } => {
-                tracing::info!(target: "berth", drained, forced, "stopped")
-            }
-        }
+        Ok(())
     }
 }

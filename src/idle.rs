@@ -1,9 +1,10 @@
 //! The idle scanner: one task per server closes connections idle longer than the timeout.
 //!
 //! One timer per connection would cost a timer-wheel entry and a reset on every read and
-//! write. Instead the scanner keeps a coarse clock, and a connection's read/write path only
-//! copies that clock into its slot (one relaxed load and store, no syscall, no lock). Every
-//! tick the scanner sweeps the open slots once, O(open connections) with no allocation.
+//! write. Instead the scanner keeps a coarse clock (`state::Clock`), and a connection's
+//! read/write path only copies that clock into its slot (one relaxed load and store, no
+//! syscall, no lock). Every tick the scanner sweeps the open slots once, O(open connections)
+//! with no allocation.
 //!
 //! The coarse clock holds the time of the *next* sweep, so a stamp is never earlier than the
 //! activity it records and nothing is reaped early; the tick divides the timeout evenly, so
@@ -11,38 +12,13 @@
 //! jitter, which is zero under simulation).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use futures_lite::FutureExt as _;
 
 use crate::pool::SlotState;
-use crate::server::Shared;
-
-/// Nanoseconds since the server started, as of the next planned sweep.
-#[derive(Debug)]
-pub(crate) struct Clock {
-    origin: Instant,
-    next_sweep: AtomicU64,
-}
-
-impl Clock {
-    pub(crate) fn new(origin: Instant) -> Self {
-        Clock {
-            origin,
-            next_sweep: AtomicU64::new(0),
-        }
-    }
-
-    /// The stamp for activity happening now.
-    pub(crate) fn stamp(&self) -> u64 {
-        self.next_sweep.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn since_origin(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
-    }
-}
+use crate::state::Core;
 
 /// The sweep interval for `timeout`: about an eighth of it, kept within 10 ms..1 s, and
 /// adjusted so a whole number of ticks makes exactly one timeout.
@@ -54,25 +30,22 @@ pub(crate) fn tick_for(timeout: Duration) -> Duration {
 }
 
 /// Runs until the server stops.
-pub(crate) async fn scan(shared: Arc<Shared>, timeout: Duration) {
+pub(crate) async fn scan(core: Arc<Core>, timeout: Duration) {
     let tick = tick_for(timeout);
+    let tick_ns = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX);
     let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-    let rt = shared.runtime.clone();
+    let rt = core.runtime().clone();
     loop {
-        let now = shared.clock.since_origin(rt.now());
-        let tick_ns = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX);
-        shared
-            .clock
-            .next_sweep
-            .store(now.saturating_add(tick_ns), Ordering::Relaxed);
-        shared.pool.for_each_open(|slot, generation| {
+        let now = core.now_ns();
+        core.set_next_sweep(now.saturating_add(tick_ns));
+        core.for_each_open(|slot, generation| {
             let last = slot.last_active.load(Ordering::Relaxed);
             if now.saturating_sub(last) >= timeout_ns {
                 slot.close(generation, SlotState::IdleTimeout);
             }
         });
         let stopped = async {
-            shared.shutdown.stopped.wait().await;
+            core.stopped().await;
             true
         };
         let slept = async {

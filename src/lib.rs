@@ -35,15 +35,27 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// The layers, bottom up (a module imports only from layers below it, or its own):
+// 1. vocabulary: addr, error, config, limits, proxy, tls, events, latch, runtime, listener;
+// 2. shared state: pool, hooks, admission, state (the server's `Core`);
+// 3. mechanisms: idle, shutdown, signal, the TLS handshake (tls), the PROXY reader (proxy);
+// 4. the connection: lifecycle, conn (the handler's view), connection (the task);
+// 5. the loop: accept;
+// 6. the front: server, handler, and the re-exports below.
 mod accept;
 mod addr;
-pub mod config;
+mod admission;
+mod config;
 mod conn;
+mod connection;
 mod error;
-pub mod events;
+mod events;
 mod extensions;
 mod handler;
+mod hooks;
 mod idle;
+mod latch;
+mod lifecycle;
 pub mod limits;
 pub mod listener;
 #[cfg(feature = "metrics")]
@@ -55,18 +67,21 @@ mod proxy;
 pub mod runtime;
 mod server;
 mod shutdown;
+#[cfg(all(unix, feature = "signal"))]
+pub mod signal;
+mod state;
 pub mod tls;
 
 pub use addr::{Addr, PeerCred};
 pub use config::{Config, UnixConfig};
 pub use conn::{Conn, ConnHandle, Draining, Readable};
 pub use error::{ConfigError, Error};
-pub use events::{CloseReason, ConnEvent, ServerEvent, Stats};
+pub use events::{CloseReason, ConnEvent, ServerEvent, ShutdownReport, Stats};
 pub use extensions::Extensions;
 pub use handler::Handler;
 pub use proxy::ProxyProtocol;
-pub use server::{Builder, Server, ServerHandle, State};
-pub use shutdown::ShutdownReport;
+pub use server::{Builder, Server, ServerHandle};
+pub use state::State;
 
 // The README's examples compile as doctests.
 #[cfg(doctest)]

@@ -1,8 +1,9 @@
 //! The `Listener` seam: where connections come from.
 //!
-//! The core's accept loop is generic over [`Listener`], so a stream type is known statically
-//! on the hot path, and the same server runs over real TCP (`TcpListener` on async-io,
-//! `TokioTcpListener` on tokio), over turmoil's simulated TCP (the `berth-sim` crate), or over
+//! The accept loop is generic over [`Listener`], so a stream's type is known statically from
+//! accept through the PROXY header and the TLS handshake. The same server runs over real
+//! TCP and Unix sockets ([`TcpListener`], [`UnixListener`], on async-io's or tokio's reactor,
+//! whichever the runtime has), over turmoil's simulated TCP (the `berth-sim` crate), or over
 //! anything else that yields futures-io streams.
 
 use std::future::Future;
@@ -13,23 +14,26 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::addr::{Addr, PeerCred};
 
-#[cfg(feature = "tcp")]
-mod async_stream;
-#[cfg(feature = "socket")]
+#[cfg(feature = "async-io")]
+mod async_io;
+mod prefixed;
+#[cfg(any(feature = "async-io", feature = "tokio"))]
 mod socket;
-#[cfg(feature = "tcp")]
+#[cfg(any(feature = "async-io", feature = "tokio"))]
+mod stream;
+#[cfg(any(feature = "async-io", feature = "tokio"))]
 mod tcp;
 #[cfg(feature = "tokio")]
 mod tokio;
-#[cfg(all(unix, feature = "tcp"))]
+#[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
 mod unix;
-#[cfg(feature = "tcp")]
-pub use async_stream::{AsyncStream, HalfClose};
-#[cfg(feature = "tcp")]
+
+pub(crate) use prefixed::Prefixed;
+#[cfg(any(feature = "async-io", feature = "tokio"))]
+pub(crate) use socket::inherited_tcp;
+#[cfg(any(feature = "async-io", feature = "tokio"))]
 pub use tcp::{TcpListener, TcpStream};
-#[cfg(feature = "tokio")]
-pub use tokio::TokioTcpListener;
-#[cfg(all(unix, feature = "tcp"))]
+#[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
 pub use unix::{UnixListener, UnixStream};
 
 /// A source of connections.
@@ -41,7 +45,7 @@ pub use unix::{UnixListener, UnixStream};
 ///   connections, so that clients that connect after shutdown began are refused.
 pub trait Listener: Send + Sync + 'static {
     /// The byte stream of one accepted connection.
-    type Stream: Stream;
+    type Stream: ByteStream;
 
     /// Waits for the next connection.
     ///
@@ -54,16 +58,19 @@ pub trait Listener: Send + Sync + 'static {
     fn local_addr(&self) -> io::Result<Addr>;
 }
 
-/// A connection's byte stream: futures-io, plus an optional readiness signal.
+/// A connection's byte stream: futures-io, plus what berth can use when the stream offers it
+/// (readiness without reading, peer credentials, the OS socket).
 ///
-/// Implementing it for your own stream type takes one line (`impl Stream for MyStream {}`);
-/// override [`poll_readable`](Stream::poll_readable) when the stream can tell when data is
-/// there without reading it, which lets idle handlers wait without holding a read buffer
-/// (see [`Conn::readable`](crate::Conn::readable)).
-pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+/// Implementing it for your own stream type takes one line (`impl ByteStream for MyStream
+/// {}`); override [`poll_readable`](ByteStream::poll_readable) when the stream can tell when
+/// data is there without reading it, which lets idle handlers wait without holding a read
+/// buffer (see [`Conn::readable`](crate::Conn::readable)).
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// Ready when a read would make progress (data, end of file or an error), without
-    /// consuming anything. May be ready spuriously. The default is always ready, which is
-    /// correct for every stream, just without the memory saving.
+    /// consuming anything. The default is always ready, which is correct for every stream,
+    /// just without the memory saving. An implementation should not be ready spuriously
+    /// when it can help it: a handler that trusts it starts a read that waits, holding a
+    /// buffer, and no longer sees the server start draining.
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let _ = cx;
         Poll::Ready(Ok(()))
@@ -74,11 +81,18 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn peer_cred(&self) -> Option<PeerCred> {
         None
     }
+
+    /// The operating system's socket under this stream, for the tune hook
+    /// ([`Builder::tune`](crate::Builder::tune)). The default is `None` (no OS socket, as
+    /// under simulation): the tune hook is then not called.
+    fn socket(&self) -> Option<Socket<'_>> {
+        None
+    }
 }
 
 /// Readable when rustls already holds decrypted bytes, else when the socket is.
 #[cfg(feature = "tls")]
-impl<S: Stream> Stream for futures_rustls::server::TlsStream<S> {
+impl<S: ByteStream> ByteStream for futures_rustls::server::TlsStream<S> {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (io, session) = self.get_mut();
         if !session.wants_read() {
@@ -89,6 +103,25 @@ impl<S: Stream> Stream for futures_rustls::server::TlsStream<S> {
 
     fn peer_cred(&self) -> Option<PeerCred> {
         self.get_ref().0.peer_cred()
+    }
+
+    fn socket(&self) -> Option<Socket<'_>> {
+        self.get_ref().0.socket()
+    }
+}
+
+/// Boxed streams, as a [`Conn`](crate::Conn) holds them, forward everything.
+impl ByteStream for Box<dyn ByteStream> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        (**self).poll_readable(cx)
+    }
+
+    fn peer_cred(&self) -> Option<PeerCred> {
+        (**self).peer_cred()
+    }
+
+    fn socket(&self) -> Option<Socket<'_>> {
+        (**self).socket()
     }
 }
 
@@ -102,4 +135,57 @@ pub struct Accepted<S> {
     /// The server-side address of this connection (may differ from the listener's address
     /// when it listens on a wildcard).
     pub local_addr: Addr,
+}
+
+/// An accepted connection's OS socket, borrowed, as the tune hook sees it. It implements
+/// `AsFd` (Unix) and `AsSocket` (Windows), so `socket2::SockRef::from(socket)` sets any
+/// option on it.
+///
+/// ```no_run
+/// # fn f(builder: berth::Builder) -> berth::Builder {
+/// builder.tune(|socket| {
+///     let sock = socket2::SockRef::from(socket);
+///     sock.set_keepalive(true)?;
+///     sock.set_send_buffer_size(1 << 20)
+/// })
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Socket<'a> {
+    #[cfg(unix)]
+    fd: std::os::fd::BorrowedFd<'a>,
+    #[cfg(windows)]
+    socket: std::os::windows::io::BorrowedSocket<'a>,
+    #[cfg(not(any(unix, windows)))]
+    _socket: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a> Socket<'a> {
+    /// Borrows the socket behind `fd`.
+    #[cfg(unix)]
+    pub fn new(fd: &'a impl std::os::fd::AsFd) -> Self {
+        Socket { fd: fd.as_fd() }
+    }
+
+    /// Borrows `socket`.
+    #[cfg(windows)]
+    pub fn new(socket: &'a impl std::os::windows::io::AsSocket) -> Self {
+        Socket {
+            socket: socket.as_socket(),
+        }
+    }
+}
+
+#[cfg(unix)]
+impl std::os::fd::AsFd for Socket<'_> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd
+    }
+}
+
+#[cfg(windows)]
+impl std::os::windows::io::AsSocket for Socket<'_> {
+    fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
+        self.socket
+    }
 }

@@ -8,8 +8,8 @@ use std::hint::black_box;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::idle::Clock;
 use crate::pool::{Pool, SlotState};
+use crate::state::Clock;
 
 fn per_op(label: &str, ops: u64, elapsed: Duration) {
     println!(
@@ -113,4 +113,57 @@ fn micro_accept_to_handler_start() {
         latencies[latencies.len() * 99 / 100]
     );
     async_io::block_on(handle.close());
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture in release mode"]
+fn micro_admission_at_the_cap() {
+    use crate::admission::Limiter;
+    use crate::limits::{Limits, Rate};
+    use std::net::{IpAddr, Ipv4Addr};
+    const CAP: usize = 100_000;
+    // Drained rate buckets keep every address tracked after it leaves: the table fills to
+    // the cap with idle addresses, and from then on each new address evicts one.
+    let limiter = Limiter::new(Limits {
+        max_per_ip: Some(10),
+        rate_per_ip: Some(Rate {
+            per_second: 0.001,
+            burst: 1,
+        }),
+        max_tracked_ips: CAP,
+        ..Limits::default()
+    });
+    let ip = |i: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+    for i in 0..CAP as u32 {
+        let key = limiter.admit(ip(i), u64::from(i)).unwrap().unwrap();
+        limiter.release(key, u64::from(i));
+    }
+    assert_eq!(limiter.tracked(), CAP);
+    let ops = 200_000u32;
+    let now = 1_000_000u64;
+    let start = Instant::now();
+    for i in 0..ops {
+        let key = limiter
+            .admit(black_box(ip(CAP as u32 + i)), now)
+            .unwrap()
+            .unwrap();
+        limiter.release(key, now);
+    }
+    per_op(
+        "admission of a new address with 100,000 tracked (at the cap: evicts one)",
+        u64::from(ops),
+        start.elapsed(),
+    );
+    assert_eq!(limiter.tracked(), CAP);
+    let known = ip(CAP as u32 + ops - 1);
+    let start = Instant::now();
+    for _ in 0..ops {
+        // A known address, refused by its drained bucket: the common case under a flood.
+        let _ = black_box(limiter.admit(black_box(known), now));
+    }
+    per_op(
+        "admission of a tracked address with 100,000 tracked",
+        u64::from(ops),
+        start.elapsed(),
+    );
 }

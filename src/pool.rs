@@ -133,13 +133,11 @@ impl Slot {
     }
 }
 
-/// The registry of open connections plus the free list, and the open-connection count.
+/// The registry of open connections plus the free list.
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
     open: Mutex<Slab<Arc<Slot>>>,
     free: Mutex<Vec<Arc<Slot>>>,
-    /// Connections counted as open: from accept until their socket is closed.
-    count: AtomicUsize,
 }
 
 /// The most free slots kept for reuse; beyond this, released slots are freed, so a burst
@@ -196,19 +194,6 @@ impl Pool {
                 f(slot, word >> STATE_BITS);
             }
         }
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn count_up(&self) {
-        self.count.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Returns the count after the decrement.
-    pub(crate) fn count_down(&self) -> usize {
-        self.count.fetch_sub(1, Ordering::AcqRel) - 1
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `Runtime` seam: how berth spawns tasks and tells time.
+//! The `Runtime` seam: how berth spawns tasks, tells time, and which reactor its sockets use.
 //!
 //! The core never names an async runtime. It spawns, sleeps and reads the clock only through
 //! this trait, which is what lets the same server run on smol, async-std, tokio, or inside
@@ -9,17 +9,24 @@
 //! per connection, a few timers per server), so dynamic dispatch costs nothing measurable and
 //! keeps runtime generics out of every public type.
 //!
+//! A runtime also names its [`Reactor`]: the I/O driver that berth's own TCP and Unix
+//! listeners register real sockets with. That is how `Builder::bind` serves tokio's sockets
+//! on the tokio adapter and async-io's on smol, so no second reactor thread runs beside the
+//! one the runtime already has.
+//!
 //! Adapters, each behind a cargo feature:
-//! - [`Smol`] (feature `smol`, default): async-executor tasks and async-io timers;
-//! - `AsyncStd` (feature `async-std`);
-//! - `Tokio` (feature `tokio`);
+//! - [`Smol`] (feature `smol`, default): async-executor tasks, async-io timers and sockets;
+//! - `AsyncStd` (feature `async-std`, discontinued upstream; kept for existing code bases);
+//! - `Tokio` (feature `tokio`): tokio tasks, timers and sockets;
 //! - `berth_sim::Sim` (the `berth-sim` crate): turmoil's simulated hosts and clock.
 //!
-//! Implementing it for another runtime takes three short methods; see the trait docs.
+//! [`default_runtime`] picks one when none is given: tokio when called inside a tokio
+//! runtime (with the `tokio` feature), else smol, else async-std.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[cfg(feature = "async-std")]
@@ -39,7 +46,7 @@ pub use self::tokio::Tokio;
 /// A boxed, sendable future, as [`Runtime`] takes and returns them.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// An async runtime as berth needs it: spawn, sleep, now.
+/// An async runtime as berth needs it: spawn, sleep, now, and its reactor.
 ///
 /// Implementations must guarantee:
 /// - [`spawn`](Runtime::spawn) runs the future to completion (or until the runtime shuts
@@ -51,6 +58,9 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 ///   as measured by [`now`](Runtime::now).
 /// - [`now`](Runtime::now) is monotonic and is the same clock `sleep` uses. A simulator
 ///   returns its virtual time here.
+/// - [`reactor`](Runtime::reactor) names the I/O driver whose sockets this runtime's tasks
+///   can poll. The default, [`Reactor::None`], is right for simulators and for runtimes
+///   berth has no listener for: serve them with `Builder::listener`.
 pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// Runs `future` in the background.
     fn spawn(&self, future: BoxFuture);
@@ -58,6 +68,45 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     fn sleep(&self, duration: Duration) -> BoxFuture;
     /// The current time on this runtime's clock.
     fn now(&self) -> Instant;
+    /// The reactor berth's own listeners register sockets with on this runtime.
+    fn reactor(&self) -> Reactor {
+        Reactor::None
+    }
+}
+
+/// The I/O driver that real sockets are registered with.
+///
+/// A runtime adapter of your own over async-io (for example an `async_executor::Executor`
+/// you drive) returns [`Reactor::AsyncIo`] and gets berth's TCP and Unix listeners with it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Reactor {
+    /// No reactor for real sockets (a simulator): `Builder::bind` fails with
+    /// [`ConfigError::NoReactor`](crate::ConfigError::NoReactor); serve a
+    /// [`Listener`](crate::listener::Listener) of your own with `Builder::listener`.
+    None,
+    /// async-io's reactor (smol, async-std).
+    #[cfg(feature = "async-io")]
+    AsyncIo,
+    /// A tokio runtime's I/O driver.
+    #[cfg(feature = "tokio")]
+    Tokio(::tokio::runtime::Handle),
+}
+
+/// The runtime berth uses when none is given: [`Tokio`] when called inside a tokio runtime
+/// (feature `tokio`), else [`Smol`]'s global executor (feature `smol`), else `AsyncStd`
+/// (feature `async-std`). `None` when none of these applies.
+pub fn default_runtime() -> Option<Arc<dyn Runtime>> {
+    #[cfg(feature = "tokio")]
+    if let Some(tokio) = Tokio::current() {
+        return Some(Arc::new(tokio));
+    }
+    #[cfg(feature = "smol")]
+    return Some(Arc::new(Smol::global()));
+    #[cfg(all(feature = "async-std", not(feature = "smol")))]
+    return Some(Arc::new(AsyncStd));
+    #[allow(unreachable_code)]
+    None
 }
 
 /// Races `future` against the runtime's clock: `None` if `duration` passed first.

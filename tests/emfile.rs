@@ -154,7 +154,7 @@ fn child() {
     });
     async_io::block_on(async {
         let _ = rx.recv().await;
-        let report = handle.shutdown(Duration::from_secs(5)).await;
+        let report = handle.shutdown_within(Duration::from_secs(5)).await;
         let stats = handle.stats();
         println!(
             "STOPPED ok={} open={} accept_errors={} reported={}",

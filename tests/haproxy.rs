@@ -68,9 +68,10 @@ fn haproxy_send_proxy_v1_and_v2_reach_berth_with_the_client_address() {
     }
     let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, Option<SocketAddr>)>();
     let tx = std::sync::Mutex::new(tx);
-    let handle = Builder::new(Config {
-        proxy_protocol: Some(ProxyProtocol::new(vec!["127.0.0.1/32".parse().unwrap()])),
-        ..Config::new("127.0.0.1:0")
+    let handle = Builder::new({
+        let mut c_config = Config::new("127.0.0.1:0");
+        c_config.proxy_protocol = Some(ProxyProtocol::new(vec!["127.0.0.1/32".parse().unwrap()]));
+        c_config
     })
     .runtime(berth::runtime::Smol::global())
     .bind()
@@ -141,16 +142,18 @@ fn haproxy_over_a_unix_socket_with_trusted_unix_peers() {
     let path = dir.join("berth.sock");
     let (tx, rx) = std::sync::mpsc::channel::<(berth::Addr, Option<berth::Addr>)>();
     let tx = std::sync::Mutex::new(tx);
-    let handle = Builder::new(Config {
-        proxy_protocol: Some(ProxyProtocol {
-            trust_unix_peers: true,
-            ..ProxyProtocol::new(Vec::new())
-        }),
-        unix: Some(berth::UnixConfig::new(&path)),
-        ..Config::default()
+    let handle = Builder::new({
+        let mut c_config = Config::default();
+        c_config.proxy_protocol = Some({
+            let mut c_proxy = ProxyProtocol::new(Vec::new());
+            c_proxy.trust_unix_peers = true;
+            c_proxy
+        });
+        c_config.unix = Some(berth::UnixConfig::new(&path));
+        c_config
     })
     .runtime(berth::runtime::Smol::global())
-    .bind_unix()
+    .bind()
     .unwrap()
     .serve(move |mut conn: Conn| {
         let _ = tx

@@ -78,18 +78,20 @@ async fn rejected(rec: &Recorder) -> (SocketAddr, RejectReason) {
 }
 
 fn config(limits: Limits) -> Config {
-    Config {
-        limits,
-        ..Config::new("127.0.0.1:0")
+    {
+        let mut c_config = Config::new("127.0.0.1:0");
+        c_config.limits = limits;
+        c_config
     }
 }
 
 #[test]
 fn per_ip_cap_refuses_the_next_and_frees_on_close() {
     run::<SmolRt>(LIMIT, async {
-        let (handle, rec, _rx) = start(config(Limits {
-            max_per_ip: Some(2),
-            ..Limits::default()
+        let (handle, rec, _rx) = start(config({
+            let mut c_limits = Limits::default();
+            c_limits.max_per_ip = Some(2);
+            c_limits
         }));
         let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut a = connect_from("127.0.0.2", addr).await;
@@ -124,14 +126,13 @@ fn per_ip_cap_refuses_the_next_and_frees_on_close() {
 #[test]
 fn per_ip_rate_allows_the_burst_then_refuses() {
     run::<SmolRt>(LIMIT, async {
-        let (handle, rec, _rx) = start(config(Limits {
-            // A burst of 3, then one per 100 s: nothing refills during the test.
-            rate_per_ip: Some(Rate {
-                per_second: 0.01,
-                burst: 3,
-            }),
-            ..Limits::default()
-        }));
+        let mut limits = Limits::default();
+        // A burst of 3, then one per 100 s: nothing refills during the test.
+        limits.rate_per_ip = Some(Rate {
+            per_second: 0.01,
+            burst: 3,
+        });
+        let (handle, rec, _rx) = start(config(limits));
         let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut kept = Vec::new();
         for _ in 0..3 {
@@ -151,10 +152,11 @@ fn per_ip_rate_allows_the_burst_then_refuses() {
 #[test]
 fn allow_and_deny_lists() {
     run::<SmolRt>(LIMIT, async {
-        let (handle, rec, _rx) = start(config(Limits {
-            allow: vec!["127.0.0.0/24".parse().unwrap()],
-            deny: vec!["127.0.0.6/32".parse().unwrap()],
-            ..Limits::default()
+        let (handle, rec, _rx) = start(config({
+            let mut c_limits = Limits::default();
+            c_limits.allow = vec!["127.0.0.0/24".parse().unwrap()];
+            c_limits.deny = vec!["127.0.0.6/32".parse().unwrap()];
+            c_limits
         }));
         let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut ok = connect_from("127.0.0.7", addr).await;
@@ -170,9 +172,10 @@ fn allow_and_deny_lists() {
 }
 
 fn proxy_config(limits: Limits) -> Config {
-    Config {
-        proxy_protocol: Some(ProxyProtocol::new(vec!["127.0.0.8/32".parse().unwrap()])),
-        ..config(limits)
+    {
+        let mut c_config = config(limits);
+        c_config.proxy_protocol = Some(ProxyProtocol::new(vec!["127.0.0.8/32".parse().unwrap()]));
+        c_config
     }
 }
 
@@ -218,9 +221,10 @@ fn proxy_v1_and_v2_give_the_original_address() {
 #[test]
 fn proxy_header_problems_refuse_the_connection() {
     run::<SmolRt>(LIMIT, async {
-        let config = Config {
-            handshake_timeout: Duration::from_millis(300),
-            ..proxy_config(Limits::default())
+        let config = {
+            let mut c_config = proxy_config(Limits::default());
+            c_config.handshake_timeout = Duration::from_millis(300);
+            c_config
         };
         let (handle, rec, rx) = start(config);
         let addr = handle.local_addr().as_socket_addr().unwrap();
@@ -260,10 +264,11 @@ fn proxy_header_problems_refuse_the_connection() {
 #[test]
 fn limits_apply_to_the_original_address_behind_a_proxy() {
     run::<SmolRt>(LIMIT, async {
-        let (handle, rec, _rx) = start(proxy_config(Limits {
-            max_per_ip: Some(1),
-            deny: vec!["198.51.100.0/24".parse().unwrap()],
-            ..Limits::default()
+        let (handle, rec, _rx) = start(proxy_config({
+            let mut c_limits = Limits::default();
+            c_limits.max_per_ip = Some(1);
+            c_limits.deny = vec!["198.51.100.0/24".parse().unwrap()];
+            c_limits
         }));
         let addr = handle.local_addr().as_socket_addr().unwrap();
         let via = |src: &str| format!("PROXY TCP4 {src} 127.0.0.1 40000 {}\r\n", addr.port());
@@ -311,12 +316,13 @@ fn proxy_header_followed_by_a_tls_client_hello() {
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        let config = Config {
-            tls: Some(berth::tls::TlsConfig::from_pem(
+        let config = {
+            let mut c_config = proxy_config(Limits::default());
+            c_config.tls = Some(berth::tls::TlsConfig::from_pem(
                 cert.pem(),
                 key.serialize_pem(),
-            )),
-            ..proxy_config(Limits::default())
+            ));
+            c_config
         };
         let (handle, _rec, rx) = start(config);
         let addr = handle.local_addr().as_socket_addr().unwrap();

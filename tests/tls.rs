@@ -174,9 +174,10 @@ fn start(
 }
 
 fn tls_config(tls: TlsConfig) -> Config {
-    Config {
-        tls: Some(tls),
-        ..Config::new("127.0.0.1:0")
+    {
+        let mut c_config = Config::new("127.0.0.1:0");
+        c_config.tls = Some(tls);
+        c_config
     }
 }
 
@@ -245,9 +246,10 @@ fn version_pinning_refuses_other_versions() {
     run::<SmolRt>(LIMIT, async {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
-        let tls = TlsConfig {
-            min_version: TlsVersion::Tls13,
-            ..tls_of(&leaf)
+        let tls = {
+            let mut c_tls = tls_of(&leaf);
+            c_tls.min_version = TlsVersion::Tls13;
+            c_tls
         };
         let (handle, rec, _infos) = start(tls_config(tls));
         let addr = handle.local_addr().as_socket_addr().unwrap();
@@ -272,12 +274,13 @@ fn sni_selects_the_certificate_with_a_default() {
             key: PemSource::Pem(leaf.key_pem.clone()),
             server_names: names.iter().map(|s| s.to_string()).collect(),
         };
-        let tls = TlsConfig {
-            certificates: vec![
+        let tls = {
+            let mut c_tls = TlsConfig::default();
+            c_tls.certificates = vec![
                 entry(&alpha, &["alpha.test"]),
                 entry(&beta, &["beta.test", "www.beta.test"]),
-            ],
-            ..TlsConfig::default()
+            ];
+            c_tls
         };
         let (handle, _rec, infos) = start(tls_config(tls));
         let addr = handle.local_addr().as_socket_addr().unwrap();
@@ -305,9 +308,10 @@ fn alpn_is_negotiated_and_visible() {
     run::<SmolRt>(LIMIT, async {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
-        let tls = TlsConfig {
-            alpn: vec!["h2".into(), "http/1.1".into()],
-            ..tls_of(&leaf)
+        let tls = {
+            let mut c_tls = tls_of(&leaf);
+            c_tls.alpn = vec!["h2".into(), "http/1.1".into()];
+            c_tls
         };
         let (handle, rec, infos) = start(tls_config(tls));
         let addr = handle.local_addr().as_socket_addr().unwrap();
@@ -348,10 +352,12 @@ fn client_auth_none_optional_required() {
         let good = clients_ca.leaf(&["client.test"]);
         let wrong = other_ca.leaf(&["client.test"]);
         for mode in [ClientAuth::None, ClientAuth::Optional, ClientAuth::Required] {
-            let tls = TlsConfig {
-                client_auth: mode,
-                client_ca: (mode != ClientAuth::None).then(|| PemSource::Pem(clients_ca.ca_pem())),
-                ..tls_of(&leaf)
+            let tls = {
+                let mut c_tls = tls_of(&leaf);
+                c_tls.client_auth = mode;
+                c_tls.client_ca =
+                    (mode != ClientAuth::None).then(|| PemSource::Pem(clients_ca.ca_pem()));
+                c_tls
             };
             let (handle, _rec, infos) = start(tls_config(tls));
             let addr = handle.local_addr().as_socket_addr().unwrap();
@@ -402,9 +408,10 @@ fn handshake_timeout_drops_silent_and_half_hello_clients() {
     run::<SmolRt>(LIMIT, async {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
-        let config = Config {
-            handshake_timeout: Duration::from_millis(300),
-            ..tls_config(tls_of(&leaf))
+        let config = {
+            let mut c_config = tls_config(tls_of(&leaf));
+            c_config.handshake_timeout = Duration::from_millis(300);
+            c_config
         };
         let (handle, rec, _infos) = start(config);
         let addr = handle.local_addr().as_socket_addr().unwrap();
@@ -626,42 +633,47 @@ fn tls_configuration_errors_name_the_problem() {
         other.key_pem.clone(),
     ));
     assert!(mismatch.contains("does not match"), "{mismatch}");
-    let inverted = message(TlsConfig {
-        min_version: TlsVersion::Tls13,
-        max_version: TlsVersion::Tls12,
-        ..tls_of(&leaf)
+    let inverted = message({
+        let mut c_tls = tls_of(&leaf);
+        c_tls.min_version = TlsVersion::Tls13;
+        c_tls.max_version = TlsVersion::Tls12;
+        c_tls
     });
     assert!(inverted.contains("min_version"), "{inverted}");
-    let cipher = message(TlsConfig {
-        cipher_suites: vec!["TLS_NOT_A_SUITE".into()],
-        ..tls_of(&leaf)
+    let cipher = message({
+        let mut c_tls = tls_of(&leaf);
+        c_tls.cipher_suites = vec!["TLS_NOT_A_SUITE".into()];
+        c_tls
     });
     assert!(
         cipher.contains("TLS_NOT_A_SUITE") && cipher.contains("TLS13_"),
         "{cipher}"
     );
-    bind(TlsConfig {
-        cipher_suites: vec!["TLS13_AES_256_GCM_SHA384".into()],
-        ..tls_of(&leaf)
+    bind({
+        let mut c_tls = tls_of(&leaf);
+        c_tls.cipher_suites = vec!["TLS13_AES_256_GCM_SHA384".into()];
+        c_tls
     })
     .unwrap();
     for ca in [None, Some(PemSource::Pem(String::new()))] {
-        let empty_ca = message(TlsConfig {
-            client_auth: ClientAuth::Required,
-            client_ca: ca,
-            ..tls_of(&leaf)
+        let empty_ca = message({
+            let mut c_tls = tls_of(&leaf);
+            c_tls.client_auth = ClientAuth::Required;
+            c_tls.client_ca = ca;
+            c_tls
         });
         assert!(empty_ca.contains("client CA bundle"), "{empty_ca}");
     }
     let none = message(TlsConfig::default());
     assert!(none.contains("no certificate is configured"), "{none}");
-    let bad_sni = message(TlsConfig {
-        certificates: vec![CertKey {
+    let bad_sni = message({
+        let mut c_tls = TlsConfig::default();
+        c_tls.certificates = vec![CertKey {
             cert: PemSource::Pem(leaf.cert_pem.clone()),
             key: PemSource::Pem(leaf.key_pem.clone()),
             server_names: vec!["not-covered.test".into()],
-        }],
-        ..TlsConfig::default()
+        }];
+        c_tls
     });
     assert!(bad_sni.contains("not-covered.test"), "{bad_sni}");
     // Typed, too.
@@ -670,9 +682,10 @@ fn tls_configuration_errors_name_the_problem() {
         Err(Error::Tls(berth::tls::TlsError::NoCertificates))
     ));
     assert!(matches!(
-        Builder::new(Config {
-            handshake_timeout: Duration::ZERO,
-            ..tls_config(tls_of(&leaf))
+        Builder::new({
+            let mut c_config = tls_config(tls_of(&leaf));
+            c_config.handshake_timeout = Duration::ZERO;
+            c_config
         })
         .bind(),
         Err(Error::Config(ConfigError::ZeroHandshakeTimeout))
@@ -734,9 +747,10 @@ fn session_resumption_is_on_by_default_and_can_be_turned_off() {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
         for (resumption, versions) in [(true, ONLY_13), (true, ONLY_12), (false, ONLY_13)] {
-            let tls = TlsConfig {
-                session_resumption: resumption,
-                ..tls_of(&leaf)
+            let tls = {
+                let mut c_tls = tls_of(&leaf);
+                c_tls.session_resumption = resumption;
+                c_tls
             };
             let (handle, _rec, _infos) = start(tls_config(tls));
             let addr = handle.local_addr().as_socket_addr().unwrap();
@@ -774,9 +788,10 @@ fn idle_tls_connections_drain_without_being_forced() {
         let rec = Recorder::new();
         let handle = rec
             .attach(
-                Builder::new(Config {
-                    linger_timeout: Duration::from_secs(3600),
-                    ..tls_config(tls_of(&leaf))
+                Builder::new({
+                    let mut c_config = tls_config(tls_of(&leaf));
+                    c_config.linger_timeout = Duration::from_secs(3600);
+                    c_config
                 })
                 .runtime(berth::runtime::Smol::global()),
             )
@@ -813,7 +828,7 @@ fn idle_tls_connections_drain_without_being_forced() {
         }
         // Idle TLS connections: the drain reaches them (deadline an hour away).
         let h = handle.clone();
-        let shutdown = async move { h.shutdown(Duration::from_secs(3600)).await };
+        let shutdown = async move { h.shutdown_within(Duration::from_secs(3600)).await };
         let clients_close = async {
             for s in &mut clients {
                 let mut rest = Vec::new();
@@ -837,14 +852,15 @@ fn tls_over_a_unix_socket_keeps_peer_credentials() {
         let dir = std::env::temp_dir().join(format!("berth-tls-unix-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tls.sock");
-        let config = Config {
-            unix: Some(berth::UnixConfig::new(&path)),
-            ..tls_config(tls_of(&leaf))
+        let config = {
+            let mut c_config = tls_config(tls_of(&leaf));
+            c_config.unix = Some(berth::UnixConfig::new(&path));
+            c_config
         };
         let (tx, rx) = async_channel::unbounded();
         let handle = Builder::new(config)
             .runtime(berth::runtime::Smol::global())
-            .bind_unix()
+            .bind()
             .unwrap()
             .serve(move |mut conn: Conn| {
                 let tx = tx.clone();
@@ -876,7 +892,7 @@ fn tls_over_a_unix_socket_keeps_peer_credentials() {
         assert_eq!(cred.unwrap().pid, Some(std::process::id() as i32));
         s.close().await.unwrap();
         handle
-            .shutdown(std::time::Duration::from_secs(5))
+            .shutdown_within(std::time::Duration::from_secs(5))
             .await
             .unwrap();
         let _ = std::fs::remove_dir_all(&dir);

@@ -6,21 +6,20 @@ mod suite;
 
 all_tests!(common::TokioRt);
 
-/// The tokio listener end to end: tokio clients, echo, counting, graceful shutdown.
+/// Inside a tokio runtime the default runtime is tokio and `bind` serves tokio's sockets:
+/// tokio clients, echo, counting, graceful shutdown.
 #[test]
-fn tokio_listener_serves_and_drains() {
-    use berth::{Builder, Config, Conn, listener::TokioTcpListener, runtime::Tokio};
+fn bind_inside_tokio_serves_on_tokio_and_drains() {
+    use berth::{Builder, Config, Conn};
     use futures_lite::{AsyncReadExt, AsyncWriteExt};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     common::TokioRt::rt().block_on(async {
         tokio::time::timeout(common::LIMIT, async {
-            let config = Config::new("127.0.0.1:0");
-            let listener = TokioTcpListener::bind(&config).unwrap();
             let rec = common::Recorder::new();
             let handle = rec
-                .attach(Builder::new(config).runtime(Tokio::current().unwrap()))
-                .listener(listener)
+                .attach(Builder::new(Config::new("127.0.0.1:0")))
+                .bind()
                 .unwrap()
                 .serve(|mut conn: Conn| async move {
                     let mut draining = conn.draining();
@@ -62,7 +61,7 @@ fn tokio_listener_serves_and_drains() {
                 })
                 .collect::<Vec<_>>();
             let report = handle
-                .shutdown(std::time::Duration::from_secs(3600))
+                .shutdown_within(std::time::Duration::from_secs(3600))
                 .await
                 .unwrap();
             assert_eq!((report.drained, report.forced), (20, 0));

@@ -43,12 +43,13 @@ fn connection_span_and_lifecycle_events() {
             .unwrap();
         let rec = Recorder::new();
         let handle = rec
-            .attach(Builder::new(Config {
-                tls: Some(berth::tls::TlsConfig::from_pem(
+            .attach(Builder::new({
+                let mut c_config = Config::new("127.0.0.1:0");
+                c_config.tls = Some(berth::tls::TlsConfig::from_pem(
                     cert.pem(),
                     key.serialize_pem(),
-                )),
-                ..Config::new("127.0.0.1:0")
+                ));
+                c_config
             }))
             .bind()
             .unwrap()
@@ -87,7 +88,7 @@ fn connection_span_and_lifecycle_events() {
         tls.close().await.unwrap();
         rec.closed().await;
         handle
-            .shutdown(std::time::Duration::from_secs(5))
+            .shutdown_within(std::time::Duration::from_secs(5))
             .await
             .unwrap();
     });

@@ -36,9 +36,10 @@ impl Drop for Dir {
 }
 
 fn unix_config(path: &Path) -> Config {
-    Config {
-        unix: Some(UnixConfig::new(path)),
-        ..Config::default()
+    {
+        let mut c_config = Config::default();
+        c_config.unix = Some(UnixConfig::new(path));
+        c_config
     }
 }
 
@@ -89,7 +90,7 @@ fn echo_with_mode_group_and_peer_credentials() {
         let rec = Recorder::new();
         let server = rec
             .attach(Builder::new(config).runtime(SmolRt::runtime()))
-            .bind_unix()
+            .bind()
             .expect("bind_unix");
         assert_eq!(server.local_addr().as_unix_path(), Some(path.as_path()));
         let handle = server.serve(move |conn: Conn| {
@@ -138,7 +139,10 @@ fn echo_with_mode_group_and_peer_credentials() {
         )));
         assert_eq!(handle.stats().rejected, 0);
         drop(b);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
@@ -150,7 +154,7 @@ fn drain_finishes_the_message_then_removes_the_socket_file() {
         let rec = Recorder::new();
         let handle = rec
             .attach(Builder::new(unix_config(&path)).runtime(SmolRt::runtime()))
-            .bind_unix()
+            .bind()
             .unwrap()
             .serve(echo);
         let mut c = UnixStream::connect(&path).await.unwrap();
@@ -163,7 +167,8 @@ fn drain_finishes_the_message_then_removes_the_socket_file() {
             (read, rest) // and close: the lingering close ends on our FIN
         };
         let (report, (read, rest)) =
-            futures_lite::future::zip(handle.shutdown(Duration::from_secs(10)), client).await;
+            futures_lite::future::zip(handle.shutdown_within(Duration::from_secs(10)), client)
+                .await;
         let report = report.expect("drained in time");
         assert!(read.is_ok() && rest.is_empty());
         assert_eq!((report.drained, report.forced), (1, 0));
@@ -193,7 +198,7 @@ fn a_stale_socket_file_is_replaced() {
     run::<SmolRt>(LIMIT, async {
         let handle = Builder::new(unix_config(&path))
             .runtime(SmolRt::runtime())
-            .bind_unix()
+            .bind()
             .expect("a stale socket is replaced")
             .serve(echo);
         let mut c = UnixStream::connect(&path).await.unwrap();
@@ -210,7 +215,7 @@ fn a_live_socket_or_another_file_is_left_alone() {
     let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let err = Builder::new(unix_config(&path))
         .runtime(SmolRt::runtime())
-        .bind_unix()
+        .bind()
         .unwrap_err();
     match &err {
         Error::Bind { addr, source } => {
@@ -232,7 +237,7 @@ fn a_live_socket_or_another_file_is_left_alone() {
     std::fs::write(&file, b"precious").unwrap();
     let err = Builder::new(unix_config(&file))
         .runtime(SmolRt::runtime())
-        .bind_unix()
+        .bind()
         .unwrap_err();
     assert!(
         matches!(&err, Error::Bind { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists),
@@ -242,33 +247,14 @@ fn a_live_socket_or_another_file_is_left_alone() {
 }
 
 #[test]
-fn binding_the_wrong_kind_of_listener_is_a_config_error() {
-    let dir = Dir::new("mismatch");
-    let tcp_with_unix = Builder::new(unix_config(&dir.sock()))
-        .runtime(SmolRt::runtime())
-        .bind()
-        .unwrap_err();
-    assert!(matches!(
-        tcp_with_unix,
-        Error::Config(ConfigError::ListenerMismatch(_))
-    ));
-    let unix_without = Builder::new(Config::new("127.0.0.1:0"))
-        .runtime(SmolRt::runtime())
-        .bind_unix()
-        .unwrap_err();
-    assert!(matches!(
-        unix_without,
-        Error::Config(ConfigError::ListenerMismatch(_))
-    ));
-    let mut bad = unix_config(&dir.sock());
-    bad.unix.as_mut().unwrap().mode = Some(0o17777);
-    assert!(matches!(
-        Builder::new(bad).bind_unix().unwrap_err(),
-        Error::Config(ConfigError::InvalidUnixMode(0o17777))
-    ));
+fn a_unix_listener_without_unix_settings_is_a_config_error() {
+    // `bind` picks the listener from the config; building one by hand can still mismatch.
+    let reactor = berth::runtime::Runtime::reactor(&SmolRt::runtime());
+    let err =
+        berth::listener::UnixListener::bind(&Config::new("127.0.0.1:0"), &reactor).unwrap_err();
     assert!(
-        std::fs::symlink_metadata(dir.sock()).is_err(),
-        "nothing created"
+        matches!(err, Error::Config(ConfigError::ListenerMismatch(_))),
+        "{err}"
     );
 }
 
@@ -280,13 +266,16 @@ fn serves_on_the_tokio_runtime_too() {
     run::<TokioRt>(LIMIT, async {
         let handle = Builder::new(unix_config(&path))
             .runtime(TokioRt::runtime())
-            .bind_unix()
+            .bind()
             .unwrap()
             .serve(echo);
         let mut c = UnixStream::connect(&path).await.unwrap();
         roundtrip(&mut c, b"tokio").await;
         drop(c);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
         assert!(std::fs::symlink_metadata(&path).is_err());
     });
 }
@@ -330,7 +319,7 @@ fn file_mode_decides_which_users_may_connect() {
         config.unix.as_mut().unwrap().mode = Some(mode);
         let server = Builder::new(config)
             .runtime(SmolRt::runtime())
-            .bind_unix()
+            .bind()
             .unwrap();
         let handle = server.serve(echo);
         let status = std::process::Command::new(std::env::current_exe().unwrap())
@@ -358,7 +347,8 @@ fn an_inherited_unix_listener_is_served_and_its_file_left_alone() {
     let std = std::os::unix::net::UnixListener::bind(&path).unwrap();
     std.set_nonblocking(true).unwrap();
     run::<SmolRt>(LIMIT, async {
-        let listener = berth::listener::UnixListener::from_std(std).unwrap();
+        let reactor = berth::runtime::Runtime::reactor(&SmolRt::runtime());
+        let listener = berth::listener::UnixListener::from_std(std, &reactor).unwrap();
         let server = Builder::new(Config::default())
             .runtime(SmolRt::runtime())
             .listener(listener)
@@ -368,7 +358,10 @@ fn an_inherited_unix_listener_is_served_and_its_file_left_alone() {
         let mut c = UnixStream::connect(&path).await.unwrap();
         roundtrip(&mut c, b"inherited").await;
         drop(c);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
     assert!(
         std::fs::symlink_metadata(&path).is_ok(),

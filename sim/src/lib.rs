@@ -21,10 +21,8 @@
 //!     .tick_duration(Duration::from_millis(10)) // long timeouts: coarser steps, faster runs
 //!     .build();
 //! sim.host("server", || async {
-//!     let config = berth::Config {
-//!         idle_timeout: Some(Duration::from_secs(300)),
-//!         ..berth::Config::default()
-//!     };
+//!     let mut config = berth::Config::default();
+//!     config.idle_timeout = Some(Duration::from_secs(300));
 //!     let handle = berth_sim::serve(7000, berth::Builder::new(config), |mut conn: berth::Conn| async move {
 //!         let mut buf = [0u8; 64];
 //!         while let Ok(n @ 1..) = conn.read(&mut buf).await {
@@ -160,7 +158,7 @@ impl futures_io::AsyncWrite for SimStream {
 }
 
 /// turmoil streams cannot report readiness without reading: the default (always ready).
-impl berth::listener::Stream for SimStream {}
+impl berth::listener::ByteStream for SimStream {}
 
 impl Listener for SimListener {
     type Stream = SimStream;

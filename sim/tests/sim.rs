@@ -156,9 +156,10 @@ fn five_minute_idle_timeout_is_reaped_on_time() {
         .build();
     let rec = Recorder::new();
     let handle = Shared::default();
-    let config = Config {
-        idle_timeout: Some(timeout),
-        ..Config::default()
+    let config = {
+        let mut c_config = Config::default();
+        c_config.idle_timeout = Some(timeout);
+        c_config
     };
     echo_server(&mut sim, config, &rec, &handle);
     let measured = Shared::default();
@@ -194,9 +195,10 @@ fn partition_mid_session_is_freed_by_the_idle_timeout() {
     let mut sim = sim(3, Duration::from_secs(300)).build();
     let rec = Recorder::new();
     let handle = Shared::default();
-    let config = Config {
-        idle_timeout: Some(Duration::from_secs(30)),
-        ..Config::default()
+    let config = {
+        let mut c_config = Config::default();
+        c_config.idle_timeout = Some(Duration::from_secs(30));
+        c_config
     };
     echo_server(&mut sim, config, &rec, &handle);
     let h = handle.clone();
@@ -229,9 +231,10 @@ fn hold_and_release_shorter_than_the_idle_timeout_keeps_the_session() {
     let mut sim = sim(4, Duration::from_secs(300)).build();
     let rec = Recorder::new();
     let handle = Shared::default();
-    let config = Config {
-        idle_timeout: Some(Duration::from_secs(30)),
-        ..Config::default()
+    let config = {
+        let mut c_config = Config::default();
+        c_config.idle_timeout = Some(Duration::from_secs(30));
+        c_config
     };
     echo_server(&mut sim, config, &rec, &handle);
     sim.client("client", async move {
@@ -366,7 +369,7 @@ fn drain_completes_acknowledged_requests_and_refuses_new_connects() {
                 )
                 .await?;
                 go.notified().await;
-                let r = handle.shutdown(Duration::from_secs(60)).await;
+                let r = handle.shutdown_within(Duration::from_secs(60)).await;
                 *result.lock().unwrap() = Some((r.map_err(|e| e.to_string()), turmoil::elapsed()));
                 Ok(())
             }
@@ -474,7 +477,7 @@ fn drain_deadline_force_closes_a_stuck_handler() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 let started = turmoil::elapsed();
-                let r = handle.shutdown(Duration::from_secs(5)).await;
+                let r = handle.shutdown_within(Duration::from_secs(5)).await;
                 *result.lock().unwrap() = Some((
                     match r {
                         Err(Error::ShutdownTimeout { forced, .. }) => Some(forced),
@@ -576,9 +579,10 @@ fn determinism_same_seed_same_trace() {
         let mut sim = b.build();
         let rec = Recorder::new();
         let handle = Shared::default();
-        let config = Config {
-            idle_timeout: Some(Duration::from_millis(400)),
-            ..Config::default()
+        let config = {
+            let mut c_config = Config::default();
+            c_config.idle_timeout = Some(Duration::from_millis(400));
+            c_config
         };
         echo_server(&mut sim, config, &rec, &handle);
         for i in 0..8u32 {
@@ -637,10 +641,11 @@ fn tls_echo_and_a_held_client_hello_under_simulation() {
     let rec = Recorder::new();
     let handle = Shared::default();
     let (tls, client) = tls_pair();
-    let config = Config {
-        tls: Some(tls),
-        handshake_timeout: Duration::from_secs(2),
-        ..Config::default()
+    let config = {
+        let mut c_config = Config::default();
+        c_config.tls = Some(tls);
+        c_config.handshake_timeout = Duration::from_secs(2);
+        c_config
     };
     echo_server(&mut sim, config, &rec, &handle);
     let c1 = client.clone();
@@ -739,9 +744,10 @@ fn campaign_run(seed: u64) -> String {
             handle.clone(),
         );
         sim.client("server", async move {
-            let config = Config {
-                idle_timeout: Some(Duration::from_secs(5)),
-                ..Config::default()
+            let config = {
+                let mut c_config = Config::default();
+                c_config.idle_timeout = Some(Duration::from_secs(5));
+                c_config
             };
             let r = running.clone();
             let h = berth_sim::serve(7000, rec.attach(Builder::new(config)), move |conn: Conn| {
@@ -756,7 +762,7 @@ fn campaign_run(seed: u64) -> String {
             while all_done.load(Ordering::SeqCst) < clients && turmoil::elapsed() < shutdown_at {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let report = h.shutdown(Duration::from_secs(3)).await;
+            let report = h.shutdown_within(Duration::from_secs(3)).await;
             *outcome.lock().unwrap() = Some((
                 report.is_ok(),
                 h.open_connections(),

@@ -1,7 +1,9 @@
-//! Listening sockets built with socket2, so the backlog, `SO_REUSEADDR` and `SO_REUSEPORT`
+//! Listening sockets built with socket2, so that backlog, `SO_REUSEADDR` and `SO_REUSEPORT`
 //! are ours to choose (async-net's own `bind` fixes the backlog at 128 and never sets
-//! `SO_REUSEPORT`; tokio's uses 1024). Shared by every TCP listener.
+//! `SO_REUSEPORT`; tokio's uses 1024), and sockets passed by systemd. Shared by the TCP and
+//! Unix listeners on every reactor.
 
+use std::io;
 use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -11,7 +13,7 @@ use crate::error::Error;
 
 /// The first socket passed by systemd socket activation (`LISTEN_FDS`/`LISTEN_PID`), if
 /// this process was given one, made non-blocking.
-pub(crate) fn inherited() -> Result<Option<std::net::TcpListener>, Error> {
+pub(crate) fn inherited_tcp() -> Result<Option<std::net::TcpListener>, Error> {
     let err = |source| Error::Bind {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)).into(),
         source,
@@ -26,8 +28,8 @@ pub(crate) fn inherited() -> Result<Option<std::net::TcpListener>, Error> {
 }
 
 /// Validates `config` and returns a bound, listening, non-blocking std listener, with the
-/// address it was bound as (for errors while wrapping it in a reactor).
-pub(crate) fn bind_std(config: &Config) -> Result<(std::net::TcpListener, SocketAddr), Error> {
+/// address it was bound as (for errors while registering it with a reactor).
+pub(crate) fn bind_tcp(config: &Config) -> Result<(std::net::TcpListener, SocketAddr), Error> {
     config.validate()?;
     let addr = config.resolve_address()?;
     let bind_err = |source| Error::Bind {
@@ -48,9 +50,23 @@ pub(crate) fn bind_std(config: &Config) -> Result<(std::net::TcpListener, Socket
         socket.set_reuse_port(true).map_err(bind_err)?;
     }
     socket.bind(&addr.into()).map_err(bind_err)?;
-    // validate() checked that the backlog fits in an i32.
-    let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
-    socket.listen(backlog).map_err(bind_err)?;
-    socket.set_nonblocking(true).map_err(bind_err)?;
-    Ok((socket.into(), addr))
+    listen(socket, config.backlog)
+        .map(|listener| (listener.into(), addr))
+        .map_err(bind_err)
+}
+
+/// Listens with `backlog` (checked by `validate_settings` to fit an i32) and makes the
+/// socket non-blocking.
+pub(crate) fn listen(socket: Socket, backlog: u32) -> io::Result<Socket> {
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Fails with [`ConfigError::NoReactor`] when `reactor` cannot take real sockets.
+pub(crate) fn check_reactor(reactor: &crate::runtime::Reactor) -> Result<(), Error> {
+    match reactor {
+        crate::runtime::Reactor::None => Err(crate::error::ConfigError::NoReactor.into()),
+        _ => Ok(()),
+    }
 }

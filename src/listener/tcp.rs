@@ -1,73 +1,86 @@
-//! Real TCP on async-io's reactor (which the smol and async-std adapters use). The socket is
-//! built by [`socket::bind_std`](super::socket::bind_std). Streams are [`TcpStream`]s
-//! ([`AsyncStream`](super::AsyncStream)s of std TCP streams).
+//! Real TCP, on the reactor of the runtime that serves it: async-io's (smol, async-std) or
+//! tokio's. The listening socket is built by [`socket::bind_tcp`](super::socket::bind_tcp).
 
 use std::io;
-use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
-use async_io::Async;
-
-use super::{Accepted, Listener};
+use super::stream::socket_stream;
+use super::{Accepted, ByteStream, Listener, Socket};
 use crate::addr::Addr;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
+use crate::runtime::Reactor;
 
-/// A TCP listener built from a [`Config`] (address, backlog, reuse_port, nodelay).
+/// A TCP listener built from a [`Config`] (address, backlog, reuse_port, nodelay), on the
+/// reactor of the runtime that will serve it.
 ///
-/// Accepted streams are [`TcpStream`]s with `TCP_NODELAY` set when the config asks for it
-/// (the default).
+/// `Builder::bind` makes one for you; build one yourself for a socket bound elsewhere
+/// ([`from_std`](Self::from_std)) and serve it with `Builder::listener`. Accepted streams are
+/// [`TcpStream`]s with `TCP_NODELAY` set when asked (the config's default).
 #[derive(Debug)]
 pub struct TcpListener {
-    inner: Async<std::net::TcpListener>,
+    inner: Backend,
     nodelay: bool,
 }
 
+#[derive(Debug)]
+enum Backend {
+    #[cfg(feature = "async-io")]
+    AsyncIo(async_io::Async<std::net::TcpListener>),
+    #[cfg(feature = "tokio")]
+    Tokio(tokio::net::TcpListener),
+}
+
+socket_stream!(
+    /// An accepted TCP connection on async-io's or tokio's reactor. Closing it shuts down
+    /// the write side (the peer reads end of file).
+    TcpStream,
+    std::net::TcpStream,
+    tokio::net::TcpStream
+);
+
 impl TcpListener {
-    /// Validates `config` and binds its address.
+    /// Validates `config` and binds its address, for `reactor` (a runtime's
+    /// [`reactor`](crate::runtime::Runtime::reactor)).
     ///
-    /// Errors: [`Error::Config`] for an invalid config, [`Error::Bind`] when the operating
-    /// system refuses (address in use, no permission, address not local).
-    pub fn bind(config: &Config) -> Result<Self, Error> {
-        let (std, addr) = super::socket::bind_std(config)?;
-        let inner = Async::new(std).map_err(|source| Error::Bind {
+    /// Errors: [`Error::Config`] for an invalid config or a runtime without a reactor,
+    /// [`Error::Bind`] when the operating system refuses (address in use, no permission,
+    /// address not local).
+    pub fn bind(config: &Config, reactor: &Reactor) -> Result<Self, Error> {
+        super::socket::check_reactor(reactor)?;
+        let (std, _) = super::socket::bind_tcp(config)?;
+        Self::from_std(std, config.nodelay, reactor)
+    }
+
+    /// Serves an already-bound std listener (one inherited from a parent process, or bound
+    /// by code of your own) on `reactor`. `nodelay` is applied to every accepted stream.
+    ///
+    /// Errors: [`Error::Config`] for a runtime without a reactor, [`Error::Bind`] when the
+    /// socket cannot be registered.
+    pub fn from_std(
+        listener: std::net::TcpListener,
+        nodelay: bool,
+        reactor: &Reactor,
+    ) -> Result<Self, Error> {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let bind_err = |source| Error::Bind {
             addr: addr.into(),
             source,
-        })?;
-        Ok(TcpListener {
-            inner,
-            nodelay: config.nodelay,
-        })
-    }
-
-    /// The listening socket systemd passed this process (socket activation: `LISTEN_FDS`
-    /// and `LISTEN_PID` name it, as fd 3), or `Ok(None)` when there is none. `config` gives
-    /// `nodelay`; its address is not used (the socket is already bound). Also the way to
-    /// restart without refusing anyone: the new process takes over the same socket.
-    pub fn from_systemd(config: &Config) -> Result<Option<Self>, Error> {
-        let Some(std) = super::socket::inherited()? else {
-            return Ok(None);
         };
-        let addr = std.local_addr().map_err(|source| Error::Bind {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)).into(),
-            source,
-        })?;
-        Self::from_std(std, config.nodelay)
-            .map(Some)
-            .map_err(|source| Error::Bind {
-                addr: addr.into(),
-                source,
-            })
-    }
-
-    /// Wraps an already-bound std listener (for example one inherited from a parent
-    /// process, or bound by code of your own). `nodelay` is applied to every accepted
-    /// stream.
-    pub fn from_std(listener: std::net::TcpListener, nodelay: bool) -> io::Result<Self> {
-        Ok(TcpListener {
-            inner: Async::new(listener)?,
-            nodelay,
-        })
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let inner = match reactor {
+            #[cfg(feature = "async-io")]
+            Reactor::AsyncIo => Backend::AsyncIo(async_io::Async::new(listener).map_err(bind_err)?),
+            #[cfg(feature = "tokio")]
+            Reactor::Tokio(handle) => {
+                let _context = handle.enter();
+                Backend::Tokio(tokio::net::TcpListener::from_std(listener).map_err(bind_err)?)
+            }
+            Reactor::None => return Err(ConfigError::NoReactor.into()),
+        };
+        Ok(TcpListener { inner, nodelay })
     }
 }
 
@@ -75,30 +88,53 @@ impl Listener for TcpListener {
     type Stream = TcpStream;
 
     async fn accept(&self) -> io::Result<Accepted<Self::Stream>> {
-        let (stream, peer_addr) = self.inner.accept().await?;
-        // A failure here means the socket is already dead (reset between accept and now):
-        // the accept loop treats it like ECONNABORTED and moves on.
-        if self.nodelay {
-            stream.get_ref().set_nodelay(true)?;
-        }
-        let local_addr = stream.get_ref().local_addr()?;
+        // A failure after accept means the socket is already dead (reset between accept and
+        // now): the accept loop treats it like ECONNABORTED and moves on.
+        let (stream, peer_addr, local_addr) = match &self.inner {
+            #[cfg(feature = "async-io")]
+            Backend::AsyncIo(listener) => {
+                let (stream, peer_addr) = listener.accept().await?;
+                if self.nodelay {
+                    stream.get_ref().set_nodelay(true)?;
+                }
+                let local_addr = stream.get_ref().local_addr()?;
+                let stream = Inner::AsyncIo(super::async_io::AsyncIoStream(stream));
+                (stream, peer_addr, local_addr)
+            }
+            #[cfg(feature = "tokio")]
+            Backend::Tokio(listener) => {
+                let (stream, peer_addr) = listener.accept().await?;
+                if self.nodelay {
+                    stream.set_nodelay(true)?;
+                }
+                let local_addr = stream.local_addr()?;
+                let stream = Inner::Tokio(super::tokio::TokioStream::new(stream));
+                (stream, peer_addr, local_addr)
+            }
+        };
         Ok(Accepted {
-            stream: super::AsyncStream(stream),
+            stream: TcpStream(stream),
             peer_addr: peer_addr.into(),
             local_addr: local_addr.into(),
         })
     }
 
     fn local_addr(&self) -> io::Result<Addr> {
-        self.inner.get_ref().local_addr().map(Addr::from)
+        match &self.inner {
+            #[cfg(feature = "async-io")]
+            Backend::AsyncIo(listener) => listener.get_ref().local_addr().map(Addr::from),
+            #[cfg(feature = "tokio")]
+            Backend::Tokio(listener) => listener.local_addr().map(Addr::from),
+        }
     }
 }
 
-/// An accepted TCP connection (see [`AsyncStream`](super::AsyncStream)).
-pub type TcpStream = super::AsyncStream<std::net::TcpStream>;
-
-impl super::Stream for TcpStream {
+impl ByteStream for TcpStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_readable(cx)
+        self.poll_readable_inner(cx)
+    }
+
+    fn socket(&self) -> Option<Socket<'_>> {
+        self.socket_inner()
     }
 }

@@ -1,63 +1,148 @@
-//! Real TCP on tokio's reactor, bridged to futures-io with tokio-util's compat layer.
+//! Accepted sockets on tokio's reactor, as futures-io streams that report readiness
+//! accurately.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
-use super::{Accepted, Listener, Stream};
-use crate::addr::Addr;
-use crate::config::Config;
-use crate::error::Error;
-
-/// A TCP listener on tokio's reactor, built from a [`Config`] like
-/// [`TcpListener`](super::TcpListener). Must be created inside a tokio runtime.
-#[derive(Debug)]
-pub struct TokioTcpListener {
-    inner: tokio::net::TcpListener,
-    nodelay: bool,
+/// tokio's TCP and Unix streams, as far as readiness goes (the inherent methods both have).
+pub(crate) trait TokioSocket: AsyncRead + AsyncWrite + Unpin {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+    fn peek_one(&self) -> io::Result<usize>;
 }
 
-impl TokioTcpListener {
-    /// Validates `config` and binds its address. Call it inside a tokio runtime.
-    pub fn bind(config: &Config) -> Result<Self, Error> {
-        let (std, addr) = super::socket::bind_std(config)?;
-        let inner = tokio::net::TcpListener::from_std(std).map_err(|source| Error::Bind {
-            addr: addr.into(),
-            source,
-        })?;
-        Ok(TokioTcpListener {
-            inner,
-            nodelay: config.nodelay,
-        })
-    }
+/// `recv(MSG_PEEK)` of one byte: whether the socket has something to read, consuming nothing.
+#[cfg(unix)]
+fn peek_one(socket: &impl std::os::fd::AsFd) -> io::Result<usize> {
+    let mut byte = [0u8; 1];
+    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    let (_, n) = rustix::net::recv(socket, &mut byte[..], flags)?;
+    Ok(n)
 }
 
-impl Stream for Compat<tokio::net::TcpStream> {
-    fn poll_readable(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        self.get_ref().poll_read_ready(cx)
-    }
+/// Elsewhere tokio's readiness is taken as it is.
+#[cfg(not(unix))]
+fn peek_one<T>(_: &T) -> io::Result<usize> {
+    Ok(1)
 }
 
-impl Listener for TokioTcpListener {
-    type Stream = Compat<tokio::net::TcpStream>;
+/// Whether tokio clears read readiness itself after a short read (it does where mio uses
+/// epoll, see tokio's `PollEvented::poll_read`).
+const SHORT_READ_CLEARS: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
-    async fn accept(&self) -> io::Result<Accepted<Self::Stream>> {
-        let (stream, peer_addr) = self.inner.accept().await?;
-        if self.nodelay {
-            stream.set_nodelay(true)?;
+macro_rules! tokio_socket {
+    ($ty:ty) => {
+        impl TokioSocket for $ty {
+            fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                <$ty>::poll_read_ready(self, cx)
+            }
+            fn try_io<R>(
+                &self,
+                interest: Interest,
+                f: impl FnOnce() -> io::Result<R>,
+            ) -> io::Result<R> {
+                <$ty>::try_io(self, interest, f)
+            }
+            fn peek_one(&self) -> io::Result<usize> {
+                peek_one(self)
+            }
         }
-        let local_addr = stream.local_addr()?;
-        Ok(Accepted {
-            stream: stream.compat(),
-            peer_addr: peer_addr.into(),
-            local_addr: local_addr.into(),
-        })
+    };
+}
+
+tokio_socket!(tokio::net::TcpStream);
+#[cfg(unix)]
+tokio_socket!(tokio::net::UnixStream);
+
+/// A tokio socket as a futures-io stream (what tokio-util's `Compat` does, plus `close` as
+/// a write shutdown), with readiness berth can trust.
+///
+/// tokio reports a freshly accepted socket as readable before anything arrived, and keeps a
+/// socket marked readable after a read that filled the caller's buffer (it clears readiness
+/// itself after a short read or `WouldBlock`). Trusted as is, `Conn::readable` would return
+/// at once for an idle connection, whose handler then waits in a read, holding its buffer
+/// and deaf to the server draining. So while readiness may be stale, a one-byte peek
+/// confirms it (and clears it when wrong); after a short read the peek is skipped, so a busy
+/// connection pays nothing extra.
+#[derive(Debug)]
+pub(crate) struct TokioStream<T> {
+    inner: T,
+    /// tokio's read readiness may be set without data: confirm before trusting it.
+    unconfirmed: bool,
+}
+
+impl<T: TokioSocket> TokioStream<T> {
+    pub(crate) fn new(inner: T) -> Self {
+        TokioStream {
+            inner,
+            unconfirmed: true,
+        }
     }
 
-    fn local_addr(&self) -> io::Result<Addr> {
-        self.inner.local_addr().map(Addr::from)
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.inner.poll_read_ready(cx))?;
+            if !self.unconfirmed {
+                return Poll::Ready(Ok(()));
+            }
+            let inner = &self.inner;
+            match inner.try_io(Interest::READABLE, || inner.peek_one()) {
+                // Data, or end of file (0): a read would make progress.
+                Ok(_) => return Poll::Ready(Ok(())),
+                // try_io cleared the stale readiness: wait for the real thing.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.unconfirmed = false,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl<T: TokioSocket> futures_io::AsyncRead for TokioStream<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut read_buf = ReadBuf::new(buf);
+        let poll = Pin::new(&mut self.inner).poll_read(cx, &mut read_buf);
+        let n = read_buf.filled().len();
+        // A full buffer leaves tokio's readiness set whether or not more is there.
+        self.unconfirmed =
+            matches!(poll, Poll::Ready(Ok(()))) && n > 0 && (n == buf.len() || !SHORT_READ_CLEARS);
+        poll.map_ok(|()| n)
+    }
+}
+
+impl<T: TokioSocket> futures_io::AsyncWrite for TokioStream<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    /// Shuts the write side down (FIN), like berth's async-io streams.
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,6 +1,6 @@
-//! Unix domain sockets on async-io's reactor. The socket file is created with its mode and
-//! group set before `listen`, replaces only a stale file, and is removed when the listener
-//! is dropped. Streams report the peer's credentials.
+//! Unix domain sockets, on the reactor of the runtime that serves them. The socket file is
+//! created with its mode and group set before `listen`, replaces only a stale file, and is
+//! removed when the listener is dropped. Streams report the peer's credentials.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -8,40 +8,58 @@ use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use async_io::Async;
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{Domain, SockAddr, Socket as RawSocket, Type};
 
-use super::{Accepted, Listener};
-use crate::addr::Addr;
-#[cfg(any(target_os = "linux", target_os = "android"))]
-use crate::addr::PeerCred;
+use super::stream::socket_stream;
+use super::{Accepted, ByteStream, Listener, Socket};
+use crate::addr::{Addr, PeerCred};
 use crate::config::{Config, UnixConfig};
 use crate::error::{ConfigError, Error};
+use crate::runtime::Reactor;
 
 /// A Unix domain socket listener built from a [`Config`]'s [`unix`](Config::unix)
-/// settings (path, mode, group) and its backlog.
+/// settings (path, mode, group) and its backlog, on the reactor of the runtime that will
+/// serve it.
 ///
 /// Connections carry [`Addr::Unix`] addresses and the peer's credentials
-/// ([`Conn::peer_cred`](crate::Conn::peer_cred)). IP allow/deny lists, per-IP limits and the
-/// PROXY protocol do not apply to them: the file's permissions decide who may connect.
+/// ([`Conn::peer_cred`](crate::Conn::peer_cred)). IP allow/deny lists and per-IP limits do
+/// not apply to them: the file's permissions decide who may connect.
 #[derive(Debug)]
 pub struct UnixListener {
-    inner: Async<std::os::unix::net::UnixListener>,
+    inner: Backend,
     path: Option<Arc<Path>>,
     /// Device and inode of the socket file this listener created, so that dropping it
     /// removes that file and never one a newer server put at the same path.
     created: Option<(u64, u64)>,
 }
 
+#[derive(Debug)]
+enum Backend {
+    #[cfg(feature = "async-io")]
+    AsyncIo(async_io::Async<std::os::unix::net::UnixListener>),
+    #[cfg(feature = "tokio")]
+    Tokio(tokio::net::UnixListener),
+}
+
+socket_stream!(
+    /// An accepted Unix domain socket connection on async-io's or tokio's reactor, which
+    /// also knows the peer's credentials. Closing it shuts down the write side.
+    UnixStream,
+    std::os::unix::net::UnixStream,
+    tokio::net::UnixStream
+);
+
 impl UnixListener {
-    /// Validates `config` and listens on `config.unix`.
+    /// Validates `config` and listens on `config.unix`, for `reactor` (a runtime's
+    /// [`reactor`](crate::runtime::Runtime::reactor)).
     ///
-    /// Errors: [`Error::Config`] for an invalid config or when `config.unix` is `None`;
-    /// [`Error::Bind`] when a server is already listening on the path
-    /// (`AddrInUse`), the path is a file that is not a socket (`AlreadyExists`), or the
-    /// operating system refuses (permissions, the mode or group cannot be set).
-    pub fn bind(config: &Config) -> Result<Self, Error> {
+    /// Errors: [`Error::Config`] for an invalid config, when `config.unix` is `None`, or for
+    /// a runtime without a reactor; [`Error::Bind`] when a server is already listening on
+    /// the path (`AddrInUse`), the path is a file that is not a socket (`AlreadyExists`), or
+    /// the operating system refuses (permissions, the mode or group cannot be set).
+    pub fn bind(config: &Config, reactor: &Reactor) -> Result<Self, Error> {
         config.validate_settings()?;
+        super::socket::check_reactor(reactor)?;
         let Some(unix) = &config.unix else {
             return Err(ConfigError::ListenerMismatch("no `unix` settings to bind").into());
         };
@@ -51,9 +69,7 @@ impl UnixListener {
             source,
         };
         remove_stale(&path).map_err(err)?;
-        // validate_settings() checked that the backlog fits in an i32.
-        let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
-        let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
+        let socket = RawSocket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
         socket
             .bind(&SockAddr::unix(&path).map_err(err)?)
             .map_err(err)?;
@@ -61,10 +77,9 @@ impl UnixListener {
             let created = std::fs::symlink_metadata(&path)?;
             set_owner_and_mode(&path, unix)?;
             // Only now can clients connect: before listen() they are refused.
-            socket.listen(backlog)?;
-            socket.set_nonblocking(true)?;
-            let std: std::os::unix::net::UnixListener = socket.into();
-            Ok((Async::new(std)?, (created.dev(), created.ino())))
+            let socket = super::socket::listen(socket, config.backlog)?;
+            let inner = register(socket.into(), reactor)?;
+            Ok((inner, (created.dev(), created.ino())))
         })();
         match listening {
             Ok((inner, created)) => Ok(UnixListener {
@@ -79,15 +94,49 @@ impl UnixListener {
         }
     }
 
-    /// Wraps an already-listening std Unix listener (for example one inherited from a
-    /// parent process). Its socket file is left alone when the listener is dropped.
-    pub fn from_std(listener: std::os::unix::net::UnixListener) -> io::Result<Self> {
-        let path = listener.local_addr()?.as_pathname().map(Arc::from);
+    /// Serves an already-listening std Unix listener (for example one inherited from a
+    /// parent process) on `reactor`. Its socket file is left alone when the listener is
+    /// dropped.
+    pub fn from_std(
+        listener: std::os::unix::net::UnixListener,
+        reactor: &Reactor,
+    ) -> Result<Self, Error> {
+        super::socket::check_reactor(reactor)?;
+        let path: Option<Arc<Path>> = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Arc::from));
+        let inner = listener
+            .set_nonblocking(true)
+            .and_then(|()| register(listener, reactor))
+            .map_err(|source| Error::Bind {
+                addr: Addr::Unix(path.clone()),
+                source,
+            })?;
         Ok(UnixListener {
-            inner: Async::new(listener)?,
+            inner,
             path,
             created: None,
         })
+    }
+}
+
+/// Registers a non-blocking listening socket with `reactor` (checked to be a real one).
+fn register(listener: std::os::unix::net::UnixListener, reactor: &Reactor) -> io::Result<Backend> {
+    match reactor {
+        #[cfg(feature = "async-io")]
+        Reactor::AsyncIo => Ok(Backend::AsyncIo(async_io::Async::new(listener)?)),
+        #[cfg(feature = "tokio")]
+        Reactor::Tokio(handle) => {
+            let _context = handle.enter();
+            Ok(Backend::Tokio(tokio::net::UnixListener::from_std(
+                listener,
+            )?))
+        }
+        Reactor::None => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            ConfigError::NoReactor.to_string(),
+        )),
     }
 }
 
@@ -107,7 +156,7 @@ fn remove_stale(path: &Path) -> io::Result<()> {
     }
     // Non-blocking: a live server with a full backlog answers EAGAIN instead of blocking
     // us; only "connection refused" proves that nobody listens.
-    let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    let probe = RawSocket::new(Domain::UNIX, Type::STREAM, None)?;
     probe.set_nonblocking(true)?;
     match probe.connect(&SockAddr::unix(path)?) {
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
@@ -147,10 +196,23 @@ impl Listener for UnixListener {
     type Stream = UnixStream;
 
     async fn accept(&self) -> io::Result<Accepted<Self::Stream>> {
-        let (stream, peer) = self.inner.accept().await?;
+        let (stream, peer) = match &self.inner {
+            #[cfg(feature = "async-io")]
+            Backend::AsyncIo(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                let peer = peer.as_pathname().map(Arc::from);
+                (Inner::AsyncIo(super::async_io::AsyncIoStream(stream)), peer)
+            }
+            #[cfg(feature = "tokio")]
+            Backend::Tokio(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                let peer = peer.as_pathname().map(Arc::from);
+                (Inner::Tokio(super::tokio::TokioStream::new(stream)), peer)
+            }
+        };
         Ok(Accepted {
-            stream: super::AsyncStream(stream),
-            peer_addr: Addr::Unix(peer.as_pathname().map(Arc::from)),
+            stream: UnixStream(stream),
+            peer_addr: Addr::Unix(peer),
             local_addr: Addr::Unix(self.path.clone()),
         })
     }
@@ -160,18 +222,19 @@ impl Listener for UnixListener {
     }
 }
 
-/// An accepted Unix domain socket connection (see [`AsyncStream`](super::AsyncStream)),
-/// which also knows the peer's credentials.
-pub type UnixStream = super::AsyncStream<std::os::unix::net::UnixStream>;
-
-impl super::Stream for UnixStream {
+impl ByteStream for UnixStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_readable(cx)
+        self.poll_readable_inner(cx)
+    }
+
+    fn socket(&self) -> Option<Socket<'_>> {
+        self.socket_inner()
     }
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn peer_cred(&self) -> Option<PeerCred> {
-        let cred = rustix::net::sockopt::socket_peercred(self.0.get_ref()).ok()?;
+        let socket = self.socket_inner()?;
+        let cred = rustix::net::sockopt::socket_peercred(socket).ok()?;
         Some(PeerCred {
             uid: cred.uid.as_raw(),
             gid: cred.gid.as_raw(),

@@ -2,12 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::{BoxFuture, Runtime};
+use super::{BoxFuture, Reactor, Runtime};
 
 /// Runs berth on async-std's global executor and timers.
 ///
-/// async-std is in maintenance mode upstream; the adapter exists for code bases that still
-/// use it. New code should prefer [`Smol`](super::Smol).
+/// async-std is discontinued upstream (its authors point to smol); the adapter is kept for
+/// code bases that still use it. New code should prefer [`Smol`](super::Smol), which runs
+/// on the same reactor.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AsyncStd;
 
@@ -23,5 +24,10 @@ impl Runtime for AsyncStd {
 
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn reactor(&self) -> Reactor {
+        // async-std drives its sockets with async-io.
+        Reactor::AsyncIo
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_executor::Executor;
 
-use super::{BoxFuture, Runtime};
+use super::{BoxFuture, Reactor, Runtime};
 
 /// Runs berth on an [`async_executor::Executor`], with async-io timers.
 ///
@@ -88,5 +88,9 @@ impl Runtime for Smol {
 
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn reactor(&self) -> Reactor {
+        Reactor::AsyncIo
     }
 }

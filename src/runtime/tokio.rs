@@ -2,21 +2,28 @@
 
 use std::time::{Duration, Instant};
 
-use super::{BoxFuture, Runtime};
+use super::{BoxFuture, Reactor, Runtime};
 
-/// Runs berth on a tokio runtime, with tokio's timers (so `tokio::time::pause` and
-/// simulators built on tokio's clock apply to berth's timeouts too).
+/// Runs berth on a tokio runtime: tokio tasks, tokio's timers (so `tokio::time::pause` and
+/// simulators built on tokio's clock apply to berth's timeouts too) and tokio's sockets.
+///
+/// Inside a tokio runtime it is the default, so `Server::bind` needs nothing more:
 ///
 /// ```no_run
-/// # async fn f() -> Result<(), berth::Error> {
-/// use berth::{Builder, Config, runtime::Tokio, listener::TokioTcpListener};
-/// let config = Config::new("127.0.0.1:7000");
-/// let listener = TokioTcpListener::bind(&config)?;
-/// let server = Builder::new(config)
-///     .runtime(Tokio::current().expect("inside a tokio runtime"))
-///     .listener(listener)?;
-/// # Ok(()) }
+/// #[tokio::main]
+/// async fn main() -> Result<(), berth::Error> {
+///     // Bound on tokio's reactor; handlers run as tokio tasks and may call tokio APIs.
+///     let handle = berth::Server::bind(berth::Config::new("127.0.0.1:7000"))?
+///         .serve(|conn: berth::Conn| async move {
+///             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+///             drop(conn);
+///         });
+///     handle.shutdown().await?;
+///     Ok(())
+/// }
 /// ```
+///
+/// Outside one, pass a runtime's handle: `Builder::runtime(Tokio::from_handle(handle))`.
 #[derive(Debug, Clone)]
 pub struct Tokio {
     handle: tokio::runtime::Handle,
@@ -50,5 +57,9 @@ impl Runtime for Tokio {
     fn now(&self) -> Instant {
         let _guard = self.handle.enter();
         tokio::time::Instant::now().into_std()
+    }
+
+    fn reactor(&self) -> Reactor {
+        Reactor::Tokio(self.handle.clone())
     }
 }

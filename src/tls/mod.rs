@@ -1,5 +1,10 @@
 //! TLS: configuration, the handshake, and what a connection knows about its session.
 //!
+//! The settings ([`TlsConfig`] and its parts) are plain data and exist without the `tls`
+//! feature, so a configuration with a `[tls]` table always parses; serving it needs the
+//! feature (otherwise binding fails with
+//! [`ConfigError::FeatureDisabled`](crate::ConfigError::FeatureDisabled)).
+//!
 //! The handshake runs on the connection's own task under `Config::handshake_timeout`, never
 //! on the accept loop: a client that connects and says nothing, or half a ClientHello, costs
 //! one task until the timeout and never delays anybody else.
@@ -13,10 +18,16 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(feature = "tls")]
 mod config;
 #[cfg(feature = "tls")]
+mod handshake;
+#[cfg(feature = "tls")]
+mod load;
+
 pub use config::{CertKey, ClientAuth, PemSource, TlsConfig, TlsError, ValidityWarning};
+#[cfg(feature = "tls")]
+pub(crate) use handshake::handshake;
+/// rustls's server configuration, for [`Builder::tls_server_config`](crate::Builder::tls_server_config).
 #[cfg(feature = "tls")]
 pub use rustls::ServerConfig;
 
@@ -41,7 +52,10 @@ impl fmt::Display for TlsVersion {
 }
 
 /// What a TLS connection negotiated, from [`Conn::tls`](crate::Conn::tls).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` output is for people: ALPN as text and client certificates by subject, not as
+/// bytes.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TlsInfo {
     /// The protocol version.
@@ -54,6 +68,45 @@ pub struct TlsInfo {
     pub server_name: Option<String>,
     /// The client's certificate chain (DER, end-entity first); empty without client auth.
     pub peer_certificates: Vec<Vec<u8>>,
+}
+
+impl TlsInfo {
+    /// The agreed ALPN protocol as text (`"h2"`), if any and if it is UTF-8.
+    pub fn alpn_str(&self) -> Option<&str> {
+        self.alpn
+            .as_deref()
+            .and_then(|p| std::str::from_utf8(p).ok())
+    }
+}
+
+impl fmt::Debug for TlsInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let alpn = self
+            .alpn
+            .as_deref()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let certificates: Vec<String> = self
+            .peer_certificates
+            .iter()
+            .map(|der| subject(der))
+            .collect();
+        f.debug_struct("TlsInfo")
+            .field("version", &self.version)
+            .field("cipher_suite", &self.cipher_suite)
+            .field("alpn", &alpn)
+            .field("server_name", &self.server_name)
+            .field("peer_certificates", &certificates)
+            .finish()
+    }
+}
+
+/// A certificate's subject for people (`CN=client`), or its size when it cannot be parsed.
+fn subject(der: &[u8]) -> String {
+    #[cfg(feature = "tls")]
+    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) {
+        return cert.subject().to_string();
+    }
+    format!("<{} bytes of DER>", der.len())
 }
 
 /// Why a TLS handshake failed.
@@ -78,81 +131,6 @@ impl fmt::Display for TlsFailure {
             TlsFailure::Shutdown => f.write_str("server shutting down"),
             TlsFailure::Handshake(e) => write!(f, "handshake failed: {e}"),
             TlsFailure::Io(e) => write!(f, "connection failed during handshake: {e}"),
-        }
-    }
-}
-
-#[cfg(feature = "tls")]
-pub(crate) use handshake::handshake;
-
-#[cfg(feature = "tls")]
-mod handshake {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use futures_io::{AsyncRead, AsyncWrite};
-    use futures_lite::FutureExt as _;
-    use futures_rustls::server::TlsStream;
-
-    use super::{TlsFailure, TlsInfo, TlsVersion};
-    use crate::server::Shared;
-
-    /// Runs the server side of a handshake, bounded by `timeout` and cut short by a forced
-    /// shutdown.
-    pub(crate) async fn handshake<S>(
-        shared: &Shared,
-        config: Arc<rustls::ServerConfig>,
-        stream: S,
-        timeout: Duration,
-    ) -> Result<(TlsStream<S>, TlsInfo), TlsFailure>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let accept = async {
-            futures_rustls::TlsAcceptor::from(config)
-                .accept(stream)
-                .await
-                .map_err(|e| {
-                    match e
-                        .get_ref()
-                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                    {
-                        Some(tls) => TlsFailure::Handshake(tls.to_string()),
-                        None => TlsFailure::Io(e.to_string()),
-                    }
-                })
-        };
-        let expire = async {
-            shared.runtime.sleep(timeout).await;
-            Err(TlsFailure::Timeout)
-        };
-        let forced = async {
-            shared.shutdown.force.wait().await;
-            Err(TlsFailure::Shutdown)
-        };
-        let stream = accept.or(expire).or(forced).await?;
-        let info = info(stream.get_ref().1);
-        Ok((stream, info))
-    }
-
-    fn info(conn: &rustls::ServerConnection) -> TlsInfo {
-        TlsInfo {
-            version: match conn.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_2) => TlsVersion::Tls12,
-                _ => TlsVersion::Tls13,
-            },
-            cipher_suite: conn
-                .negotiated_cipher_suite()
-                .map(|s| format!("{:?}", s.suite()))
-                .unwrap_or_default(),
-            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
-            server_name: conn.server_name().map(str::to_owned),
-            peer_certificates: conn
-                .peer_certificates()
-                .unwrap_or_default()
-                .iter()
-                .map(|c| c.as_ref().to_vec())
-                .collect(),
         }
     }
 }

@@ -164,7 +164,10 @@ pub fn open_connections_counts_up_and_down<R: Rt>() {
         let stats = handle.stats();
         assert_eq!(stats.accepted, 3);
         assert_eq!(stats.closed_by(CloseReason::PeerClosed), 3);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
@@ -202,7 +205,10 @@ pub fn churn_returns_to_zero_and_reuses_slots<R: Rt>() {
             "slots are reused at steady state: {} allocated for 700 connections",
             stats.slots_allocated
         );
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
@@ -230,7 +236,10 @@ pub fn resets_mid_stream_are_counted_and_closed<R: Rt>() {
         let mut c = connect(addr).await;
         roundtrip(&mut c, b"still here").await;
         drop(c);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
@@ -271,7 +280,10 @@ pub fn handler_panic_is_contained<R: Rt>() {
         rec.closed().await;
         assert_eq!(handle.open_connections(), 0);
         assert_eq!(handle.stats().closed_by(CloseReason::Panicked), 1);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
@@ -279,9 +291,10 @@ pub fn idle_timeout_subsecond_reaps_and_fails_pending_io<R: Rt>() {
     run::<R>(LIMIT, async {
         let timeout = Duration::from_millis(200);
         let (tx, rx) = async_channel::unbounded();
-        let cfg = Config {
-            idle_timeout: Some(timeout),
-            ..config()
+        let cfg = {
+            let mut c_config = config();
+            c_config.idle_timeout = Some(timeout);
+            c_config
         };
         let (handle, rec) = start::<R>(cfg, move |mut conn: Conn| {
             let tx = tx.clone();
@@ -319,16 +332,20 @@ pub fn idle_timeout_subsecond_reaps_and_fails_pending_io<R: Rt>() {
             "reaped after {idle:?}"
         );
         assert!(idle < timeout * 4, "reaped after {idle:?}");
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
 pub fn idle_timeout_spares_active_connections<R: Rt>() {
     run::<R>(LIMIT, async {
         let timeout = Duration::from_secs(2);
-        let cfg = Config {
-            idle_timeout: Some(timeout),
-            ..config()
+        let cfg = {
+            let mut c_config = config();
+            c_config.idle_timeout = Some(timeout);
+            c_config
         };
         let (handle, rec) = start::<R>(cfg, echo_split);
         let addr = handle.local_addr().as_socket_addr().unwrap();
@@ -375,9 +392,11 @@ pub fn shutdown_returns_when_handlers_finish<R: Rt>() {
             }
             clients.clear();
         };
-        let (report, ()) =
-            futures_lite::future::zip(handle.shutdown(Duration::from_secs(3600)), clients_close)
-                .await;
+        let (report, ()) = futures_lite::future::zip(
+            handle.shutdown_within(Duration::from_secs(3600)),
+            clients_close,
+        )
+        .await;
         let report = report.unwrap();
         assert_eq!(report.forced, 0);
         assert_eq!(report.drained, 5);
@@ -399,7 +418,7 @@ pub fn shutdown_deadline_force_closes_and_reports<R: Rt>() {
         rec.accepted().await;
         rec.accepted().await;
         let err = handle
-            .shutdown(Duration::from_millis(200))
+            .shutdown_within(Duration::from_millis(200))
             .await
             .unwrap_err();
         match &err {
@@ -419,7 +438,7 @@ pub fn shutdown_deadline_force_closes_and_reports<R: Rt>() {
         assert_eq!(handle.stats().closed_by(CloseReason::ShutdownForced), 2);
         // Repeating returns the same result.
         assert!(matches!(
-            handle.shutdown(Duration::from_secs(1)).await,
+            handle.shutdown_within(Duration::from_secs(1)).await,
             Err(Error::ShutdownTimeout { forced: 2, .. })
         ));
     });
@@ -432,7 +451,7 @@ pub fn new_connects_refused_while_draining<R: Rt>() {
         let _held = connect(addr).await;
         rec.accepted().await;
         let h = handle.clone();
-        let shutdown = async move { h.shutdown(Duration::from_secs(3600)).await };
+        let shutdown = async move { h.shutdown_within(Duration::from_secs(3600)).await };
         let check = async {
             rec.next("Draining", |e| {
                 matches!(e, Ev::Server(ServerEvent::Draining { .. }))
@@ -459,9 +478,9 @@ pub fn shutdown_is_idempotent_and_concurrent<R: Rt>() {
         roundtrip(&mut c, b"x").await;
         let (h1, h2, h3) = (handle.clone(), handle.clone(), handle.clone());
         let (r1, (r2, r3)) = futures_lite::future::zip(
-            async move { h1.shutdown(Duration::from_secs(3600)).await },
+            async move { h1.shutdown_within(Duration::from_secs(3600)).await },
             futures_lite::future::zip(
-                async move { h2.shutdown(Duration::from_secs(3600)).await },
+                async move { h2.shutdown_within(Duration::from_secs(3600)).await },
                 async move { h3.close().await },
             ),
         )
@@ -478,7 +497,7 @@ pub fn shutdown_is_idempotent_and_concurrent<R: Rt>() {
         assert_eq!(handle.state(), State::Stopped);
         assert_eq!(handle.open_connections(), 0);
         // Again, after stop.
-        let again = handle.shutdown(Duration::from_secs(1)).await;
+        let again = handle.shutdown_within(Duration::from_secs(1)).await;
         assert!(again.is_ok() || matches!(again, Err(Error::ShutdownTimeout { .. })));
         assert_eq!(handle.close().await, r3);
         let stopped = rec
@@ -498,7 +517,10 @@ pub fn shutdown_before_serve_is_a_noop<R: Rt>() {
         assert!(!handle.is_running() && !handle.is_draining());
         assert_eq!(handle.open_connections(), 0);
         assert_eq!(
-            handle.shutdown(Duration::from_secs(1)).await.unwrap(),
+            handle
+                .shutdown_within(Duration::from_secs(1))
+                .await
+                .unwrap(),
             Default::default()
         );
         assert_eq!(handle.close().await, Default::default());
@@ -508,7 +530,10 @@ pub fn shutdown_before_serve_is_a_noop<R: Rt>() {
         let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
         roundtrip(&mut c, b"served").await;
         drop(c);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
@@ -518,7 +543,10 @@ pub fn shutdown_right_after_serve_is_not_lost<R: Rt>() {
             let server = Builder::new(config()).runtime(R::runtime()).bind().unwrap();
             let addr = server.local_addr().as_socket_addr().unwrap();
             let handle = server.serve(echo_split);
-            handle.shutdown(Duration::from_secs(5)).await.unwrap();
+            handle
+                .shutdown_within(Duration::from_secs(5))
+                .await
+                .unwrap();
             assert_eq!(handle.state(), State::Stopped);
             assert!(async_net::TcpStream::connect(addr).await.is_err());
         }
@@ -591,7 +619,7 @@ pub fn draining_handler_loses_no_acknowledged_request<R: Rt>() {
         let first = acks.next().await.unwrap().unwrap();
         assert_eq!(first, "ack 0");
         let h = handle.clone();
-        let shutdown = async move { h.shutdown(Duration::from_secs(3600)).await };
+        let shutdown = async move { h.shutdown_within(Duration::from_secs(3600)).await };
         let count = async move {
             let mut n = 1;
             while let Some(Ok(line)) = acks.next().await {
@@ -647,23 +675,26 @@ pub fn invalid_config_is_a_typed_error<R: Rt>() {
                 matches!(e, ConfigError::InvalidPort { .. })
             }),
             (
-                Config {
-                    max_connections: Some(0),
-                    ..config()
+                {
+                    let mut c_config = config();
+                    c_config.max_connections = Some(0);
+                    c_config
                 },
                 |e| matches!(e, ConfigError::ZeroMaxConnections),
             ),
             (
-                Config {
-                    idle_timeout: Some(Duration::ZERO),
-                    ..config()
+                {
+                    let mut c_config = config();
+                    c_config.idle_timeout = Some(Duration::ZERO);
+                    c_config
                 },
                 |e| matches!(e, ConfigError::ZeroIdleTimeout),
             ),
             (
-                Config {
-                    backlog: 0,
-                    ..config()
+                {
+                    let mut c_config = config();
+                    c_config.backlog = 0;
+                    c_config
                 },
                 |e| matches!(e, ConfigError::InvalidBacklog(0)),
             ),
@@ -683,9 +714,10 @@ pub fn invalid_config_is_a_typed_error<R: Rt>() {
 
 pub fn max_connections_applies_backpressure<R: Rt>() {
     run::<R>(LIMIT, async {
-        let cfg = Config {
-            max_connections: Some(2),
-            ..config()
+        let cfg = {
+            let mut c_config = config();
+            c_config.max_connections = Some(2);
+            c_config
         };
         let (handle, rec) = start::<R>(cfg, echo_split);
         let addr = handle.local_addr().as_socket_addr().unwrap();
@@ -712,7 +744,10 @@ pub fn max_connections_applies_backpressure<R: Rt>() {
         assert!(handle.open_connections() <= 2);
         drop((b, c));
         let _ = rec;
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
@@ -725,7 +760,10 @@ pub fn connection_event_sequence<R: Rt>() {
         roundtrip(&mut c, b"x").await;
         drop(c);
         rec.closed().await;
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
         let log = rec.log();
         assert_eq!(log.len(), 5, "{log:#?}");
         assert_eq!(
@@ -776,7 +814,7 @@ pub fn state_transitions<R: Rt>() {
         let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
         rec.accepted().await;
         let h = handle.clone();
-        let shutdown = async move { h.shutdown(Duration::from_secs(3600)).await };
+        let shutdown = async move { h.shutdown_within(Duration::from_secs(3600)).await };
         let observe = async {
             rec.next("Draining", |e| {
                 matches!(e, Ev::Server(ServerEvent::Draining { .. }))
@@ -801,20 +839,23 @@ pub fn tune_hook_runs_after_defaults_and_errors_close<R: Rt>() {
         let rec = Recorder::new();
         let server = rec
             .attach(Builder::new(config()).runtime(R::runtime()))
-            .bind()
-            .unwrap()
-            .tune(move |stream| {
+            .tune(move |socket| {
                 // berth's default (TCP_NODELAY on) is already applied; the hook wins.
-                let socket = stream.get_ref();
-                let nodelay_before = socket.nodelay()?;
-                socket.set_nodelay(false)?;
-                s.lock().unwrap().push((nodelay_before, socket.nodelay()?));
-                if socket.peer_addr()?.port() % 2 == 0 {
+                let socket = socket2::SockRef::from(socket);
+                let nodelay_before = socket.tcp_nodelay()?;
+                socket.set_tcp_nodelay(false)?;
+                s.lock()
+                    .unwrap()
+                    .push((nodelay_before, socket.tcp_nodelay()?));
+                let peer = socket.peer_addr()?.as_socket().expect("a TCP peer");
+                if peer.port() % 2 == 0 {
                     Err(io::Error::other("even ports are rejected by this test"))
                 } else {
                     Ok(())
                 }
-            });
+            })
+            .bind()
+            .unwrap();
         let handle = server.serve(echo_split);
         let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut served = 0;
@@ -872,7 +913,10 @@ pub fn hooks_are_replaceable_and_panics_contained<R: Rt>() {
             .unwrap();
         assert!(matches!(ev, ConnEvent::Closed { .. }));
         drop(c);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
@@ -912,7 +956,10 @@ pub fn stale_conn_handle_cannot_touch_reused_slot<R: Rt>() {
         assert!(ends(&mut second).await);
         let (_, reason) = rec.closed().await;
         assert_eq!(reason, CloseReason::Aborted);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
@@ -958,7 +1005,10 @@ pub fn conn_context_addresses_extensions_and_eof<R: Rt>() {
         assert!(connected && !draining);
         let (_, reason) = rec.closed().await;
         assert_eq!(reason, CloseReason::PeerClosed);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
@@ -984,16 +1034,20 @@ pub fn conn_handle_close_aborts_pending_io<R: Rt>() {
         assert_eq!(r, Err(io::ErrorKind::ConnectionAborted));
         assert!(ends(&mut c).await);
         assert_eq!(rec.closed().await.1, CloseReason::Aborted);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
 pub fn lingering_close_delivers_everything_and_is_bounded<R: Rt>() {
     run::<R>(LIMIT, async {
         let linger = Duration::from_millis(300);
-        let cfg = Config {
-            linger_timeout: linger,
-            ..config()
+        let cfg = {
+            let mut c_config = config();
+            c_config.linger_timeout = linger;
+            c_config
         };
         // Reads one byte, answers with 1 MiB, and returns while the client keeps sending.
         let (handle, rec) = start::<R>(cfg, |mut conn: Conn| async move {
@@ -1020,7 +1074,10 @@ pub fn lingering_close_delivers_everything_and_is_bounded<R: Rt>() {
         assert!(started.elapsed() < linger * 10, "{:?}", started.elapsed());
         assert_eq!(handle.open_connections(), 0);
         drop(c);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
@@ -1061,16 +1118,20 @@ pub fn struct_handler_serves_with_its_own_state<R: Rt>() {
             rec.closed().await;
         }
         assert_eq!(handle.stats().accepted, 3);
-        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
     });
 }
 
 pub fn readable_waits_without_consuming_and_fails_when_closed<R: Rt>() {
     run::<R>(LIMIT, async {
         let (tx, rx) = async_channel::unbounded();
-        let cfg = Config {
-            idle_timeout: Some(Duration::from_millis(300)),
-            ..config()
+        let cfg = {
+            let mut c_config = config();
+            c_config.idle_timeout = Some(Duration::from_millis(300));
+            c_config
         };
         let (handle, _rec) = start::<R>(cfg, move |mut conn: Conn| {
             let tx = tx.clone();
@@ -1112,9 +1173,10 @@ pub fn readable_waits_without_consuming_and_fails_when_closed<R: Rt>() {
 pub fn readable_returns_when_draining_begins<R: Rt>() {
     run::<R>(LIMIT, async {
         let (tx, rx) = async_channel::unbounded();
-        let cfg = Config {
-            linger_timeout: Duration::from_secs(3600),
-            ..config()
+        let cfg = {
+            let mut c_config = config();
+            c_config.linger_timeout = Duration::from_secs(3600);
+            c_config
         };
         let (handle, rec) = start::<R>(cfg, move |mut conn: Conn| {
             let tx = tx.clone();
@@ -1130,7 +1192,7 @@ pub fn readable_returns_when_draining_begins<R: Rt>() {
             rec.accepted().await;
         }
         let h = handle.clone();
-        let shutdown = async move { h.shutdown(Duration::from_secs(3600)).await };
+        let shutdown = async move { h.shutdown_within(Duration::from_secs(3600)).await };
         let clients_close = async {
             for _ in 0..5 {
                 assert_eq!(

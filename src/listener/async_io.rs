@@ -1,4 +1,4 @@
-//! An accepted socket on async-io's reactor: the stream type of the TCP and Unix listeners.
+//! Accepted sockets on async-io's reactor (the smol and async-std adapters).
 
 use std::io;
 use std::pin::Pin;
@@ -6,33 +6,17 @@ use std::task::{Context, Poll};
 
 use async_io::Async;
 
-/// An accepted socket on async-io's reactor (`Async<T>`, no `Arc`, no cached readiness
+/// An accepted socket on async-io's reactor (`Async<T>`: no `Arc`, no cached readiness
 /// futures), with `close` shutting down the write side, which async-io's own `poll_close`
 /// does not do (it only flushes): the peer reads end of file, and berth's lingering close
-/// works. Also reports readiness for [`Conn::readable`](crate::Conn::readable).
-///
-/// Used as [`TcpStream`](super::TcpStream) and, on Unix, [`UnixStream`](super::UnixStream).
+/// works.
 #[derive(Debug)]
-pub struct AsyncStream<T>(pub(super) Async<T>);
+pub(crate) struct AsyncIoStream<T>(pub(crate) Async<T>);
 
-impl<T> AsyncStream<T> {
-    /// The std socket, e.g. for `socket2::SockRef::from(stream.get_ref())` in a tune hook.
-    pub fn get_ref(&self) -> &T {
-        self.0.get_ref()
-    }
-}
-
-/// Sockets whose write side can be shut down (sealed: std's TCP and Unix streams).
-pub trait HalfClose: sealed::Sealed {
+/// Sockets whose write side can be shut down: std's TCP and Unix streams.
+pub(crate) trait HalfClose {
     /// `shutdown(Write)`.
     fn shutdown_write(&self) -> io::Result<()>;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for std::net::TcpStream {}
-    #[cfg(unix)]
-    impl Sealed for std::os::unix::net::UnixStream {}
 }
 
 impl HalfClose for std::net::TcpStream {
@@ -48,7 +32,18 @@ impl HalfClose for std::os::unix::net::UnixStream {
     }
 }
 
-impl<T> futures_io::AsyncRead for AsyncStream<T>
+impl<T> AsyncIoStream<T> {
+    pub(crate) fn get_ref(&self) -> &T {
+        self.0.get_ref()
+    }
+
+    /// Readable without reading: async-io waits on the socket's readiness.
+    pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_readable(cx)
+    }
+}
+
+impl<T> futures_io::AsyncRead for AsyncIoStream<T>
 where
     Async<T>: futures_io::AsyncRead,
 {
@@ -69,7 +64,7 @@ where
     }
 }
 
-impl<T: HalfClose> futures_io::AsyncWrite for AsyncStream<T>
+impl<T: HalfClose> futures_io::AsyncWrite for AsyncIoStream<T>
 where
     Async<T>: futures_io::AsyncWrite,
 {

@@ -1,0 +1,228 @@
+//! The user's callbacks, and the telemetry that rides along with events (tracing, metrics).
+//!
+//! Hooks are plain synchronous callbacks, called on the task where the event happens; keep
+//! them short (forward to a channel if you need to do I/O). They can be set or replaced at
+//! any time, also while serving, through [`ServerHandle`](crate::ServerHandle) or the
+//! [`Builder`](crate::Builder). A hook that panics is contained: the panic is reported to the
+//! error hook as [`Error::HookPanicked`] and the server carries on.
+//!
+//! What the accept loop has to report (a refused connection, an accept error) is not
+//! reported on the loop: it is queued and a reporter task runs the hooks, so a slow hook
+//! never slows accepting. The queue is bounded; reports beyond it are counted
+//! ([`Stats::reports_dropped`](crate::Stats::reports_dropped)) instead of queued.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use event_listener::Event;
+use futures_lite::FutureExt as _;
+
+use crate::error::{Error, panic_message};
+use crate::events::{ConnEvent, ServerEvent};
+use crate::latch::Latch;
+
+/// Reports queued for the reporter task at most; beyond this they are dropped and counted.
+const DEFERRED_CAPACITY: usize = 4096;
+
+type Hook<T> = Arc<dyn Fn(&T) + Send + Sync>;
+
+/// The user's callbacks. Each sits behind its own lock so it can be replaced while serving;
+/// the lock is held only to clone the `Arc`, never while the hook runs.
+#[derive(Default)]
+pub(crate) struct Hooks {
+    conn: RwLock<Option<Hook<ConnEvent>>>,
+    server: RwLock<Option<Hook<ServerEvent>>>,
+    error: RwLock<Option<Hook<Error>>>,
+    deferred: Deferred,
+}
+
+/// A report from the accept loop, for the reporter task.
+pub(crate) enum Report {
+    Conn(ConnEvent),
+    Error(Error),
+}
+
+#[derive(Default)]
+struct Deferred {
+    queue: Mutex<VecDeque<Report>>,
+    /// Reports queued or being reported.
+    pending: AtomicUsize,
+    dropped: AtomicU64,
+    /// Something was queued.
+    queued: Event,
+    /// `pending` fell to zero.
+    idle: Event,
+}
+
+fn load<T: ?Sized>(slot: &RwLock<Option<Arc<T>>>) -> Option<Arc<T>> {
+    // A poisoned lock only means a writer panicked mid-swap of an Arc: the value is fine.
+    slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn store<T: ?Sized>(slot: &RwLock<Option<Arc<T>>>, value: Option<Arc<T>>) {
+    *slot.write().unwrap_or_else(|e| e.into_inner()) = value;
+}
+
+impl Hooks {
+    pub(crate) fn set_conn(&self, hook: Option<Hook<ConnEvent>>) {
+        store(&self.conn, hook);
+    }
+    pub(crate) fn set_server(&self, hook: Option<Hook<ServerEvent>>) {
+        store(&self.server, hook);
+    }
+    pub(crate) fn set_error(&self, hook: Option<Hook<Error>>) {
+        store(&self.error, hook);
+    }
+
+    pub(crate) fn conn(&self, event: ConnEvent) {
+        #[cfg(feature = "tracing")]
+        trace::conn(&event);
+        #[cfg(feature = "metrics")]
+        crate::metrics::conn(&event);
+        if let Some(hook) = load(&self.conn) {
+            self.call("connection event", || hook(&event));
+        }
+    }
+
+    pub(crate) fn server(&self, event: ServerEvent) {
+        #[cfg(feature = "tracing")]
+        trace::server(&event);
+        if let Some(hook) = load(&self.server) {
+            self.call("server event", || hook(&event));
+        }
+    }
+
+    pub(crate) fn error(&self, error: &Error) {
+        #[cfg(feature = "tracing")]
+        tracing::warn!(target: "berth", error = %error, "server error");
+        if let Some(hook) = load(&self.error) {
+            // Nobody to report a panicking error hook to: contain it and move on.
+            let _ = catch_unwind(AssertUnwindSafe(|| hook(error)));
+        }
+    }
+
+    /// Queues `report` for the reporter task (see the module docs); never blocks.
+    pub(crate) fn defer(&self, report: Report) {
+        let d = &self.deferred;
+        let mut queue = d.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= DEFERRED_CAPACITY {
+            d.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        queue.push_back(report);
+        d.pending.fetch_add(1, Ordering::AcqRel);
+        drop(queue);
+        d.queued.notify(1);
+    }
+
+    /// Reports dropped because the reporter was too far behind.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.deferred.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The reporter task: runs the hooks for queued reports until `stopped` is set and the
+    /// queue is empty.
+    pub(crate) async fn report_deferred(&self, stopped: &Latch) {
+        let d = &self.deferred;
+        loop {
+            let next = d
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            match next {
+                Some(report) => {
+                    match report {
+                        Report::Conn(event) => self.conn(event),
+                        Report::Error(error) => self.error(&error),
+                    }
+                    if d.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        d.idle.notify(usize::MAX);
+                    }
+                }
+                None if stopped.is_set() => return,
+                None => {
+                    let listener = d.queued.listen();
+                    if d.pending.load(Ordering::Acquire) > 0 {
+                        continue;
+                    }
+                    listener.or(stopped.wait()).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued report has been reported.
+    pub(crate) async fn flushed(&self) {
+        let d = &self.deferred;
+        while d.pending.load(Ordering::Acquire) > 0 {
+            let listener = d.idle.listen();
+            if d.pending.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    fn call(&self, hook: &'static str, f: impl FnOnce()) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+            self.error(&Error::HookPanicked {
+                hook,
+                message: panic_message(&*payload),
+            });
+        }
+    }
+}
+
+/// Events as `tracing` events (feature `tracing`), in the connection's span where there is
+/// one: lifecycle at debug level, refusals, TLS failures and errors at warn.
+#[cfg(feature = "tracing")]
+mod trace {
+    use super::{ConnEvent, ServerEvent};
+
+    pub(super) fn conn(event: &ConnEvent) {
+        match event {
+            ConnEvent::Accepted { id, peer_addr, .. } => {
+                tracing::debug!(target: "berth", id, peer = %peer_addr, "accepted")
+            }
+            ConnEvent::TlsEstablished { id, info } => tracing::debug!(
+                target: "berth", id, version = %info.version, cipher = %info.cipher_suite,
+                alpn = ?info.alpn.as_deref().map(String::from_utf8_lossy), "TLS established"
+            ),
+            ConnEvent::TlsFailed {
+                id,
+                peer_addr,
+                reason,
+            } => {
+                tracing::warn!(target: "berth", id, peer = %peer_addr, %reason, "TLS failed")
+            }
+            ConnEvent::Rejected { peer_addr, reason } => {
+                tracing::warn!(target: "berth", peer = %peer_addr, %reason, "rejected")
+            }
+            ConnEvent::Closed {
+                id,
+                reason,
+                duration,
+                ..
+            } => {
+                tracing::debug!(target: "berth", id, ?reason, ?duration, "closed")
+            }
+        }
+    }
+
+    pub(super) fn server(event: &ServerEvent) {
+        match event {
+            ServerEvent::Listening { addr, tls } => {
+                tracing::info!(target: "berth", %addr, tls, "listening")
+            }
+            ServerEvent::Draining { open_connections } => {
+                tracing::info!(target: "berth", open_connections, "draining")
+            }
+            ServerEvent::Stopped { drained, forced } => {
+                tracing::info!(target: "berth", drained, forced, "stopped")
+            }
+        }
+    }
+}

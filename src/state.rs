@@ -1,0 +1,517 @@
+//! The state every part of one server shares: where it is in its life, how many connections
+//! are open, the registry of per-connection slots, the coarse clock, the shutdown latches,
+//! the hooks, the counters, the admission table and the current TLS configuration.
+//!
+//! [`Core`] keeps its fields private; the accept loop, the connection task, the idle scanner,
+//! the shutdown driver and the public handles use it through the narrow methods below. It
+//! imports only the vocabulary modules, so every mechanism can depend on it and nothing in
+//! it depends on a mechanism.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use event_listener::Event;
+
+use crate::addr::Addr;
+use crate::admission::{IpKey, Limiter};
+use crate::config::Config;
+use crate::error::Error;
+use crate::events::{CloseReason, ConnEvent, Count, Counters, ShutdownReport, Stats};
+use crate::hooks::{Hooks, Report};
+use crate::latch::Latch;
+use crate::limits::RejectReason;
+use crate::pool::{Pool, Slot, SlotState};
+use crate::runtime::Runtime;
+
+/// Where a server is in its life. It only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum State {
+    /// Bound, not serving yet.
+    Created = 0,
+    /// Accepting and serving connections.
+    Running = 1,
+    /// Shutting down: the listeners are closed, open connections are finishing.
+    Draining = 2,
+    /// Stopped: nothing is accepted, no connection is open.
+    Stopped = 3,
+}
+
+/// The TLS configuration new connections use, swapped whole by a reload.
+#[cfg(feature = "tls")]
+pub(crate) type TlsSetting = Option<Arc<rustls::ServerConfig>>;
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsSetting = ();
+
+/// The shutdown latches, in the order a shutdown sets them.
+#[derive(Debug, Default)]
+struct Latches {
+    /// Asks the accept loops to stop.
+    stop_accepting: Latch,
+    /// Every accept loop has dropped its listener.
+    accept_stopped: Latch,
+    /// Connections were told to drain.
+    draining: Latch,
+    /// `close()` was called: stop waiting for handlers.
+    close_requested: Latch,
+    /// The final sweep is under way: connections registering from now on close themselves,
+    /// handshakes and lingering closes stop.
+    force: Latch,
+    /// Everything is done.
+    stopped: Latch,
+}
+
+/// One server's shared state. See the module docs.
+pub(crate) struct Core {
+    runtime: Arc<dyn Runtime>,
+    config: Config,
+    state: AtomicU8,
+    /// Connections counted as open: from accept until their socket is closed.
+    open: AtomicUsize,
+    /// `Closed` events being reported (shutdown waits for them too).
+    reports_in_flight: AtomicUsize,
+    /// The open count went down, or a `Closed` report finished.
+    conn_closed: Event,
+    accept_loops: AtomicUsize,
+    latches: Latches,
+    /// Claimed by the one call that drives a shutdown; the others wait for its result.
+    stop_claimed: AtomicBool,
+    stop_result: Mutex<Option<(ShutdownReport, Duration)>>,
+    pool: Pool,
+    clock: Clock,
+    hooks: Hooks,
+    counters: Counters,
+    next_id: AtomicU64,
+    limiter: Limiter,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    tls: std::sync::RwLock<TlsSetting>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("state", &self.state())
+            .field("open_connections", &self.open_connections())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Core {
+    pub(crate) fn new(
+        runtime: Arc<dyn Runtime>,
+        config: Config,
+        hooks: Hooks,
+        tls: TlsSetting,
+    ) -> Self {
+        Core {
+            clock: Clock::new(runtime.now()),
+            limiter: Limiter::new(config.limits.clone()),
+            runtime,
+            config,
+            state: AtomicU8::new(State::Created as u8),
+            open: AtomicUsize::new(0),
+            reports_in_flight: AtomicUsize::new(0),
+            conn_closed: Event::new(),
+            accept_loops: AtomicUsize::new(0),
+            latches: Latches::default(),
+            stop_claimed: AtomicBool::new(false),
+            stop_result: Mutex::new(None),
+            pool: Pool::default(),
+            hooks,
+            counters: Counters::default(),
+            next_id: AtomicU64::new(1),
+            tls: std::sync::RwLock::new(tls),
+        }
+    }
+
+    pub(crate) fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+
+    // --- life cycle -----------------------------------------------------------------------
+
+    pub(crate) fn state(&self) -> State {
+        match self.state.load(Ordering::Acquire) {
+            0 => State::Created,
+            1 => State::Running,
+            2 => State::Draining,
+            _ => State::Stopped,
+        }
+    }
+
+    pub(crate) fn set_state(&self, state: State) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    // --- accept loops ---------------------------------------------------------------------
+
+    /// An accept loop starts (before it is spawned, so a shutdown waits for it).
+    pub(crate) fn accept_loop_started(&self) {
+        self.accept_loops.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// An accept loop has dropped its listener.
+    pub(crate) fn accept_loop_ended(&self) {
+        if self.accept_loops.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.latches.accept_stopped.set();
+        }
+    }
+
+    /// Whether accept loops should stop.
+    pub(crate) fn stop_accepting_requested(&self) -> bool {
+        self.latches.stop_accepting.is_set()
+    }
+
+    /// Completes when accept loops should stop.
+    pub(crate) async fn accepting_stopped(&self) {
+        self.latches.stop_accepting.wait().await;
+    }
+
+    /// Tells the accept loops to stop and waits until every one has dropped its listener.
+    pub(crate) async fn stop_accepting(&self) {
+        self.latches.stop_accepting.set();
+        if self.accept_loops.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        self.latches.accept_stopped.wait().await;
+    }
+
+    // --- the open count -------------------------------------------------------------------
+
+    /// Connections open now: counted from accept until their socket is closed.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Counts a connection as open. Every call is matched by one [`report_closed`] or
+    /// [`report_rejected`], from the connection's lifecycle value.
+    ///
+    /// [`report_closed`]: Self::report_closed
+    /// [`report_rejected`]: Self::report_rejected
+    pub(crate) fn count_open(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn count_down(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.conn_closed.notify(usize::MAX);
+    }
+
+    /// Waits until fewer than `max` connections are open. Returns false if the accept loops
+    /// were told to stop meanwhile.
+    pub(crate) async fn below(&self, max: usize) -> bool {
+        use futures_lite::FutureExt as _;
+        let below = async {
+            while self.open_connections() >= max {
+                let listener = self.conn_closed.listen();
+                if self.open_connections() < max {
+                    break;
+                }
+                listener.await;
+            }
+            true
+        };
+        let stop = async {
+            self.accepting_stopped().await;
+            false
+        };
+        stop.or(below).await
+    }
+
+    /// Whether no connection is open and every `Closed` event has fired.
+    pub(crate) fn all_closed(&self) -> bool {
+        self.open_connections() == 0 && self.reports_in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Waits until [`all_closed`](Self::all_closed).
+    pub(crate) async fn wait_all_closed(&self) {
+        while !self.all_closed() {
+            let listener = self.conn_closed.listen();
+            if self.all_closed() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // --- the end of a connection ----------------------------------------------------------
+
+    /// The end of a served connection, once its socket is closed: stats, the count, the
+    /// `Closed` event. The count drops before the event (a hook that sees `Closed` sees the
+    /// new count); the report stays "in flight" until the event is out, and shutdown waits
+    /// for in-flight reports too (after it returns, every `Closed` event has fired).
+    pub(crate) fn report_closed(
+        &self,
+        id: u64,
+        peer_addr: Addr,
+        reason: CloseReason,
+        opened_at: Instant,
+    ) {
+        self.counters.closed(reason);
+        self.reports_in_flight.fetch_add(1, Ordering::AcqRel);
+        self.count_down();
+        self.hooks.conn(ConnEvent::Closed {
+            id,
+            peer_addr,
+            reason,
+            duration: self.runtime.now().saturating_duration_since(opened_at),
+        });
+        self.reports_in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.conn_closed.notify(usize::MAX);
+    }
+
+    /// The end of a connection refused after it was counted (a bad PROXY header, admission
+    /// on the client's original address): it never counted as served.
+    pub(crate) fn report_rejected(&self, peer_addr: Addr, reason: RejectReason) {
+        self.counters.add(Count::Rejected);
+        self.count_down();
+        self.hooks.conn(ConnEvent::Rejected { peer_addr, reason });
+    }
+
+    /// A counted connection that ends unannounced (its task was dropped before `Accepted`).
+    pub(crate) fn report_abandoned(&self) {
+        self.count_down();
+    }
+
+    /// A connection refused on the accept loop, before it was counted: counted now, the
+    /// event reported off the loop.
+    pub(crate) fn reject_on_loop(&self, peer_addr: Addr, reason: RejectReason) {
+        self.counters.add(Count::Rejected);
+        self.hooks
+            .defer(Report::Conn(ConnEvent::Rejected { peer_addr, reason }));
+    }
+
+    /// An accept error, counted now and reported off the loop.
+    pub(crate) fn accept_error(&self, error: Option<Error>) {
+        self.counters.add(Count::AcceptError);
+        #[cfg(feature = "metrics")]
+        crate::metrics::accept_error();
+        if let Some(error) = error {
+            self.hooks.defer(Report::Error(error));
+        }
+    }
+
+    pub(crate) fn count(&self, what: Count) {
+        self.counters.add(what);
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.counters
+            .snapshot(self.open_connections(), self.hooks.dropped())
+    }
+
+    // --- slots ----------------------------------------------------------------------------
+
+    /// Registers a connection for the idle scanner and server-side closes. A connection
+    /// that registers after shutdown's final sweep is closed at once, so none escapes it.
+    pub(crate) fn register(&self) -> (Arc<Slot>, u64) {
+        let (slot, generation) = self.pool.open(self.clock.stamp(), || {
+            self.counters.add(Count::SlotAllocated)
+        });
+        if self.latches.force.is_set() {
+            slot.close(generation, SlotState::ShutdownForced);
+        }
+        (slot, generation)
+    }
+
+    /// Ends a registration; returns the connection's final state as it saw it.
+    pub(crate) fn unregister(&self, slot: &Arc<Slot>, generation: u64) -> SlotState {
+        self.pool.release(slot, generation)
+    }
+
+    /// Runs `f` on every open slot with its generation.
+    pub(crate) fn for_each_open(&self, f: impl FnMut(&Slot, u64)) {
+        self.pool.for_each_open(f);
+    }
+
+    // --- the coarse clock -----------------------------------------------------------------
+
+    /// The activity stamp for now (see `idle`).
+    pub(crate) fn stamp(&self) -> u64 {
+        self.clock.stamp()
+    }
+
+    /// Nanoseconds since the server started, on the runtime's clock.
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.clock.since_origin(self.runtime.now())
+    }
+
+    /// Sets the time stamped on activity until the next sweep (see `idle`).
+    pub(crate) fn set_next_sweep(&self, ns: u64) {
+        self.clock.next_sweep.store(ns, Ordering::Relaxed);
+    }
+
+    // --- admission ------------------------------------------------------------------------
+
+    pub(crate) fn admission_active(&self) -> bool {
+        self.limiter.is_active()
+    }
+
+    /// Admits a client by IP (`None`: a Unix peer) under the limits.
+    pub(crate) fn admit(
+        &self,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<Option<IpKey>, RejectReason> {
+        self.limiter.admit(ip, self.now_ns())
+    }
+
+    /// Gives back what [`admit`](Self::admit) took.
+    pub(crate) fn release_admission(&self, key: IpKey) {
+        self.limiter.release(key, self.now_ns());
+    }
+
+    // --- shutdown -------------------------------------------------------------------------
+
+    /// Whether the server has started a graceful shutdown.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.latches.draining.is_set()
+    }
+
+    /// The drain latch, for futures that wait on it without borrowing the core.
+    pub(crate) fn draining(&self) -> &Latch {
+        &self.latches.draining
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.set_state(State::Draining);
+        self.latches.draining.set();
+        // Wake handlers waiting in `Conn::readable`, which returns once draining has begun.
+        self.pool.for_each_open(|slot, _| slot.read_waker.wake());
+    }
+
+    /// Whether shutdown's final sweep has begun: everything still open is force-closed.
+    pub(crate) fn is_forced(&self) -> bool {
+        self.latches.force.is_set()
+    }
+
+    pub(crate) async fn forced(&self) {
+        self.latches.force.wait().await;
+    }
+
+    pub(crate) fn start_forcing(&self) {
+        self.latches.force.set();
+    }
+
+    pub(crate) fn request_close(&self) {
+        self.latches.close_requested.set();
+    }
+
+    pub(crate) async fn close_requested(&self) {
+        self.latches.close_requested.wait().await;
+    }
+
+    pub(crate) async fn stopped(&self) {
+        self.latches.stopped.wait().await;
+    }
+
+    pub(crate) fn stopped_latch(&self) -> &Latch {
+        &self.latches.stopped
+    }
+
+    /// Claims the shutdown; false if another call already drives it.
+    pub(crate) fn claim_stop(&self) -> bool {
+        !self.stop_claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Records the shutdown's outcome and marks the server stopped.
+    pub(crate) fn finish_stop(&self, report: ShutdownReport, grace: Duration) {
+        *lock(&self.stop_result) = Some((report, grace));
+        self.set_state(State::Stopped);
+        self.latches.stopped.set();
+    }
+
+    /// The shutdown's outcome, as every caller of `shutdown` sees it.
+    pub(crate) fn stop_result(&self) -> Result<ShutdownReport, Error> {
+        let (report, grace) = lock(&self.stop_result).unwrap_or_default();
+        if report.forced > 0 {
+            Err(Error::ShutdownTimeout {
+                forced: report.forced,
+                drained: report.drained,
+                grace,
+            })
+        } else {
+            Ok(report)
+        }
+    }
+
+    /// The shutdown's report (default before one finished).
+    pub(crate) fn stop_report(&self) -> ShutdownReport {
+        lock(&self.stop_result)
+            .map(|(report, _)| report)
+            .unwrap_or_default()
+    }
+
+    // --- TLS ------------------------------------------------------------------------------
+
+    /// The TLS configuration new connections use, if this is a TLS server.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls().is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// Replaces the TLS configuration of a TLS server; false for a plain one.
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_tls(&self, config: Arc<rustls::ServerConfig>) -> bool {
+        let mut current = self.tls.write().unwrap_or_else(|e| e.into_inner());
+        if current.is_none() {
+            return false;
+        }
+        *current = Some(config);
+        true
+    }
+}
+
+/// The coarse clock: nanoseconds since the server started, as of the next planned sweep.
+///
+/// A connection's read/write path copies [`stamp`](Self::stamp) into its slot (one relaxed
+/// load and store, no syscall); the idle scanner advances it once per tick. Holding the time
+/// of the *next* sweep means a stamp is never earlier than the activity it records, so
+/// nothing is reaped early.
+#[derive(Debug)]
+pub(crate) struct Clock {
+    origin: Instant,
+    next_sweep: AtomicU64,
+}
+
+impl Clock {
+    pub(crate) fn new(origin: Instant) -> Self {
+        Clock {
+            origin,
+            next_sweep: AtomicU64::new(0),
+        }
+    }
+
+    /// The stamp for activity happening now.
+    pub(crate) fn stamp(&self) -> u64 {
+        self.next_sweep.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn since_origin(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+}

@@ -1,0 +1,244 @@
+//! Loading a [`TlsConfig`] into a rustls `ServerConfig` (ring provider): PEM files, SNI,
+//! versions, suites, client authentication, validity warnings.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ResolvesServerCertUsingSni, WebPkiClientVerifier,
+};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::{CertKey, ClientAuth, PemSource, TlsConfig, TlsError, TlsVersion, ValidityWarning};
+
+impl TlsConfig {
+    /// Loads every file and builds the rustls configuration. Also returns the certificates
+    /// that are outside their validity period now (a warning, not an error: clocks differ).
+    pub fn load(&self) -> Result<(Arc<ServerConfig>, Vec<ValidityWarning>), TlsError> {
+        if self.min_version > self.max_version {
+            return Err(TlsError::VersionRange {
+                min: self.min_version,
+                max: self.max_version,
+            });
+        }
+        if self.certificates.is_empty() {
+            return Err(TlsError::NoCertificates);
+        }
+        let provider = Arc::new(self.provider()?);
+        let mut warnings = Vec::new();
+        let mut by_name = ResolvesServerCertUsingSni::new();
+        let mut default_key = None;
+        for entry in &self.certificates {
+            let (chain, key) = load_pair(entry)?;
+            warnings.extend(validity_warning(&entry.cert, &chain));
+            let cert_name = entry.cert.to_string();
+            let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+                TlsError::KeyMismatch {
+                    cert: cert_name.clone(),
+                    key: entry.key.to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
+            for name in &entry.server_names {
+                by_name
+                    .add(name, certified.clone())
+                    .map_err(|e| TlsError::ServerName {
+                        cert: cert_name.clone(),
+                        name: name.clone(),
+                        reason: e.to_string(),
+                    })?;
+            }
+            default_key.get_or_insert_with(|| Arc::new(certified));
+        }
+        let resolver = SniResolver {
+            by_name,
+            default: default_key.ok_or(TlsError::NoCertificates)?,
+        };
+        let versions: Vec<&'static SupportedProtocolVersion> = [
+            (TlsVersion::Tls12, &rustls::version::TLS12),
+            (TlsVersion::Tls13, &rustls::version::TLS13),
+        ]
+        .into_iter()
+        .filter(|(v, _)| (self.min_version..=self.max_version).contains(v))
+        .map(|(_, v)| v)
+        .collect();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions)
+            .map_err(|e| match e {
+                rustls::Error::General(_) if !self.cipher_suites.is_empty() => {
+                    TlsError::NoUsableCipherSuite
+                }
+                e => TlsError::Rustls(e.to_string()),
+            })?;
+        let builder = match self.client_auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            mode => {
+                let roots = self.client_roots(mode)?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = if mode == ClientAuth::Optional {
+                    verifier.allow_unauthenticated()
+                } else {
+                    verifier
+                };
+                let verifier = verifier.build().map_err(|e| TlsError::EmptyCaBundle {
+                    mode,
+                    source_name: format!("{} ({e})", self.ca_name()),
+                })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
+        config.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        if self.session_resumption {
+            config.ticketer = rustls::crypto::ring::Ticketer::new()
+                .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        } else {
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
+        Ok((Arc::new(config), warnings))
+    }
+
+    fn ca_name(&self) -> String {
+        self.client_ca
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |s| s.to_string())
+    }
+
+    fn client_roots(&self, mode: ClientAuth) -> Result<RootCertStore, TlsError> {
+        let empty = || TlsError::EmptyCaBundle {
+            mode,
+            source_name: self.ca_name(),
+        };
+        let source = self.client_ca.as_ref().ok_or_else(empty)?;
+        let certs = match read_certs(source) {
+            Err(TlsError::NoCertificateInPem(_)) => return Err(empty()),
+            other => other?,
+        };
+        let mut roots = RootCertStore::empty();
+        let (added, _ignored) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(empty());
+        }
+        Ok(roots)
+    }
+
+    /// The ring provider, with the cipher suites narrowed to the configured names.
+    fn provider(&self) -> Result<CryptoProvider, TlsError> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if !self.cipher_suites.is_empty() {
+            let name = |s: &rustls::SupportedCipherSuite| format!("{:?}", s.suite());
+            let mut chosen = Vec::new();
+            for wanted in &self.cipher_suites {
+                let found = provider
+                    .cipher_suites
+                    .iter()
+                    .find(|s| name(s).eq_ignore_ascii_case(wanted))
+                    .ok_or_else(|| TlsError::UnknownCipherSuite {
+                        name: wanted.clone(),
+                        known: provider
+                            .cipher_suites
+                            .iter()
+                            .map(name)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?;
+                chosen.push(*found);
+            }
+            let usable = chosen.iter().any(|s| {
+                let v = match s.version().version {
+                    rustls::ProtocolVersion::TLSv1_2 => TlsVersion::Tls12,
+                    _ => TlsVersion::Tls13,
+                };
+                (self.min_version..=self.max_version).contains(&v)
+            });
+            if !usable {
+                return Err(TlsError::NoUsableCipherSuite);
+            }
+            provider.cipher_suites = chosen;
+        }
+        Ok(provider)
+    }
+}
+
+fn read(source: &PemSource) -> Result<Vec<u8>, TlsError> {
+    match source {
+        PemSource::Path(path) => std::fs::read(path).map_err(|e| TlsError::Read {
+            path: path.clone(),
+            reason: e.to_string(),
+        }),
+        PemSource::Pem(text) => Ok(text.as_bytes().to_vec()),
+    }
+}
+
+fn read_certs(source: &PemSource) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read(source)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadPem {
+            source_name: source.to_string(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificateInPem(source.to_string()));
+    }
+    Ok(certs)
+}
+
+fn load_pair(
+    entry: &CertKey,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = read_certs(&entry.cert)?;
+    let bytes = read(&entry.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKeyInPem(entry.key.to_string()),
+        e => TlsError::BadPem {
+            source_name: entry.key.to_string(),
+            reason: e.to_string(),
+        },
+    })?;
+    Ok((chain, key))
+}
+
+/// Checks the end-entity certificate's validity window against the system clock.
+fn validity_warning(
+    source: &PemSource,
+    chain: &[CertificateDer<'static>],
+) -> Option<ValidityWarning> {
+    let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs() as i64;
+    let validity = cert.validity();
+    let (not_before, not_after) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    (now < not_before || now > not_after).then(|| ValidityWarning {
+        source: source.to_string(),
+        not_before,
+        not_after,
+    })
+}
+
+/// Picks the certificate by SNI; falls back to the first certificate for clients that send
+/// no name or a name no certificate is configured for.
+#[derive(Debug)]
+struct SniResolver {
+    by_name: ResolvesServerCertUsingSni,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.by_name
+            .resolve(client_hello)
+            .or_else(|| Some(self.default.clone()))
+    }
+}
