@@ -4,33 +4,40 @@
 //! handler: binding and accepting (with back-off on EMFILE), one task per connection, idle
 //! reaping, connection limits, graceful shutdown, lifecycle events and counters. TLS,
 //! PROXY-protocol, tracing and metrics are optional features. It is runtime-agnostic: the
-//! same server runs on smol (default), async-std, or a simulator, because all spawning and
-//! all time go through the [`Runtime`](runtime::Runtime) seam and all connections come from
-//! a [`Listener`](listener::Listener).
+//! same server runs on smol (default), tokio, async-std, or a simulator, because all
+//! spawning and all time go through the [`Runtime`](runtime::Runtime) seam and all
+//! connections come from a [`Listener`](listener::Listener).
 //!
 //! ```no_run
 //! use futures_lite::{AsyncReadExt, AsyncWriteExt};
 //!
 //! fn main() -> Result<(), berth::Error> {
+//!     let signals = berth::signal::Signals::new()?; // SIGTERM and Ctrl-C drain, below
 //!     let server = berth::Server::bind(berth::Config::new("127.0.0.1:7000"))?;
 //!     println!("listening on {}", server.local_addr());
 //!     let handle = server.serve(|mut conn: berth::Conn| async move {
-//!         let mut buf = vec![0; 4096];
 //!         // Echo until the peer closes, an error, or the server starts draining:
 //!         // readable() waits without reading and also returns when draining begins.
 //!         while conn.readable().await.is_ok() && !conn.is_draining() {
+//!             let mut buf = [0u8; 4096];
 //!             match conn.read(&mut buf).await {
 //!                 Ok(n @ 1..) if conn.write_all(&buf[..n]).await.is_ok() => {}
 //!                 _ => break,
 //!             }
 //!         }
 //!     });
-//!     async_io::block_on(handle.stopped());
+//!     let report = futures_lite::future::block_on(handle.shutdown_on(signals.recv()))?;
+//!     println!("shutdown complete: {report}");
 //!     Ok(())
 //! }
 //! ```
 //!
-//! See the README for the defaults, the shutdown semantics and the list of events.
+//! Inside a tokio runtime the same `Server::bind` serves on tokio (its sockets, tasks and
+//! timers); see [`runtime::Tokio`].
+//!
+//! Every type has one path: the crate root holds what every server uses; [`tls`],
+//! [`limits`], [`listener`], [`runtime`] and `signal` hold the rest. See the README for the
+//! defaults, the shutdown semantics and the list of events.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
