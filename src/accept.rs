@@ -111,7 +111,7 @@ async fn accept_loop<L: Listener>(core: Arc<Core>, spawn: Arc<dyn Spawn>, listen
             Some(Err(e)) if is_per_connection(&e) => {}
             Some(Err(source)) => {
                 let delay = backoff.map_or(BACKOFF_MIN, |d| (d * 2).min(BACKOFF_MAX));
-                let first = backoff.is_none().then(|| Error::Accept {
+                let first = backoff.is_none().then_some(Error::Accept {
                     source,
                     backoff: delay,
                 });

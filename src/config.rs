@@ -239,7 +239,12 @@ impl Config {
         if let Some(unix) = &self.unix {
             unix.validate()?;
         }
-        if self.tls.is_some() && !cfg!(feature = "tls") {
+        self.check_compiled_in(cfg!(feature = "tls"))
+    }
+
+    /// Fails when the config asks for TLS and this build has no TLS.
+    fn check_compiled_in(&self, tls: bool) -> Result<(), ConfigError> {
+        if self.tls.is_some() && !tls {
             return Err(ConfigError::FeatureDisabled {
                 field: "tls",
                 feature: "tls",
@@ -433,6 +438,31 @@ mod tests {
             with(bad_mode).validate(),
             Err(ConfigError::InvalidUnixMode(0o10000))
         );
+    }
+
+    #[test]
+    fn a_tls_table_parses_everywhere_and_names_the_feature_where_tls_is_missing() {
+        let config: Config = toml::from_str(
+            r#"
+            address = "127.0.0.1:0"
+            [tls]
+            certificates = [{ cert = { path = "cert.pem" }, key = { path = "key.pem" } }]
+            "#,
+        )
+        .unwrap();
+        assert!(config.tls.is_some());
+        assert_eq!(config.check_compiled_in(true), Ok(()));
+        let err = config.check_compiled_in(false).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::FeatureDisabled {
+                field: "tls",
+                feature: "tls"
+            }
+        );
+        let message = err.to_string();
+        assert!(message.contains("`tls` feature"), "{message}");
+        assert!(message.contains(r#"features = ["tls"]"#), "{message}");
     }
 
     #[test]

@@ -63,11 +63,12 @@ impl<H: Handler> Spawn for Serving<H> {
 /// Runs one connection.
 async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Accepted>) {
     // In a block of its own, so the `Conn` the setup returns does not keep a slot in the
-    // task's state beside the handler's future, which holds it from then on.
+    // task's state beside the handler's future, which holds it from then on (an async fn
+    // keeps every local that lives across an `.await`, even once it is moved out).
     let (id, handler) = {
-        let (conn, span) = match establish(&serving, accepted) {
+        let (conn, span) = match establish(&serving, *accepted) {
             Established::Ready(conn, span) => (conn, span),
-            Established::Pending(establishing) => match establishing.await {
+            Established::Pending(setup) => match setup.await {
                 Some(established) => established,
                 None => return,
             },
@@ -75,10 +76,7 @@ async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Accepted>) {
         };
         let id = conn.id();
         let handle = conn.handle();
-        (
-            id,
-            in_span(Supervised::new(serving.handler.call(conn), handle), span),
-        )
+        (id, in_span(Supervised::new(serving.handler.call(conn), handle), span))
     };
     if let Outcome::Panicked(message) = handler.await {
         serving.core.hooks().error(&Error::HandlerPanicked {
@@ -88,26 +86,31 @@ async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Accepted>) {
     }
 }
 
+/// A PROXY header or a TLS handshake to wait for: boxed, because its state is large and
+/// short-lived, and inline it would size every connection's task.
+type Setup = Pin<Box<dyn Future<Output = Option<(Conn, ConnSpan)>> + Send>>;
+
 /// A connection's setup, done or under way.
+// Returned once and matched at once, never stored: boxing `Ready` would cost an allocation
+// per connection for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Established {
     /// The `Conn` and the connection's span.
     Ready(Conn, ConnSpan),
-    /// A PROXY header or a TLS handshake to wait for: boxed, because its state is large and
-    /// short-lived, and inline it would size every connection's task.
-    Pending(Pin<Box<dyn Future<Output = Option<(Conn, ConnSpan)>> + Send>>),
+    Pending(Setup),
     /// It ended (and was reported).
     Ended,
 }
 
 /// Everything before the handler: the tune hook, the PROXY header, `Accepted`, the TLS
 /// handshake. Synchronous for a plain connection.
-fn establish<H>(serving: &Serving<H>, accepted: Box<Accepted>) -> Established {
+fn establish<H>(serving: &Serving<H>, accepted: Accepted) -> Established {
     let Accepted {
         mut life,
         stream,
         local_addr,
         proxied,
-    } = *accepted;
+    } = accepted;
     if let Some(tune) = &serving.tune {
         if let Err(error) = tune_socket(tune, &*stream, life.peer_addr()) {
             life.accept(&local_addr);
@@ -283,7 +286,8 @@ async fn handshake<S: ByteStream>(
 #[cfg(feature = "tracing")]
 type ConnSpan = tracing::Span;
 #[cfg(not(feature = "tracing"))]
-type ConnSpan = ();
+#[derive(Clone)]
+struct ConnSpan;
 
 fn conn_span(life: &Lifecycle, meta: &Meta) -> ConnSpan {
     #[cfg(feature = "tracing")]
@@ -303,7 +307,10 @@ fn conn_span(life: &Lifecycle, meta: &Meta) -> ConnSpan {
         span
     }
     #[cfg(not(feature = "tracing"))]
-    let _ = (life, meta);
+    {
+        let _ = (life, meta);
+        ConnSpan
+    }
 }
 
 fn in_span<F: Future>(future: F, span: ConnSpan) -> impl Future<Output = F::Output> {
@@ -311,7 +318,7 @@ fn in_span<F: Future>(future: F, span: ConnSpan) -> impl Future<Output = F::Outp
     return tracing::Instrument::instrument(future, span);
     #[cfg(not(feature = "tracing"))]
     {
-        let () = span;
+        let ConnSpan = span;
         future
     }
 }
@@ -322,7 +329,7 @@ fn in_span_sync<T>(span: &ConnSpan, f: impl FnOnce() -> T) -> T {
     return span.in_scope(f);
     #[cfg(not(feature = "tracing"))]
     {
-        let () = span;
+        let ConnSpan = span;
         f()
     }
 }

@@ -305,3 +305,54 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "non-string panic payload".to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind(addr: &str, kind: io::ErrorKind) -> Error {
+        Error::Bind {
+            addr: addr.parse::<std::net::SocketAddr>().unwrap().into(),
+            source: io::Error::from(kind),
+        }
+    }
+
+    #[test]
+    fn bind_hints_fit_the_error() {
+        let in_use = bind("127.0.0.1:7000", io::ErrorKind::AddrInUse).to_string();
+        assert!(in_use.contains("listens on that port"), "{in_use}");
+        let not_here = bind("10.9.9.9:7000", io::ErrorKind::AddrNotAvailable).to_string();
+        assert!(not_here.contains("not one of this machine's"), "{not_here}");
+        assert!(!not_here.contains("another process"), "{not_here}");
+        let denied = bind("0.0.0.0:80", io::ErrorKind::PermissionDenied).to_string();
+        assert!(denied.contains("below 1024"), "{denied}");
+        let unix = Error::Bind {
+            addr: Addr::Unix(Some(std::path::Path::new("/nope/a.sock").into())),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        }
+        .to_string();
+        assert!(unix.contains("create the socket's directory"), "{unix}");
+    }
+
+    #[test]
+    fn debug_is_the_message_so_main_prints_a_sentence() {
+        let err = Error::from(ConfigError::EmptyAddress);
+        assert_eq!(format!("{err:?}"), err.to_string());
+        let tls = Error::from(crate::tls::TlsError::Read {
+            path: "cert.pem".into(),
+            reason: "No such file or directory (os error 2)".into(),
+        });
+        assert_eq!(
+            format!("{tls:?}"),
+            "invalid TLS configuration: cannot read cert.pem: No such file or directory (os error 2)"
+        );
+        // The structure is one `#` away.
+        assert!(format!("{tls:#?}").starts_with("Tls("), "{tls:#?}");
+        // A cause not already in the message is added.
+        let accept = Error::Accept {
+            source: io::Error::other("too many open files"),
+            backoff: Duration::from_millis(5),
+        };
+        assert!(!format!("{accept:?}").contains("caused by"), "{accept:?}");
+    }
+}

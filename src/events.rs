@@ -281,3 +281,36 @@ impl std::fmt::Display for ShutdownReport {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_debug_names_the_close_reasons() {
+        let counters = Counters::default();
+        counters.add(Count::Accepted);
+        counters.add(Count::Accepted);
+        counters.closed(CloseReason::PeerClosed);
+        counters.closed(CloseReason::IdleTimeout);
+        counters.closed(CloseReason::PeerClosed);
+        let stats = counters.snapshot(0, 0);
+        let debug = format!("{stats:?}");
+        assert!(
+            debug.contains(r#"closed: {"peer_closed": 2, "idle_timeout": 1}"#),
+            "{debug}"
+        );
+        assert!(debug.contains("accepted: 2"), "{debug}");
+        assert_eq!(stats.closed(), 3);
+    }
+
+    #[test]
+    fn a_shutdown_report_reads_as_a_sentence() {
+        let report = ShutdownReport {
+            drained: 3,
+            forced: 1,
+            still_open: 0,
+        };
+        assert_eq!(report.to_string(), "3 connection(s) drained, 1 forced");
+    }
+}

@@ -226,3 +226,38 @@ mod trace {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn rejected() -> Report {
+        Report::Conn(ConnEvent::Rejected {
+            peer_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)).into(),
+            reason: crate::limits::RejectReason::Denied,
+        })
+    }
+
+    #[test]
+    fn deferred_reports_reach_the_hook_in_order_and_overflow_is_counted() {
+        let hooks = Hooks::default();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        hooks.set_conn(Some(Arc::new(move |_: &ConnEvent| {
+            count.fetch_add(1, Ordering::Relaxed);
+        })));
+        // Nothing runs the hook until the reporter does: deferring never blocks.
+        for _ in 0..DEFERRED_CAPACITY + 10 {
+            hooks.defer(rejected());
+        }
+        assert_eq!(seen.load(Ordering::Relaxed), 0);
+        assert_eq!(hooks.dropped(), 10);
+        let stopped = Latch::default();
+        stopped.set();
+        // With the server stopped, the reporter drains the queue and returns.
+        futures_lite::future::block_on(hooks.report_deferred(&stopped));
+        assert_eq!(seen.load(Ordering::Relaxed), DEFERRED_CAPACITY);
+        futures_lite::future::block_on(hooks.flushed());
+    }
+}

@@ -124,3 +124,19 @@ pub(crate) async fn timeout<T>(
         })
         .await
 }
+
+#[cfg(all(test, feature = "tokio", feature = "smol"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_tokio_inside_tokio_and_smol_outside() {
+        let outside = default_runtime().unwrap();
+        assert!(matches!(outside.reactor(), Reactor::AsyncIo), "{outside:?}");
+        let rt = ::tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let inside = rt.block_on(async { default_runtime().unwrap() });
+        assert!(matches!(inside.reactor(), Reactor::Tokio(_)), "{inside:?}");
+    }
+}

@@ -134,3 +134,31 @@ impl fmt::Display for TlsFailure {
         }
     }
 }
+
+#[cfg(all(test, feature = "tls"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_info_debug_shows_alpn_as_text_and_certificates_by_subject() {
+        let mut params = rcgen::CertificateParams::new(vec!["client.test".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client one");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let info = TlsInfo {
+            version: TlsVersion::Tls13,
+            cipher_suite: "TLS13_AES_128_GCM_SHA256".into(),
+            alpn: Some(b"h2".to_vec()),
+            server_name: Some("example.test".into()),
+            peer_certificates: vec![der.clone(), vec![1, 2, 3]],
+        };
+        let debug = format!("{info:?}");
+        assert!(debug.contains(r#"alpn: Some("h2")"#), "{debug}");
+        assert!(debug.contains("CN=client one"), "{debug}");
+        assert!(debug.contains("<3 bytes of DER>"), "{debug}");
+        assert!(!debug.contains(&format!("{:?}", &der[..8])), "no raw DER: {debug}");
+        assert_eq!(info.alpn_str(), Some("h2"));
+    }
+}
