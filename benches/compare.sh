@@ -11,7 +11,10 @@
 #   bash benches/compare.sh --quick    # 3 reps x 1 s, 5,000 idle connections (< 3 min)
 #   SCENARIOS="plain tls connect idle shutdown" SERVERS="berth bare tokio" to choose; the server
 #   berth-limits is berth with every admission check on (none refusing), berth-metrics
-#   berth with a Prometheus recorder installed.
+#   berth with a Prometheus recorder installed, berth-tokio berth on its tokio adapter.
+#   Before/after a change: build the old echo example elsewhere (a git worktree) and run
+#   BERTH_BASE=/path/to/old/target/release/examples SERVERS="berth-base berth berth-base-tokio berth-tokio"
+#   (berth-base and berth-base-tokio run that binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps=3 secs=5 idle_conns=10000
@@ -47,6 +50,8 @@ server_cmd() { # name tls(0|1)
     berth-metrics) echo "target/release/examples/echo --threads 1 --addr 127.0.0.1:0 $t --metrics-addr 127.0.0.1:0" ;;
     # Every admission check on, none refusing: the cost of the checks themselves.
     berth-limits) echo "target/release/examples/echo --threads 1 --addr 127.0.0.1:0 $t --max-per-ip 100000 --rate-per-ip 1000000/s --allow 127.0.0.0/8 --deny 10.0.0.0/8" ;;
+    berth-base) echo "${BERTH_BASE:?set BERTH_BASE}/echo --threads 1 --addr 127.0.0.1:0 $t" ;;
+    berth-base-tokio) echo "${BERTH_BASE:?set BERTH_BASE}/echo --runtime tokio --threads 1 --addr 127.0.0.1:0 $t" ;;
     bare) echo "$(bin bare_smol) --threads 1 --addr 127.0.0.1:0 $t" ;;
     tokio) echo "$(bin tokio_peer) --threads 1 --addr 127.0.0.1:0 $t" ;;
   esac

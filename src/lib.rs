@@ -33,7 +33,7 @@
 //! ```
 //!
 //! Inside a tokio runtime the same `Server::bind` serves on tokio (its sockets, tasks and
-//! timers); see [`runtime::Tokio`].
+//! timers); see `runtime::Tokio` (feature `tokio`).
 //!
 //! Every type has one path: the crate root holds what every server uses; [`tls`],
 //! [`limits`], [`listener`], [`runtime`] and `signal` hold the rest. See the README for the

@@ -93,7 +93,7 @@ pub enum Reactor {
     Tokio(::tokio::runtime::Handle),
 }
 
-/// The runtime berth uses when none is given: [`Tokio`] when called inside a tokio runtime
+/// The runtime berth uses when none is given: `Tokio` when called inside a tokio runtime
 /// (feature `tokio`), else [`Smol`]'s global executor (feature `smol`), else `AsyncStd`
 /// (feature `async-std`). `None` when none of these applies.
 pub fn default_runtime() -> Option<Arc<dyn Runtime>> {
