@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::lifecycle::Lifecycle;
 use crate::listener::{Accepted, Listener};
 use crate::runtime::BoxFuture;
-use crate::state::Core;
+use crate::state::{Core, Endpoint};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -35,7 +35,12 @@ pub(crate) trait Bound: Send {
     /// The address it listens on.
     fn local_addr(&self) -> io::Result<Addr>;
     /// The accept loop, to spawn: it feeds `spawn` until `core` stops accepting.
-    fn serve(self: Box<Self>, core: Arc<Core>, spawn: Arc<dyn Spawn>) -> BoxFuture;
+    fn serve(
+        self: Box<Self>,
+        core: Arc<Core>,
+        endpoint: Arc<Endpoint>,
+        spawn: Arc<dyn Spawn>,
+    ) -> BoxFuture;
 }
 
 impl<L: Listener> Bound for L {
@@ -43,8 +48,13 @@ impl<L: Listener> Bound for L {
         Listener::local_addr(self)
     }
 
-    fn serve(self: Box<Self>, core: Arc<Core>, spawn: Arc<dyn Spawn>) -> BoxFuture {
-        Box::pin(accept_loop(core, spawn, *self))
+    fn serve(
+        self: Box<Self>,
+        core: Arc<Core>,
+        endpoint: Arc<Endpoint>,
+        spawn: Arc<dyn Spawn>,
+    ) -> BoxFuture {
+        Box::pin(accept_loop(core, endpoint, spawn, *self))
     }
 }
 
@@ -61,11 +71,17 @@ fn is_per_connection(e: &io::Error) -> bool {
 
 /// Accepts until the server stops accepting; then drops the listener (so new connects are
 /// refused) and says so. The caller counted this loop in (`Core::accept_loop_started`).
-async fn accept_loop<L: Listener>(core: Arc<Core>, spawn: Arc<dyn Spawn>, listener: L) {
+async fn accept_loop<L: Listener>(
+    core: Arc<Core>,
+    endpoint: Arc<Endpoint>,
+    spawn: Arc<dyn Spawn>,
+    listener: L,
+) {
     let max = core.config().max_connections;
     let proxy = core.config().proxy_protocol.clone();
     let mut backoff: Option<Duration> = None;
     while !core.stop_accepting_requested() {
+        // At the limit, stop calling accept: clients wait in the kernel's backlog.
         if let Some(max) = max {
             if !core.below(max).await {
                 break;
@@ -101,9 +117,22 @@ async fn accept_loop<L: Listener>(core: Arc<Core>, spawn: Arc<dyn Spawn>, listen
                 } else {
                     None
                 };
+                // Another listener's loop may have taken the last place meanwhile: then this
+                // connection waits here, unserved, for one (at most one per listener does).
+                let place = match max {
+                    Some(max) => match core.reserve(max).await {
+                        Some(place) => Some(place),
+                        None => break,
+                    },
+                    None => None,
+                };
+                let life = Lifecycle::new(core.clone(), peer_addr, admission);
+                // Counted as open now: the place it held goes back.
+                drop(place);
                 spawn.clone().spawn(Box::new(connection::Accepted {
-                    life: Lifecycle::new(core.clone(), peer_addr, admission),
+                    life,
                     stream: Box::new(stream),
+                    endpoint: endpoint.clone(),
                     local_addr,
                     proxied,
                 }));

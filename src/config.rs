@@ -89,6 +89,94 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Listen on this Unix domain socket instead of `address`. `None`: TCP.
     pub unix: Option<UnixConfig>,
+    /// More listeners, beside the one `address` (or `unix`) and `tls` describe: each with
+    /// its own name and TLS setting, served by the same server (one pool, one set of limits,
+    /// one drain).
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// One more listening socket of a server: a TCP address or a Unix socket, a name, and
+/// its own TLS setting (a plain port and a TLS port can share a server).
+///
+/// ```
+/// let mut config = berth::Config::new("127.0.0.1:8080");
+/// config.listeners.push(berth::ListenerConfig::tcp("[::1]:8080"));
+/// let mut admin = berth::ListenerConfig::unix(berth::UnixConfig::new("/run/app/admin.sock"));
+/// admin.name = Some("admin".into());
+/// config.listeners.push(admin);
+/// config.validate().unwrap();
+///
+/// let names: Vec<String> = config.listener_names();
+/// assert_eq!(names, ["127.0.0.1:8080", "[::1]:8080", "admin"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ListenerConfig {
+    /// A name that identifies the listener in events, on `Conn`, and across an upgrade
+    /// (the new process adopts listening sockets by name). Default: its address or path,
+    /// as written.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `HOST:PORT` to listen on (TCP); exactly one of `address` and `unix` is set.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// A Unix domain socket to listen on.
+    #[serde(default)]
+    pub unix: Option<UnixConfig>,
+    /// TLS on this listener (feature `tls`); `None`: plain.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener on `address`.
+    pub fn tcp(address: impl Into<String>) -> Self {
+        ListenerConfig {
+            name: None,
+            address: Some(address.into()),
+            unix: None,
+            tls: None,
+        }
+    }
+
+    /// A plain listener on a Unix domain socket.
+    pub fn unix(unix: UnixConfig) -> Self {
+        ListenerConfig {
+            name: None,
+            address: None,
+            unix: Some(unix),
+            tls: None,
+        }
+    }
+
+    /// Its name: the one given, else its address or path as written.
+    pub fn name(&self) -> String {
+        match (&self.name, &self.address, &self.unix) {
+            (Some(name), _, _) => name.clone(),
+            (None, Some(address), _) => address.clone(),
+            (None, None, Some(unix)) => unix.path.display().to_string(),
+            (None, None, None) => String::new(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.address, &self.unix) {
+            (Some(address), None) => {
+                parse_address(address)?;
+            }
+            (None, Some(unix)) => unix.validate()?,
+            _ => {
+                return Err(ConfigError::ListenerMismatch(
+                    "a listener needs exactly one of `address` and `unix`",
+                ));
+            }
+        }
+        if self.name.as_deref() == Some("") {
+            return Err(ConfigError::EmptyListenerName);
+        }
+        Ok(())
+    }
 }
 
 /// A Unix domain socket to listen on, and who may connect to it.
@@ -175,6 +263,7 @@ impl Default for Config {
             proxy_protocol: None,
             tls: None,
             unix: None,
+            listeners: Vec::new(),
         }
     }
 }
@@ -192,11 +281,34 @@ impl Config {
         }
     }
 
-    /// Checks every field, resolving the address. Binding calls this too, so calling it
+    /// Checks every field, resolving the addresses. Binding calls this too, so calling it
     /// yourself is only needed to fail early (e.g. when loading a configuration file).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.resolve_address()?;
+        if self.unix.is_none() {
+            self.resolve_address()?;
+        }
         self.validate_settings()
+    }
+
+    /// The listener the top-level `address` (or `unix`) and `tls` describe, then
+    /// `listeners`: every listener a [`bind`](crate::Builder::bind) binds.
+    pub fn all_listeners(&self) -> Vec<ListenerConfig> {
+        let mut first = match &self.unix {
+            Some(unix) => ListenerConfig::unix(unix.clone()),
+            None => ListenerConfig::tcp(self.address.clone()),
+        };
+        first.tls = self.tls.clone();
+        std::iter::once(first)
+            .chain(self.listeners.iter().cloned())
+            .collect()
+    }
+
+    /// The names of [`all_listeners`](Self::all_listeners), in order.
+    pub fn listener_names(&self) -> Vec<String> {
+        self.all_listeners()
+            .iter()
+            .map(ListenerConfig::name)
+            .collect()
     }
 
     /// Everything `validate` checks except the address (which a server given its own
@@ -239,12 +351,25 @@ impl Config {
         if let Some(unix) = &self.unix {
             unix.validate()?;
         }
+        let mut names = std::collections::BTreeSet::new();
+        for (index, listener) in self.all_listeners().iter().enumerate() {
+            // The first is `address`/`unix`, checked above (the address only when binding:
+            // a server given its own listener does not use it).
+            if index > 0 {
+                listener.validate()?;
+            }
+            let name = listener.name();
+            if !names.insert(name.clone()) {
+                return Err(ConfigError::DuplicateListenerName(name));
+            }
+        }
         self.check_compiled_in(cfg!(feature = "tls"))
     }
 
     /// Fails when the config asks for TLS and this build has no TLS.
     fn check_compiled_in(&self, tls: bool) -> Result<(), ConfigError> {
-        if self.tls.is_some() && !tls {
+        let wants_tls = self.tls.is_some() || self.listeners.iter().any(|l| l.tls.is_some());
+        if wants_tls && !tls {
             return Err(ConfigError::FeatureDisabled {
                 field: "tls",
                 feature: "tls",

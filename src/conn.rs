@@ -26,7 +26,7 @@ use crate::extensions::Extensions;
 use crate::lifecycle::Lifecycle;
 use crate::listener::ByteStream;
 use crate::pool::{LINGERING, PANICKED, SAW_EOF, SAW_ERROR, Slot, SlotState};
-use crate::state::Core;
+use crate::state::{Core, Endpoint};
 use crate::tls::TlsInfo;
 
 /// One client connection, as the handler sees it.
@@ -72,6 +72,7 @@ pub struct Conn {
     peer_addr: Addr,
     local_addr: Addr,
     proxy_addr: Option<Addr>,
+    endpoint: Arc<Endpoint>,
     extensions: Extensions,
     tls: Option<Box<TlsInfo>>,
 }
@@ -96,6 +97,8 @@ pub(crate) struct Meta {
     pub(crate) local_addr: Addr,
     /// The proxy's address, when a PROXY header gave the client's original address.
     pub(crate) proxy_addr: Option<Addr>,
+    /// The listener that accepted it.
+    pub(crate) endpoint: Arc<Endpoint>,
 }
 
 impl Conn {
@@ -116,6 +119,7 @@ impl Conn {
             peer_addr: life.peer_addr().clone(),
             local_addr: meta.local_addr,
             proxy_addr: meta.proxy_addr,
+            endpoint: meta.endpoint,
             extensions: Extensions::default(),
             open: Some(Open {
                 io: Box::new(io),
@@ -143,6 +147,12 @@ impl Conn {
     /// The server-side address of this connection.
     pub fn local_addr(&self) -> &Addr {
         &self.local_addr
+    }
+
+    /// The name of the listener that accepted this connection (see
+    /// [`ListenerConfig::name`](crate::ListenerConfig::name)).
+    pub fn listener(&self) -> &str {
+        self.endpoint.name()
     }
 
     /// Who is on the other end, for a Unix domain socket connection: the peer process's

@@ -27,7 +27,7 @@ use crate::handler::Handler;
 use crate::lifecycle::Lifecycle;
 use crate::limits::RejectReason;
 use crate::listener::{ByteStream, Prefixed, Socket};
-use crate::state::Core;
+use crate::state::{Core, Endpoint};
 
 /// A hook run on every accepted socket before its handler starts.
 pub(crate) type TuneHook = Arc<dyn Fn(&Socket<'_>) -> io::Result<()> + Send + Sync>;
@@ -36,6 +36,8 @@ pub(crate) type TuneHook = Arc<dyn Fn(&Socket<'_>) -> io::Result<()> + Send + Sy
 pub(crate) struct Accepted {
     pub(crate) life: Lifecycle,
     pub(crate) stream: Box<dyn ByteStream>,
+    /// The listener that accepted it.
+    pub(crate) endpoint: Arc<Endpoint>,
     pub(crate) local_addr: Addr,
     /// The peer is a trusted proxy that must send a PROXY header first.
     pub(crate) proxied: bool,
@@ -76,7 +78,10 @@ async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Accepted>) {
         };
         let id = conn.id();
         let handle = conn.handle();
-        (id, in_span(Supervised::new(serving.handler.call(conn), handle), span))
+        (
+            id,
+            in_span(Supervised::new(serving.handler.call(conn), handle), span),
+        )
     };
     if let Outcome::Panicked(message) = handler.await {
         serving.core.hooks().error(&Error::HandlerPanicked {
@@ -108,12 +113,13 @@ fn establish<H>(serving: &Serving<H>, accepted: Accepted) -> Established {
     let Accepted {
         mut life,
         stream,
+        endpoint,
         local_addr,
         proxied,
     } = accepted;
     if let Some(tune) = &serving.tune {
         if let Err(error) = tune_socket(tune, &*stream, life.peer_addr()) {
-            life.accept(&local_addr);
+            life.accept(&local_addr, &endpoint);
             drop(stream);
             life.core().hooks().error(&error);
             life.fail(CloseReason::Error);
@@ -123,6 +129,7 @@ fn establish<H>(serving: &Serving<H>, accepted: Accepted) -> Established {
     let meta = Meta {
         local_addr,
         proxy_addr: None,
+        endpoint,
     };
     if proxied {
         return Established::Pending(Box::pin(via_proxy(life, stream, meta)));
@@ -211,9 +218,9 @@ async fn bounded<T, E>(
 /// `Accepted`, then the TLS handshake when configured.
 fn open<S: ByteStream>(mut life: Lifecycle, stream: S, meta: Meta) -> Established {
     let span = conn_span(&life, &meta);
-    in_span_sync(&span, || life.accept(&meta.local_addr));
+    in_span_sync(&span, || life.accept(&meta.local_addr, &meta.endpoint));
     #[cfg(feature = "tls")]
-    if let Some(config) = life.core().tls() {
+    if let Some(config) = meta.endpoint.tls() {
         let handshake = handshake(life, config, stream, meta);
         let handshake = in_span(handshake, span.clone());
         return Established::Pending(Box::pin(
@@ -454,7 +461,13 @@ mod tests {
         #[cfg(not(feature = "tls"))]
         let tls = ();
         let runtime = Arc::new(crate::runtime::Smol::global());
-        let core = Arc::new(Core::new(runtime, Config::default(), Hooks::default(), tls));
+        let endpoint = Arc::new(Endpoint::new("test".into(), addr(1), tls));
+        let core = Arc::new(Core::new(
+            runtime,
+            Config::default(),
+            Hooks::default(),
+            vec![endpoint],
+        ));
         let serving = Arc::new(Serving {
             core: core.clone(),
             handler: |mut conn: Conn| async move {
@@ -465,6 +478,7 @@ mod tests {
         let accepted = Box::new(Accepted {
             life: Lifecycle::new(core.clone(), addr(2), None),
             stream: Box::new(Idle),
+            endpoint: core.endpoints()[0].clone(),
             local_addr: addr(1),
             proxied: false,
         });

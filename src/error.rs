@@ -74,6 +74,15 @@ pub enum ConfigError {
         "the runtime has no reactor for real sockets (see Runtime::reactor): serve a Listener of your own with Builder::listener"
     )]
     NoReactor,
+    /// Two listeners have the same name (names identify listeners in events and across
+    /// upgrades).
+    #[error(
+        "two listeners are named {0:?}: give one of them another `name` (by default a listener is named by its address or path)"
+    )]
+    DuplicateListenerName(String),
+    /// A listener's `name` is empty.
+    #[error("a listener's name is empty: leave `name` unset to name it by its address")]
+    EmptyListenerName,
     /// The configuration asks for something this build of berth does not include.
     #[error(
         "`{field}` is set but berth was built without its `{feature}` feature: enable it in Cargo.toml (berth = {{ features = [\"{feature}\"] }}) or remove `{field}`"

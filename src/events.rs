@@ -1,6 +1,7 @@
 //! What the server tells the outside: connection and server events, close reasons, and the
 //! counters behind [`Stats`].
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ pub enum ConnEvent {
         peer_addr: Addr,
         /// The server-side address.
         local_addr: Addr,
+        /// The name of the listener that accepted it.
+        listener: Arc<str>,
     },
     /// A connection was refused by the limits or allow/deny lists, or for a bad PROXY
     /// header, and closed at once. It gets no `Accepted` or `Closed` event and does not
@@ -120,11 +123,13 @@ impl CloseReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ServerEvent {
-    /// The server started serving.
+    /// The server started serving on a listener (one event per listener).
     Listening {
+        /// The listener's name.
+        listener: Arc<str>,
         /// The bound address.
         addr: Addr,
-        /// Whether connections are TLS.
+        /// Whether its connections are TLS.
         tls: bool,
     },
     /// Shutdown began: the listener is closed and every connection was told to drain.

@@ -184,8 +184,13 @@ mod trace {
 
     pub(super) fn conn(event: &ConnEvent) {
         match event {
-            ConnEvent::Accepted { id, peer_addr, .. } => {
-                tracing::debug!(target: "berth", id, peer = %peer_addr, "accepted")
+            ConnEvent::Accepted {
+                id,
+                peer_addr,
+                listener,
+                ..
+            } => {
+                tracing::debug!(target: "berth", id, peer = %peer_addr, listener = %listener, "accepted")
             }
             ConnEvent::TlsEstablished { id, info } => tracing::debug!(
                 target: "berth", id, version = %info.version, cipher = %info.cipher_suite,
@@ -214,8 +219,12 @@ mod trace {
 
     pub(super) fn server(event: &ServerEvent) {
         match event {
-            ServerEvent::Listening { addr, tls } => {
-                tracing::info!(target: "berth", %addr, tls, "listening")
+            ServerEvent::Listening {
+                listener,
+                addr,
+                tls,
+            } => {
+                tracing::info!(target: "berth", listener = %listener, %addr, tls, "listening")
             }
             ServerEvent::Draining { open_connections } => {
                 tracing::info!(target: "berth", open_connections, "draining")

@@ -80,7 +80,7 @@ mod state;
 pub mod tls;
 
 pub use addr::{Addr, PeerCred};
-pub use config::{Config, UnixConfig};
+pub use config::{Config, ListenerConfig, UnixConfig};
 pub use conn::{Conn, ConnHandle, Draining, Readable};
 pub use error::{ConfigError, Error};
 pub use events::{CloseReason, ConnEvent, ServerEvent, ShutdownReport, Stats};

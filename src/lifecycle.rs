@@ -17,7 +17,7 @@ use crate::admission::IpKey;
 use crate::events::{CloseReason, ConnEvent, Count};
 use crate::limits::RejectReason;
 use crate::pool::{PANICKED, SAW_EOF, SAW_ERROR, Slot};
-use crate::state::Core;
+use crate::state::{Core, Endpoint};
 
 /// One connection's bookkeeping. See the module docs.
 pub(crate) struct Lifecycle {
@@ -87,12 +87,13 @@ impl Lifecycle {
     }
 
     /// Reports `Accepted` (and counts it): from here it ends with `Closed`.
-    pub(crate) fn accept(&mut self, local_addr: &Addr) {
+    pub(crate) fn accept(&mut self, local_addr: &Addr, endpoint: &Endpoint) {
         self.core.count(Count::Accepted);
         self.core.hooks().conn(ConnEvent::Accepted {
             id: self.id,
             peer_addr: self.peer_addr.clone(),
             local_addr: local_addr.clone(),
+            listener: endpoint.name().clone(),
         });
         self.phase = Phase::Accepted;
     }

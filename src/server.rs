@@ -16,7 +16,7 @@ use crate::handler::Handler;
 use crate::hooks::Hooks;
 use crate::listener::{Listener, Socket};
 use crate::runtime::Runtime;
-use crate::state::{Core, State, TlsSetting};
+use crate::state::{Core, Endpoint, State, TlsSetting};
 
 /// Builds a [`Server`]: a config, optionally a runtime, hooks and a tune hook, then
 /// [`bind`](Self::bind) (what the config says) or [`listener`](Self::listener) (a listener
@@ -115,78 +115,106 @@ impl Builder {
         self
     }
 
-    /// Binds what the config says: a Unix domain socket when `config.unix` is set, else a
-    /// TCP listener on `config.address` (backlog, `reuse_port`, `nodelay`), on the reactor
-    /// of the server's runtime (tokio's sockets on the tokio adapter, async-io's on smol and
-    /// async-std). Under systemd socket activation (`LISTEN_FDS`/`LISTEN_PID` naming this
-    /// process), the passed TCP socket is served instead of binding `config.address`.
+    /// Binds what the config says: the listener of `config.address` (TCP) or `config.unix`
+    /// (a Unix domain socket), with `config.tls`, then each of `config.listeners`, with its
+    /// own TLS setting. Listeners use the reactor of the server's runtime (tokio's sockets
+    /// on the tokio adapter, async-io's on smol and async-std). Under systemd socket
+    /// activation (`LISTEN_FDS`/`LISTEN_PID` naming this process), the passed TCP socket
+    /// is served instead of binding `config.address`.
     ///
-    /// A failure is returned and also reported to the error hook.
+    /// A failure is returned and also reported to the error hook; nothing stays bound.
     #[cfg(any(feature = "async-io", feature = "tokio"))]
     pub fn bind(self) -> Result<Server, Error> {
-        match self.bind_listener() {
-            Ok(listener) => self.serve_bound(listener),
-            Err(e) => {
-                self.hooks.error(&e);
-                Err(e)
-            }
-        }
+        let bound = self.bind_all();
+        self.finish(bound)
     }
 
     #[cfg(any(feature = "async-io", feature = "tokio"))]
-    fn bind_listener(&self) -> Result<Box<dyn Bound>, Error> {
-        use crate::listener::TcpListener;
-        let reactor = self.chosen_runtime()?.reactor();
-        if self.config.unix.is_some() {
-            #[cfg(unix)]
-            return Ok(Box::new(crate::listener::UnixListener::bind(
-                &self.config,
-                &reactor,
-            )?));
-            #[cfg(not(unix))]
-            return Err(ConfigError::ListenerMismatch(
-                "`unix` is set but Unix domain sockets are not available on this platform",
-            )
-            .into());
-        }
+    fn bind_all(&self) -> Result<Vec<Listening>, Error> {
         self.config.validate_settings()?;
-        if let Some(std) = crate::listener::inherited_tcp()? {
-            return Ok(Box::new(TcpListener::from_std(
-                std,
-                self.config.nodelay,
-                &reactor,
-            )?));
+        let reactor = self.chosen_runtime()?.reactor();
+        let mut inherited = crate::listener::inherited_tcp()?;
+        let mut bound = Vec::new();
+        for (index, spec) in self.config.all_listeners().into_iter().enumerate() {
+            let listener = bind_one(&self.config, &spec, &reactor, &mut inherited)?;
+            // `tls_server_config` replaces the first listener's TLS settings.
+            let tls = match (index, &spec.tls) {
+                #[cfg(feature = "tls")]
+                (0, _) if self.tls.is_some() => Tls::Ready(self.tls.clone()),
+                (_, Some(tls)) => Tls::Load(tls.clone()),
+                (_, None) => Tls::Plain,
+            };
+            bound.push(Listening {
+                name: spec.name(),
+                listener,
+                tls,
+            });
         }
-        Ok(Box::new(TcpListener::bind(&self.config, &reactor)?))
+        Ok(bound)
     }
 
     /// Serves connections from `listener` (any [`Listener`]: a simulated one, a socket bound
-    /// elsewhere). The config's `address` and `unix` are not used.
+    /// elsewhere), with `config.tls`. The config's `address`, `unix` and `listeners` are not
+    /// used; the listener is named by its address.
     pub fn listener<L: Listener>(self, listener: L) -> Result<Server, Error> {
-        self.serve_bound(Box::new(listener))
+        let listener: Box<dyn Bound> = Box::new(listener);
+        let named = listener.local_addr().map(|addr| Listening {
+            name: addr.to_string(),
+            listener,
+            tls: self.configured_tls(),
+        });
+        let named = named.map_err(|source| Error::Bind {
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into(),
+            source,
+        });
+        self.finish(named.map(|listening| vec![listening]))
     }
 
-    fn serve_bound(self, listener: Box<dyn Bound>) -> Result<Server, Error> {
-        let checked = (|| {
+    /// The TLS settings of the first listener: `tls_server_config`, else `config.tls`.
+    fn configured_tls(&self) -> Tls {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return Tls::Ready(self.tls.clone());
+        }
+        match &self.config.tls {
+            Some(tls) => Tls::Load(tls.clone()),
+            None => Tls::Plain,
+        }
+    }
+
+    /// Checks the bound listeners and builds the server, or reports the error.
+    fn finish(self, bound: Result<Vec<Listening>, Error>) -> Result<Server, Error> {
+        let built = bound.and_then(|bound| {
             self.config.validate_settings()?;
             let runtime = self.chosen_runtime()?;
-            let local_addr = listener.local_addr().map_err(|source| Error::Bind {
-                addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into(),
-                source,
-            })?;
-            Ok::<_, Error>((runtime, local_addr, self.load_tls()?))
-        })();
-        let (runtime, local_addr, tls) = match checked {
-            Ok(checked) => checked,
+            let mut listeners = Vec::with_capacity(bound.len());
+            for Listening {
+                name,
+                listener,
+                tls,
+            } in bound
+            {
+                let addr = listener.local_addr().map_err(|source| Error::Bind {
+                    addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into(),
+                    source,
+                })?;
+                let tls = self.load_tls(tls)?;
+                let endpoint = Arc::new(Endpoint::new(name.into(), addr, tls));
+                listeners.push((endpoint, listener));
+            }
+            Ok((runtime, listeners))
+        });
+        let (runtime, listeners) = match built {
+            Ok(built) => built,
             Err(e) => {
                 self.hooks.error(&e);
                 return Err(e);
             }
         };
+        let endpoints = listeners.iter().map(|(e, _)| e.clone()).collect();
         Ok(Server {
-            core: Arc::new(Core::new(runtime, self.config, self.hooks, tls)),
-            listeners: vec![(local_addr.clone(), listener)],
-            local_addr,
+            core: Arc::new(Core::new(runtime, self.config, self.hooks, endpoints)),
+            listeners,
             tune: self.tune,
         })
     }
@@ -199,24 +227,84 @@ impl Builder {
     }
 
     #[cfg(feature = "tls")]
-    fn load_tls(&self) -> Result<TlsSetting, Error> {
-        if let Some(config) = &self.tls {
-            return Ok(Some(config.clone()));
+    fn load_tls(&self, tls: Tls) -> Result<TlsSetting, Error> {
+        match tls {
+            Tls::Plain => Ok(None),
+            Tls::Ready(config) => Ok(config),
+            Tls::Load(tls) => {
+                let (config, warnings) = tls.load()?;
+                for warning in warnings {
+                    self.hooks.error(&Error::CertificateNotValid(warning));
+                }
+                Ok(Some(config))
+            }
         }
-        let Some(tls) = &self.config.tls else {
-            return Ok(None);
-        };
-        let (config, warnings) = tls.load()?;
-        for warning in warnings {
-            self.hooks.error(&Error::CertificateNotValid(warning));
-        }
-        Ok(Some(config))
     }
 
     #[cfg(not(feature = "tls"))]
-    fn load_tls(&self) -> Result<TlsSetting, Error> {
+    fn load_tls(&self, _: Tls) -> Result<TlsSetting, Error> {
+        // validate_settings() refused TLS settings in a build without TLS.
         Ok(())
     }
+}
+
+/// A bound listener, before the server is built.
+struct Listening {
+    name: String,
+    listener: Box<dyn Bound>,
+    tls: Tls,
+}
+
+/// A listener's TLS settings, before they are loaded.
+enum Tls {
+    Plain,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Load(crate::tls::TlsConfig),
+    #[cfg(feature = "tls")]
+    Ready(Option<Arc<rustls::ServerConfig>>),
+}
+
+/// Binds one listener of `config`; the first TCP one takes the systemd-passed socket.
+#[cfg(any(feature = "async-io", feature = "tokio"))]
+fn bind_one(
+    config: &Config,
+    spec: &crate::ListenerConfig,
+    reactor: &crate::runtime::Reactor,
+    inherited: &mut Option<std::net::TcpListener>,
+) -> Result<Box<dyn Bound>, Error> {
+    use crate::listener::TcpListener;
+    // The listeners bind from a config of their own: this listener's socket settings, and
+    // the server-wide ones (backlog, reuse_port, nodelay).
+    let mut own = config.clone();
+    own.listeners = Vec::new();
+    own.tls = None;
+    if let Some(unix) = &spec.unix {
+        #[cfg(unix)]
+        {
+            own.unix = Some(unix.clone());
+            return Ok(Box::new(crate::listener::UnixListener::bind(
+                &own, reactor,
+            )?));
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = unix;
+            return Err(ConfigError::ListenerMismatch(
+                "a Unix socket is configured but Unix domain sockets are not available on this platform",
+            )
+            .into());
+        }
+    }
+    if let Some(std) = inherited.take() {
+        return Ok(Box::new(TcpListener::from_std(
+            std,
+            config.nodelay,
+            reactor,
+        )?));
+    }
+    own.address = spec.address.clone().unwrap_or_default();
+    own.unix = None;
+    Ok(Box::new(TcpListener::bind(&own, reactor)?))
 }
 
 /// A bound server, ready to [`serve`](Server::serve) a handler.
@@ -241,19 +329,25 @@ impl Builder {
 #[must_use = "a bound server accepts nothing until you call serve"]
 pub struct Server {
     core: Arc<Core>,
-    /// Each listener with its address.
-    listeners: Vec<(Addr, Box<dyn Bound>)>,
-    local_addr: Addr,
+    listeners: Vec<(Arc<Endpoint>, Box<dyn Bound>)>,
     tune: Option<TuneHook>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.local_addr)
+            .field("listeners", &listener_list(&self.core))
             .field("state", &self.core.state())
             .finish_non_exhaustive()
     }
+}
+
+/// Each listener's name and address.
+fn listener_list(core: &Core) -> Vec<(String, Addr)> {
+    core.endpoints()
+        .iter()
+        .map(|e| (e.name().to_string(), e.addr().clone()))
+        .collect()
 }
 
 impl Server {
@@ -265,17 +359,21 @@ impl Server {
         Builder::new(config).bind()
     }
 
-    /// The bound address (with the real port when the config asked for port 0; a path for a
-    /// Unix socket).
+    /// The first listener's address (with the real port when the config asked for port 0;
+    /// a path for a Unix socket). See [`listeners`](Self::listeners) for all of them.
     pub fn local_addr(&self) -> Addr {
-        self.local_addr.clone()
+        self.core.endpoints()[0].addr().clone()
+    }
+
+    /// Every listener's name and bound address, in the configured order.
+    pub fn listeners(&self) -> Vec<(String, Addr)> {
+        listener_list(&self.core)
     }
 
     /// A handle to control and observe the server; usable before and after `serve`.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             core: self.core.clone(),
-            local_addr: self.local_addr.clone(),
         }
     }
 
@@ -302,18 +400,16 @@ impl Server {
         if let Some(timeout) = core.config().idle_timeout {
             rt.spawn(Box::pin(crate::idle::scan(core.clone(), timeout)));
         }
-        for (addr, listener) in self.listeners {
+        for (endpoint, listener) in self.listeners {
             core.hooks().server(ServerEvent::Listening {
-                addr,
-                tls: core.is_tls(),
+                listener: endpoint.name().clone(),
+                addr: endpoint.addr().clone(),
+                tls: endpoint.is_tls(),
             });
             core.accept_loop_started();
-            rt.spawn(listener.serve(core.clone(), serving.clone()));
+            rt.spawn(listener.serve(core.clone(), endpoint, serving.clone()));
         }
-        ServerHandle {
-            core,
-            local_addr: self.local_addr,
-        }
+        ServerHandle { core }
     }
 }
 
@@ -322,7 +418,6 @@ impl Server {
 #[derive(Clone, Debug)]
 pub struct ServerHandle {
     core: Arc<Core>,
-    local_addr: Addr,
 }
 
 impl ServerHandle {
@@ -400,10 +495,15 @@ impl ServerHandle {
         self.core.open_connections()
     }
 
-    /// The bound address (with the real port when the config asked for port 0; a path
-    /// for a Unix socket server).
+    /// The first listener's address (with the real port when the config asked for port 0;
+    /// a path for a Unix socket server). See [`listeners`](Self::listeners) for all.
     pub fn local_addr(&self) -> Addr {
-        self.local_addr.clone()
+        self.core.endpoints()[0].addr().clone()
+    }
+
+    /// Every listener's name and bound address, in the configured order.
+    pub fn listeners(&self) -> Vec<(String, Addr)> {
+        listener_list(&self.core)
     }
 
     /// A snapshot of the server's counters.
@@ -434,13 +534,13 @@ impl ServerHandle {
         hooks.set_error(None);
     }
 
-    /// Whether this server serves TLS.
+    /// Whether any of this server's listeners serves TLS.
     pub fn is_tls(&self) -> bool {
         self.core.is_tls()
     }
 
-    /// Loads `tls` and makes it the configuration of every new connection; established
-    /// connections keep their session. On error (a missing file, a key that does not match)
+    /// Loads `tls` and makes it the configuration of every new connection on every TLS
+    /// listener; established connections keep their session. On error (a missing file, a key that does not match)
     /// the old configuration stays in force and the error is returned.
     #[cfg(feature = "tls")]
     pub fn reload_tls(&self, tls: &crate::tls::TlsConfig) -> Result<(), Error> {

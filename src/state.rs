@@ -39,6 +39,18 @@ pub enum State {
     Stopped = 3,
 }
 
+/// A place under `max_connections` held by an accept loop (see [`Core::reserve`]). The
+/// connection accepted with it is counted before the place is given back, so the two never
+/// add up to less than what is in use.
+pub(crate) struct Reservation<'a>(&'a Core);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.reserved.fetch_sub(1, Ordering::AcqRel);
+        self.0.conn_closed.notify(usize::MAX);
+    }
+}
+
 /// The TLS configuration new connections use, swapped whole by a reload.
 #[cfg(feature = "tls")]
 pub(crate) type TlsSetting = Option<Arc<rustls::ServerConfig>>;
@@ -70,6 +82,8 @@ pub(crate) struct Core {
     state: AtomicU8,
     /// Connections counted as open: from accept until their socket is closed.
     open: AtomicUsize,
+    /// Places under `max_connections` held by accept loops waiting in `accept`.
+    reserved: AtomicUsize,
     /// `Closed` events being reported (shutdown waits for them too).
     reports_in_flight: AtomicUsize,
     /// The open count went down, or a `Closed` report finished.
@@ -85,8 +99,8 @@ pub(crate) struct Core {
     counters: Counters,
     next_id: AtomicU64,
     limiter: Limiter,
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
-    tls: std::sync::RwLock<TlsSetting>,
+    /// The listeners, in the order they were configured.
+    endpoints: Vec<Arc<Endpoint>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -107,7 +121,7 @@ impl Core {
         runtime: Arc<dyn Runtime>,
         config: Config,
         hooks: Hooks,
-        tls: TlsSetting,
+        endpoints: Vec<Arc<Endpoint>>,
     ) -> Self {
         Core {
             clock: Clock::new(runtime.now()),
@@ -116,6 +130,7 @@ impl Core {
             config,
             state: AtomicU8::new(State::Created as u8),
             open: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
             reports_in_flight: AtomicUsize::new(0),
             conn_closed: Event::new(),
             accept_loops: AtomicUsize::new(0),
@@ -126,7 +141,7 @@ impl Core {
             hooks,
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
-            tls: std::sync::RwLock::new(tls),
+            endpoints,
         }
     }
 
@@ -230,6 +245,39 @@ impl Core {
             false
         };
         stop.or(below).await
+    }
+
+    /// Waits for a place under `max` for a connection just accepted and holds it until the
+    /// connection is counted, so that several accept loops (one per listener) never serve
+    /// more than `max` between them. `None` if the accept loops were told to stop meanwhile.
+    pub(crate) async fn reserve(&self, max: usize) -> Option<Reservation<'_>> {
+        use futures_lite::FutureExt as _;
+        let reserve = async {
+            loop {
+                if let Some(reservation) = self.try_reserve(max) {
+                    return Some(reservation);
+                }
+                let listener = self.conn_closed.listen();
+                if let Some(reservation) = self.try_reserve(max) {
+                    return Some(reservation);
+                }
+                listener.await;
+            }
+        };
+        let stop = async {
+            self.accepting_stopped().await;
+            None
+        };
+        stop.or(reserve).await
+    }
+
+    fn try_reserve(&self, max: usize) -> Option<Reservation<'_>> {
+        let reserved = self.reserved.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.open_connections() + reserved <= max {
+            return Some(Reservation(self));
+        }
+        self.reserved.fetch_sub(1, Ordering::AcqRel);
+        None
     }
 
     /// Whether no connection is open and every `Closed` event has fired.
@@ -459,9 +507,57 @@ impl Core {
             .unwrap_or_default()
     }
 
-    // --- TLS ------------------------------------------------------------------------------
+    // --- listeners and TLS ----------------------------------------------------------------
 
-    /// The TLS configuration new connections use, if this is a TLS server.
+    /// The listeners, in the order they were configured.
+    pub(crate) fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// Whether any listener serves TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.endpoints.iter().any(|e| e.is_tls())
+    }
+
+    /// Replaces the TLS configuration of every TLS listener; false when none serves TLS.
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_tls(&self, config: Arc<rustls::ServerConfig>) -> bool {
+        let mut any = false;
+        for endpoint in &self.endpoints {
+            any |= endpoint.set_tls(config.clone());
+        }
+        any
+    }
+}
+
+/// One listener of a server, as its connections see it: its name, its address, and the TLS
+/// configuration new connections on it use (swapped whole by a reload).
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    name: Arc<str>,
+    addr: Addr,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    tls: std::sync::RwLock<TlsSetting>,
+}
+
+impl Endpoint {
+    pub(crate) fn new(name: Arc<str>, addr: Addr, tls: TlsSetting) -> Self {
+        Endpoint {
+            name,
+            addr,
+            tls: std::sync::RwLock::new(tls),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub(crate) fn addr(&self) -> &Addr {
+        &self.addr
+    }
+
+    /// The TLS configuration new connections use, if this listener serves TLS.
     #[cfg(feature = "tls")]
     pub(crate) fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -474,7 +570,7 @@ impl Core {
         false
     }
 
-    /// Replaces the TLS configuration of a TLS server; false for a plain one.
+    /// Replaces the TLS configuration of a TLS listener; false for a plain one.
     #[cfg(feature = "tls")]
     pub(crate) fn set_tls(&self, config: Arc<rustls::ServerConfig>) -> bool {
         let mut current = self.tls.write().unwrap_or_else(|e| e.into_inner());

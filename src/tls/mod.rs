@@ -158,7 +158,10 @@ mod tests {
         assert!(debug.contains(r#"alpn: Some("h2")"#), "{debug}");
         assert!(debug.contains("CN=client one"), "{debug}");
         assert!(debug.contains("<3 bytes of DER>"), "{debug}");
-        assert!(!debug.contains(&format!("{:?}", &der[..8])), "no raw DER: {debug}");
+        assert!(
+            !debug.contains(&format!("{:?}", &der[..8])),
+            "no raw DER: {debug}"
+        );
         assert_eq!(info.alpn_str(), Some("h2"));
     }
 }
