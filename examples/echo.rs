@@ -40,9 +40,10 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 #[derive(Parser, Debug)]
 #[command(name = "echo", version, about)]
 struct Args {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:7000")]
-    addr: String,
+    /// Address to listen on (port 0 picks a free port); repeatable, one listener each
+    /// (default 127.0.0.1:7000 unless --unix is given).
+    #[arg(long, value_name = "ADDR")]
+    addr: Vec<String>,
     /// The async runtime berth runs on.
     #[arg(long, value_enum, default_value = "smol")]
     runtime: RuntimeKind,
@@ -103,9 +104,9 @@ struct Args {
     /// A proxy allowed to send PROXY headers (repeatable; needs --proxy-protocol).
     #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
     trusted_proxy: Vec<ipnet::IpNet>,
-    /// Listen on this Unix domain socket instead of --addr (a stale socket file there is
-    /// replaced; the file is removed at shutdown).
-    #[arg(long, value_name = "PATH", conflicts_with = "addr")]
+    /// Listen on this Unix domain socket too (alone: instead of the default address). A
+    /// stale socket file there is replaced; the file is removed at shutdown.
+    #[arg(long, value_name = "PATH")]
     unix: Option<PathBuf>,
     /// Permission bits of the --unix socket file, in octal (e.g. 660: owner and group).
     #[arg(long, value_name = "OCTAL", requires = "unix", value_parser = parse_mode)]
@@ -220,7 +221,29 @@ fn run(args: Args) -> Result<(), String> {
     });
     limits.allow = args.allow.clone();
     limits.deny = args.deny.clone();
-    let mut config = Config::new(args.addr.clone());
+    let unix = args.unix.clone().map(|path| {
+        let mut unix = berth::UnixConfig::new(path);
+        unix.mode = args.unix_mode;
+        unix.group = args.unix_group;
+        unix
+    });
+    // One listener per --addr, then --unix; the first is the config's own.
+    let mut addrs = args.addr.clone();
+    if addrs.is_empty() && unix.is_none() {
+        addrs.push("127.0.0.1:7000".into());
+    }
+    let mut listeners: Vec<berth::ListenerConfig> = addrs
+        .into_iter()
+        .map(berth::ListenerConfig::tcp)
+        .chain(unix.map(berth::ListenerConfig::unix))
+        .collect();
+    let first = listeners.remove(0);
+    let mut config = Config::new(first.address.clone().unwrap_or_default());
+    config.unix = first.unix;
+    for listener in &mut listeners {
+        listener.tls = tls.clone();
+    }
+    config.listeners = listeners;
     config.tls = tls;
     config.limits = limits;
     config.proxy_protocol = args.proxy_protocol.then(|| {
@@ -234,14 +257,8 @@ fn run(args: Args) -> Result<(), String> {
     config.drain_timeout = args.drain_timeout;
     config.max_connections = args.max_connections;
     config.reuse_port = args.reuse_port;
-    config.unix = args.unix.clone().map(|path| {
-        let mut unix = berth::UnixConfig::new(path);
-        unix.mode = args.unix_mode;
-        unix.group = args.unix_group;
-        unix
-    });
     // Installed before binding, so a signal right after "listening on" is never lost.
-    let signals = berth::signal::Signals::new().map_err(|e| e.to_string())?;
+    let signals = berth::signal::Signals::with_hangup().map_err(|e| e.to_string())?;
 
     let threads = args.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -291,15 +308,42 @@ fn run(args: Args) -> Result<(), String> {
     server.handle().on_error(|e| eprintln!("echo: {e}"));
 
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {}", server.local_addr())
-        .and_then(|()| stdout.flush())
+    for (_, addr) in server.listeners() {
+        writeln!(stdout, "listening on {addr}").map_err(|e| format!("cannot write: {e}"))?;
+    }
+    stdout
+        .flush()
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(stdout);
     let handle = server.serve(echo);
 
+    // SIGHUP: upgrade (start this program again, hand it the listeners, then drain here).
     // SIGTERM or SIGINT: drain (each connection stops after its current chunk) within
-    // --drain-timeout, then exit.
-    let summary = match futures_lite::future::block_on(handle.shutdown_on(signals.recv())) {
+    // --drain-timeout. Then exit.
+    let stopped = futures_lite::future::block_on(async {
+        loop {
+            let signal = futures_lite::FutureExt::or(async { Some(signals.recv().await) }, async {
+                handle.stopped().await;
+                None
+            })
+            .await;
+            if signal != Some(berth::signal::Signal::Hangup) {
+                return handle.shutdown().await;
+            }
+            match handle.upgrade().await {
+                Ok(upgraded) => {
+                    println!(
+                        "upgrade: process {} serves now; draining this one",
+                        upgraded.pid
+                    );
+                    return handle.shutdown().await;
+                }
+                // The message says "upgrade failed: ..."; this process keeps serving.
+                Err(e) => eprintln!("echo: {e}"),
+            }
+        }
+    });
+    let summary = match stopped {
         Ok(report) => format!("shutdown complete: {report}"),
         Err(berth::Error::ShutdownTimeout {
             forced, drained, ..

@@ -3,7 +3,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 fn main() -> Result<(), berth::Error> {
     // SIGTERM and Ctrl-C from now on: they start a graceful shutdown instead of killing us.
     let signals = berth::signal::Signals::new()?;
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7000".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:7000".into());
     let mut config = berth::Config::new(addr);
     config.idle_timeout = Some(std::time::Duration::from_secs(30));
 

@@ -4,7 +4,9 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 #[tokio::main]
 async fn main() -> Result<(), berth::Error> {
     let signals = berth::signal::Signals::new()?;
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7000".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:7000".into());
     // Inside a tokio runtime, berth runs on it: tokio's sockets, tasks and timers.
     let server = berth::Server::bind(berth::Config::new(addr))?;
     println!("listening on {}", server.local_addr());

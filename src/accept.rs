@@ -34,6 +34,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub(crate) trait Bound: Send {
     /// The address it listens on.
     fn local_addr(&self) -> io::Result<Addr>;
+    /// Its socket, to hand to a new process at an upgrade.
+    #[cfg(unix)]
+    fn handover(&self) -> Option<crate::listener::Handover>;
     /// The accept loop, to spawn: it feeds `spawn` until `core` stops accepting.
     fn serve(
         self: Box<Self>,
@@ -46,6 +49,11 @@ pub(crate) trait Bound: Send {
 impl<L: Listener> Bound for L {
     fn local_addr(&self) -> io::Result<Addr> {
         Listener::local_addr(self)
+    }
+
+    #[cfg(unix)]
+    fn handover(&self) -> Option<crate::listener::Handover> {
+        Listener::handover(self)
     }
 
     fn serve(

@@ -26,6 +26,9 @@ use crate::error::ConfigError;
 /// | `proxy_protocol`  | unset (off)        | PROXY header from trusted proxies, see [`ProxyProtocol`](crate::ProxyProtocol) |
 /// | `tls`             | unset (plain TCP)  | TLS settings (served with feature `tls`), see [`TlsConfig`](crate::tls::TlsConfig) |
 /// | `unix`            | unset (TCP)        | listen on a Unix socket instead, see [`UnixConfig`]             |
+/// | `listeners`       | none               | more listeners, see [`ListenerConfig`]                          |
+/// | `upgrade_timeout` | `30s`              | how long an upgrade waits for the new process to be ready       |
+/// | `first_request_grace` | `1s`           | in a drain, time for a connection that sent nothing yet to send |
 ///
 /// Durations are written the human way in TOML/JSON/YAML: `"30s"`, `"5m"`, `"250ms"`.
 /// New fields may be added in minor releases, so build one with [`Config::new`] (or
@@ -89,6 +92,16 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Listen on this Unix domain socket instead of `address`. `None`: TCP.
     pub unix: Option<UnixConfig>,
+    /// In a drain (shutdown or upgrade), a connection that has sent nothing yet is told to
+    /// drain only once it sends its first bytes or is this old: a client whose connect the
+    /// kernel completed just before accepting stopped still gets its first request served
+    /// (Go's net/http spares new connections the same way, for 5 s). `0s`: no grace.
+    #[serde(with = "humantime_serde")]
+    pub first_request_grace: Duration,
+    /// How long an upgrade waits for the new process to be ready before it gives up (and
+    /// kills it); see [`ServerHandle::upgrade`](crate::ServerHandle::upgrade).
+    #[serde(with = "humantime_serde")]
+    pub upgrade_timeout: Duration,
     /// More listeners, beside the one `address` (or `unix`) and `tls` describe: each with
     /// its own name and TLS setting, served by the same server (one pool, one set of limits,
     /// one drain).
@@ -263,6 +276,8 @@ impl Default for Config {
             proxy_protocol: None,
             tls: None,
             unix: None,
+            first_request_grace: Duration::from_secs(1),
+            upgrade_timeout: Duration::from_secs(30),
             listeners: Vec::new(),
         }
     }
@@ -325,6 +340,8 @@ impl Config {
             ("drain_timeout", Some(self.drain_timeout)),
             ("linger_timeout", Some(self.linger_timeout)),
             ("handshake_timeout", Some(self.handshake_timeout)),
+            ("upgrade_timeout", Some(self.upgrade_timeout)),
+            ("first_request_grace", Some(self.first_request_grace)),
         ] {
             if let Some(value) = value.filter(|v| *v > Self::MAX_TIMEOUT) {
                 return Err(ConfigError::TimeoutTooLarge {

@@ -25,7 +25,7 @@ use crate::addr::{Addr, PeerCred};
 use crate::extensions::Extensions;
 use crate::lifecycle::Lifecycle;
 use crate::listener::ByteStream;
-use crate::pool::{LINGERING, PANICKED, SAW_EOF, SAW_ERROR, Slot, SlotState};
+use crate::pool::{LINGERING, PANICKED, SAW_DATA, SAW_EOF, SAW_ERROR, Slot, SlotState};
 use crate::state::{Core, Endpoint};
 use crate::tls::TlsInfo;
 
@@ -187,9 +187,21 @@ impl Conn {
         self.slot.state(self.generation) == SlotState::Open
     }
 
-    /// Whether the server has started a graceful shutdown.
+    /// Whether the server has started a graceful shutdown and wants this connection to
+    /// finish: at once if it has sent something, else once it is
+    /// [`first_request_grace`](crate::Config::first_request_grace) old (a connection
+    /// accepted just before the drain gets the time to send its first request).
     pub fn is_draining(&self) -> bool {
-        self.core.is_draining()
+        self.core.is_draining() && self.drain_due()
+    }
+
+    /// Whether a drain applies to this connection yet (see `is_draining`).
+    fn drain_due(&self) -> bool {
+        drain_due(&self.core, &self.slot, self.opened_at())
+    }
+
+    fn opened_at(&self) -> Option<std::time::Instant> {
+        self.open.as_ref().map(|open| open.life.opened_at())
     }
 
     /// A future that completes when the server starts a graceful shutdown (at once if it
@@ -218,6 +230,8 @@ impl Conn {
     pub fn draining(&self) -> Draining {
         Draining {
             core: self.core.clone(),
+            slot: self.slot.clone(),
+            opened_at: self.opened_at(),
             listener: None,
         }
     }
@@ -324,6 +338,16 @@ impl Conn {
     }
 }
 
+/// Whether a drain applies to a connection yet: it has sent something, or its first
+/// request's grace is over (it is old enough, or the grace after the drain began is).
+fn drain_due(core: &Core, slot: &Slot, opened_at: Option<std::time::Instant>) -> bool {
+    if slot.flags() & SAW_DATA != 0 || core.first_request_grace_over() {
+        return true;
+    }
+    let grace = core.config().first_request_grace;
+    opened_at.is_none_or(|at| core.runtime().now().saturating_duration_since(at) >= grace)
+}
+
 fn closed_error(state: SlotState) -> Option<io::Error> {
     match state {
         SlotState::Open => None,
@@ -362,8 +386,10 @@ impl AsyncRead for Conn {
             },
             |n| *n > 0,
         );
-        if matches!(poll, Poll::Ready(Ok(0))) && !buf.is_empty() {
-            this.slot.mark(SAW_EOF);
+        match poll {
+            Poll::Ready(Ok(0)) if !buf.is_empty() => this.slot.mark(SAW_EOF),
+            Poll::Ready(Ok(1..)) => this.slot.mark(SAW_DATA),
+            _ => {}
         }
         poll
     }
@@ -388,8 +414,10 @@ impl AsyncRead for Conn {
             },
             |n| *n > 0,
         );
-        if matches!(poll, Poll::Ready(Ok(0))) && wanted {
-            this.slot.mark(SAW_EOF);
+        match poll {
+            Poll::Ready(Ok(0)) if wanted => this.slot.mark(SAW_EOF),
+            Poll::Ready(Ok(1..)) => this.slot.mark(SAW_DATA),
+            _ => {}
         }
         poll
     }
@@ -475,7 +503,7 @@ impl Drop for Conn {
         // Everything else (peer closed, error, panic, closed by the server) closes now.
         let linger = self.core.config().linger_timeout;
         if !linger.is_zero()
-            && self.slot.flags() == 0
+            && self.slot.flags() & (SAW_EOF | SAW_ERROR | PANICKED) == 0
             && self.slot.state(self.generation) == SlotState::Open
             && !self.core.is_forced()
         {
@@ -599,6 +627,8 @@ impl Future for Readable<'_> {
 #[must_use = "futures do nothing unless awaited"]
 pub struct Draining {
     core: Arc<Core>,
+    slot: Arc<Slot>,
+    opened_at: Option<std::time::Instant>,
     listener: Option<EventListener>,
 }
 
@@ -608,7 +638,8 @@ impl Future for Draining {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
-            if this.core.is_draining() {
+            let draining = this.core.is_draining();
+            if draining && drain_due(&this.core, &this.slot, this.opened_at) {
                 this.listener = None;
                 return Poll::Ready(());
             }
@@ -617,7 +648,11 @@ impl Future for Draining {
                     ready!(Pin::new(listener).poll(cx));
                     this.listener = None;
                 }
-                // Listen, then loop to check the flag again: a notify before `listen` is lost.
+                // Listen, then loop to check again: a notify before `listen` is lost. While
+                // draining, what is left to wait for is the end of the first request's grace.
+                None if draining => {
+                    this.listener = Some(this.core.first_request_grace_latch().listen());
+                }
                 None => this.listener = Some(this.core.draining().listen()),
             }
         }

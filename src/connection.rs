@@ -456,10 +456,7 @@ mod tests {
     /// per idle connection. The TLS handshake is boxed so its large state is not inlined.
     #[test]
     fn a_plain_connection_task_stays_small() {
-        #[cfg(feature = "tls")]
         let tls = None;
-        #[cfg(not(feature = "tls"))]
-        let tls = ();
         let runtime = Arc::new(crate::runtime::Smol::global());
         let endpoint = Arc::new(Endpoint::new("test".into(), addr(1), tls));
         let core = Arc::new(Core::new(

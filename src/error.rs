@@ -194,6 +194,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An upgrade failed; the server keeps serving.
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    #[error("upgrade failed: {0}")]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
     /// Signal handlers could not be installed (see [`Signals`](crate::signal::Signals)).
     #[error("cannot install handlers for SIGTERM and SIGINT: {0}")]
     Signal(#[source] io::Error),
@@ -300,6 +304,8 @@ impl Error {
                 .field("grace", grace)
                 .finish(),
             Error::Signal(e) => f.debug_tuple("Signal").field(e).finish(),
+            #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+            Error::Upgrade(e) => f.debug_tuple("Upgrade").field(e).finish(),
         }
     }
 }

@@ -132,6 +132,17 @@ pub enum ServerEvent {
         /// Whether its connections are TLS.
         tls: bool,
     },
+    /// A new process took over the listeners ([`ServerHandle::upgrade`](crate::ServerHandle::upgrade));
+    /// this server now drains.
+    Upgraded {
+        /// The new process.
+        pid: u32,
+    },
+    /// An upgrade failed; this server keeps serving.
+    UpgradeFailed {
+        /// Why.
+        reason: String,
+    },
     /// Shutdown began: the listener is closed and every connection was told to drain.
     Draining {
         /// Connections open when draining began.

@@ -226,6 +226,12 @@ mod trace {
             } => {
                 tracing::info!(target: "berth", listener = %listener, %addr, tls, "listening")
             }
+            ServerEvent::Upgraded { pid } => {
+                tracing::info!(target: "berth", pid, "upgraded: the new process serves")
+            }
+            ServerEvent::UpgradeFailed { reason } => {
+                tracing::warn!(target: "berth", %reason, "upgrade failed")
+            }
             ServerEvent::Draining { open_connections } => {
                 tracing::info!(target: "berth", open_connections, "draining")
             }

@@ -78,6 +78,8 @@ mod shutdown;
 pub mod signal;
 mod state;
 pub mod tls;
+#[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+pub mod upgrade;
 
 pub use addr::{Addr, PeerCred};
 pub use config::{Config, ListenerConfig, UnixConfig};

@@ -76,6 +76,11 @@ impl Lifecycle {
         &self.peer_addr
     }
 
+    /// When it was accepted, on the runtime's clock.
+    pub(crate) fn opened_at(&self) -> Instant {
+        self.opened_at
+    }
+
     /// The client's original address from a PROXY header; returns the proxy's.
     pub(crate) fn replace_peer(&mut self, client: Addr) -> Addr {
         std::mem::replace(&mut self.peer_addr, client)

@@ -56,6 +56,38 @@ pub trait Listener: Send + Sync + 'static {
 
     /// The address the listener is bound to.
     fn local_addr(&self) -> io::Result<Addr>;
+
+    /// The listening socket itself, for an upgrade to hand to a new process (see
+    /// [`ServerHandle::upgrade`](crate::ServerHandle::upgrade)). berth's TCP and Unix
+    /// listeners give it; the default is `None`: such a listener is not handed over, and
+    /// the new process binds its own.
+    #[cfg(unix)]
+    fn handover(&self) -> Option<Handover> {
+        None
+    }
+}
+
+/// A listening socket as an upgrade hands it to the new process: a duplicate of its
+/// descriptor (the socket stays open, and keeps its backlog, while either process holds it).
+#[cfg(unix)]
+#[derive(Debug)]
+#[cfg_attr(not(any(feature = "async-io", feature = "tokio")), allow(dead_code))]
+pub struct Handover {
+    pub(crate) fd: std::os::fd::OwnedFd,
+    /// Set once the socket was handed over: the old listener then leaves a Unix socket's
+    /// file in place (the new process serves it).
+    pub(crate) keep_file: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+#[cfg(unix)]
+impl Handover {
+    /// Hands over the socket behind `fd`, a duplicate of the listener's descriptor.
+    pub fn new(fd: std::os::fd::OwnedFd) -> Self {
+        Handover {
+            fd,
+            keep_file: None,
+        }
+    }
 }
 
 /// A connection's byte stream: futures-io, plus what berth can use when the stream offers it

@@ -59,8 +59,10 @@ impl SlotState {
 pub(crate) const SAW_EOF: u8 = 1;
 pub(crate) const SAW_ERROR: u8 = 2;
 pub(crate) const PANICKED: u8 = 4;
-/// The handler is done and the socket is in a lingering close (see `conn::Closing`).
+/// The handler is done and the socket is in a lingering close (see `conn::Open::linger`).
 pub(crate) const LINGERING: u8 = 8;
+/// A read returned data: the peer has sent something (see `Config::first_request_grace`).
+pub(crate) const SAW_DATA: u8 = 16;
 
 const STATE_BITS: u32 = 8;
 
@@ -75,7 +77,7 @@ pub(crate) struct Slot {
     word: AtomicU64,
     /// Coarse-clock time of the last read or write progress (see `idle`).
     pub(crate) last_active: AtomicU64,
-    /// `SAW_EOF | SAW_ERROR | PANICKED | LINGERING`.
+    /// `SAW_EOF | SAW_ERROR | PANICKED | LINGERING | SAW_DATA`.
     flags: AtomicU8,
     /// Key in the registry while open.
     key: AtomicUsize,

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::accept::Bound;
+use crate::accept::Bound as BoundListener;
 use crate::addr::Addr;
 use crate::config::Config;
 use crate::connection::{Serving, Spawn, TuneHook};
@@ -51,6 +51,8 @@ impl std::fmt::Debug for Builder {
 impl Builder {
     /// A builder for a server configured by `config`.
     pub fn new(config: Config) -> Self {
+        #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+        crate::upgrade::remember_program();
         Builder {
             config,
             runtime: None,
@@ -123,6 +125,10 @@ impl Builder {
     /// is served instead of binding `config.address`.
     ///
     /// A failure is returned and also reported to the error hook; nothing stays bound.
+    ///
+    /// In a process started by an [upgrade](ServerHandle::upgrade), the listening sockets the
+    /// old process handed over are adopted by name instead of bound (the others are bound),
+    /// and the old process is told the new one is ready once it serves.
     #[cfg(any(feature = "async-io", feature = "tokio"))]
     pub fn bind(self) -> Result<Server, Error> {
         let bound = self.bind_all();
@@ -130,13 +136,25 @@ impl Builder {
     }
 
     #[cfg(any(feature = "async-io", feature = "tokio"))]
-    fn bind_all(&self) -> Result<Vec<Listening>, Error> {
+    fn bind_all(&self) -> Result<Bound, Error> {
         self.config.validate_settings()?;
         let reactor = self.chosen_runtime()?.reactor();
+        #[cfg(unix)]
+        let mut upgrade = crate::upgrade::inherit()
+            .map_err(|e| Error::Upgrade(crate::upgrade::UpgradeError::Channel(e)))?;
         let mut inherited = crate::listener::inherited_tcp()?;
         let mut bound = Vec::new();
         for (index, spec) in self.config.all_listeners().into_iter().enumerate() {
-            let listener = bind_one(&self.config, &spec, &reactor, &mut inherited)?;
+            #[cfg(unix)]
+            let handed = upgrade
+                .as_mut()
+                .and_then(|u| u.listeners.remove(&spec.name()));
+            #[cfg(not(unix))]
+            let handed = None;
+            let listener = match handed {
+                Some(fd) => adopt(&self.config, fd, &reactor)?,
+                None => bind_one(&self.config, &spec, &reactor, &mut inherited)?,
+            };
             // `tls_server_config` replaces the first listener's TLS settings.
             let tls = match (index, &spec.tls) {
                 #[cfg(feature = "tls")]
@@ -150,14 +168,18 @@ impl Builder {
                 tls,
             });
         }
-        Ok(bound)
+        Ok(Bound {
+            listeners: bound,
+            #[cfg(unix)]
+            upgrade,
+        })
     }
 
     /// Serves connections from `listener` (any [`Listener`]: a simulated one, a socket bound
     /// elsewhere), with `config.tls`. The config's `address`, `unix` and `listeners` are not
     /// used; the listener is named by its address.
     pub fn listener<L: Listener>(self, listener: L) -> Result<Server, Error> {
-        let listener: Box<dyn Bound> = Box::new(listener);
+        let listener: Box<dyn BoundListener> = Box::new(listener);
         let named = listener.local_addr().map(|addr| Listening {
             name: addr.to_string(),
             listener,
@@ -167,7 +189,11 @@ impl Builder {
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into(),
             source,
         });
-        self.finish(named.map(|listening| vec![listening]))
+        self.finish(named.map(|listening| Bound {
+            listeners: vec![listening],
+            #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+            upgrade: None,
+        }))
     }
 
     /// The TLS settings of the first listener: `tls_server_config`, else `config.tls`.
@@ -183,8 +209,8 @@ impl Builder {
     }
 
     /// Checks the bound listeners and builds the server, or reports the error.
-    fn finish(self, bound: Result<Vec<Listening>, Error>) -> Result<Server, Error> {
-        let built = bound.and_then(|bound| {
+    fn finish(self, bound: Result<Bound, Error>) -> Result<Server, Error> {
+        let built = bound.and_then(|Bound { listeners: bound, #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))] upgrade }| {
             self.config.validate_settings()?;
             let runtime = self.chosen_runtime()?;
             let mut listeners = Vec::with_capacity(bound.len());
@@ -202,8 +228,20 @@ impl Builder {
                 let endpoint = Arc::new(Endpoint::new(name.into(), addr, tls));
                 listeners.push((endpoint, listener));
             }
+            #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+            return Ok((runtime, listeners, upgrade));
+            #[cfg(not(all(unix, any(feature = "async-io", feature = "tokio"))))]
             Ok((runtime, listeners))
         });
+        #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+        let (runtime, listeners, upgrade) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                self.hooks.error(&e);
+                return Err(e);
+            }
+        };
+        #[cfg(not(all(unix, any(feature = "async-io", feature = "tokio"))))]
         let (runtime, listeners) = match built {
             Ok(built) => built,
             Err(e) => {
@@ -216,6 +254,8 @@ impl Builder {
             core: Arc::new(Core::new(runtime, self.config, self.hooks, endpoints)),
             listeners,
             tune: self.tune,
+            #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+            upgrade,
         })
     }
 
@@ -244,14 +284,22 @@ impl Builder {
     #[cfg(not(feature = "tls"))]
     fn load_tls(&self, _: Tls) -> Result<TlsSetting, Error> {
         // validate_settings() refused TLS settings in a build without TLS.
-        Ok(())
+        Ok(None)
     }
+}
+
+/// What binding produced, before the server is built.
+struct Bound {
+    listeners: Vec<Listening>,
+    /// The channel to the process this one replaces, when an upgrade started it.
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    upgrade: Option<crate::upgrade::Inherited>,
 }
 
 /// A bound listener, before the server is built.
 struct Listening {
     name: String,
-    listener: Box<dyn Bound>,
+    listener: Box<dyn BoundListener>,
     tls: Tls,
 }
 
@@ -264,6 +312,30 @@ enum Tls {
     Ready(Option<Arc<rustls::ServerConfig>>),
 }
 
+/// Serves a listening socket an upgrade handed over: TCP or Unix, as the socket says.
+#[cfg(any(feature = "async-io", feature = "tokio"))]
+fn adopt(
+    config: &Config,
+    fd: std::os::fd::OwnedFd,
+    reactor: &crate::runtime::Reactor,
+) -> Result<Box<dyn BoundListener>, Error> {
+    let unix = socket2::SockRef::from(&fd)
+        .local_addr()
+        .is_ok_and(|addr| addr.is_unix());
+    if unix {
+        #[cfg(unix)]
+        return Ok(Box::new(crate::listener::UnixListener::adopt(
+            fd.into(),
+            reactor,
+        )?));
+    }
+    Ok(Box::new(crate::listener::TcpListener::from_std(
+        fd.into(),
+        config.nodelay,
+        reactor,
+    )?))
+}
+
 /// Binds one listener of `config`; the first TCP one takes the systemd-passed socket.
 #[cfg(any(feature = "async-io", feature = "tokio"))]
 fn bind_one(
@@ -271,7 +343,7 @@ fn bind_one(
     spec: &crate::ListenerConfig,
     reactor: &crate::runtime::Reactor,
     inherited: &mut Option<std::net::TcpListener>,
-) -> Result<Box<dyn Bound>, Error> {
+) -> Result<Box<dyn BoundListener>, Error> {
     use crate::listener::TcpListener;
     // The listeners bind from a config of their own: this listener's socket settings, and
     // the server-wide ones (backlog, reuse_port, nodelay).
@@ -329,8 +401,11 @@ fn bind_one(
 #[must_use = "a bound server accepts nothing until you call serve"]
 pub struct Server {
     core: Arc<Core>,
-    listeners: Vec<(Arc<Endpoint>, Box<dyn Bound>)>,
+    listeners: Vec<(Arc<Endpoint>, Box<dyn BoundListener>)>,
     tune: Option<TuneHook>,
+    /// The process this one replaces, told "ready" once serving starts.
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    upgrade: Option<crate::upgrade::Inherited>,
 }
 
 impl std::fmt::Debug for Server {
@@ -400,6 +475,15 @@ impl Server {
         if let Some(timeout) = core.config().idle_timeout {
             rt.spawn(Box::pin(crate::idle::scan(core.clone(), timeout)));
         }
+        #[cfg(unix)]
+        core.keep_handovers(
+            self.listeners
+                .iter()
+                .filter_map(|(endpoint, listener)| {
+                    Some((endpoint.name().clone(), listener.handover()?))
+                })
+                .collect(),
+        );
         for (endpoint, listener) in self.listeners {
             core.hooks().server(ServerEvent::Listening {
                 listener: endpoint.name().clone(),
@@ -408,6 +492,16 @@ impl Server {
             });
             core.accept_loop_started();
             rt.spawn(listener.serve(core.clone(), endpoint, serving.clone()));
+        }
+        // Every listener accepts (the loops are spawned; connects queue until they run):
+        // the process this one replaces may stop now.
+        #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+        if let Some(upgrade) = self.upgrade {
+            if let Err(e) = upgrade.ready() {
+                core.hooks().error(&Error::Upgrade(
+                    crate::upgrade::UpgradeError::Channel(e),
+                ));
+            }
         }
         ServerHandle { core }
     }
@@ -460,6 +554,82 @@ impl ServerHandle {
         .or(self.core.stopped())
         .await;
         self.shutdown().await
+    }
+
+    /// Zero-downtime upgrade: starts this program again (from the path it was started from,
+    /// with the same arguments) and hands it every listening socket by name; see
+    /// [`upgrade_with`](Self::upgrade_with).
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    pub async fn upgrade(&self) -> Result<crate::upgrade::Upgraded, Error> {
+        let command = crate::upgrade::default_command().map_err(Error::Upgrade)?;
+        self.upgrade_with(command).await
+    }
+
+    /// Zero-downtime upgrade to the program `command` starts: hands it every listening
+    /// socket by name, waits (at most `config.upgrade_timeout`) until it has adopted them,
+    /// bound any new ones and serves, and only then stops accepting here, without closing
+    /// the shared sockets (no connect is refused or reset meanwhile), and drains with
+    /// `drain_timeout`. Under systemd (`NOTIFY_SOCKET`) it announces the new process
+    /// (`MAINPID=`, `READY=1`). Returns once the new process is ready; [`stopped`](Self::stopped)
+    /// or [`shutdown`](Self::shutdown) then wait for the drain and give its report.
+    ///
+    /// The new process must build its server with `Builder::bind` (which adopts the
+    /// sockets) and serve it. On failure (it cannot start, exits, or is not ready in time:
+    /// it is then killed) this server keeps serving, the error is returned and reported
+    /// (`ServerEvent::UpgradeFailed`), and a later upgrade may be tried. One upgrade runs
+    /// at a time.
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    pub async fn upgrade_with(
+        &self,
+        command: std::process::Command,
+    ) -> Result<crate::upgrade::Upgraded, Error> {
+        use crate::upgrade::{UpgradeError, Upgraded};
+        let core = &self.core;
+        if core.state() != State::Running {
+            return Err(Error::Upgrade(UpgradeError::NotRunning));
+        }
+        if !core.start_upgrade() {
+            return Err(Error::Upgrade(UpgradeError::InProgress));
+        }
+        let result = async {
+            let sockets = core
+                .handover_sockets()
+                .map_err(UpgradeError::Channel)?;
+            let names: Vec<String> = sockets.iter().map(|(name, _)| name.clone()).collect();
+            let timeout = core.config().upgrade_timeout;
+            let pid = crate::upgrade::on_thread("berth-upgrade", move || {
+                crate::upgrade::hand_over(command, &sockets, timeout)
+            })
+            .await
+            .map_err(UpgradeError::Channel)??;
+            Ok::<_, UpgradeError>(Upgraded {
+                pid,
+                listeners: names,
+            })
+        }
+        .await;
+        let upgraded = match result {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                core.end_upgrade();
+                core.hooks().server(ServerEvent::UpgradeFailed {
+                    reason: e.to_string(),
+                });
+                return Err(Error::Upgrade(e));
+            }
+        };
+        // The new process accepts on every socket: stop here, keeping Unix socket files.
+        core.handed_over();
+        if let Err(e) = crate::upgrade::notify_systemd(upgraded.pid) {
+            core.hooks().error(&Error::Upgrade(UpgradeError::Channel(e)));
+        }
+        core.hooks().server(ServerEvent::Upgraded { pid: upgraded.pid });
+        let draining = core.clone();
+        let grace = core.config().drain_timeout;
+        core.runtime().spawn(Box::pin(async move {
+            let _ = crate::shutdown::stop(&draining, grace, false).await;
+        }));
+        Ok(upgraded)
     }
 
     /// Immediate stop: stop accepting, force-close every connection (cancelling handlers),

@@ -19,12 +19,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use event_listener::{Event, EventListener};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::error::Error;
 
@@ -36,76 +36,114 @@ pub enum Signal {
     Terminate,
     /// SIGINT: Ctrl-C in a terminal.
     Interrupt,
+    /// SIGHUP, when asked for ([`Signals::with_hangup`]): by convention, reload or upgrade
+    /// (`systemctl reload` with `ExecReload=kill -HUP $MAINPID`).
+    Hangup,
 }
 
-/// Signals received so far, process-wide.
+const KINDS: [Signal; 3] = [Signal::Terminate, Signal::Interrupt, Signal::Hangup];
+
+/// Signals received so far, process-wide, by kind.
 struct Received {
-    count: AtomicU64,
-    last: AtomicU8,
+    counts: [AtomicU64; 3],
     event: Event,
 }
 
-/// The process's signal handlers, installed at most once.
-static INSTALLED: Mutex<Option<Arc<Received>>> = Mutex::new(None);
-
-fn install() -> std::io::Result<Arc<Received>> {
-    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(received) = &*installed {
-        return Ok(received.clone());
-    }
-    let mut iterator = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    let received = Arc::new(Received {
-        count: AtomicU64::new(0),
-        last: AtomicU8::new(0),
-        event: Event::new(),
-    });
-    let sink = received.clone();
-    std::thread::Builder::new()
-        .name("berth-signals".into())
-        .spawn(move || {
-            for signal in iterator.forever() {
-                let kind = if signal == SIGINT { 1 } else { 0 };
-                sink.last.store(kind, Ordering::Release);
-                sink.count.fetch_add(1, Ordering::AcqRel);
-                sink.event.notify(usize::MAX);
-            }
-        })?;
-    *installed = Some(received.clone());
-    Ok(received)
+/// The process's signal handlers, installed at most once; SIGHUP is added on demand.
+struct Installed {
+    received: Arc<Received>,
+    handle: signal_hook::iterator::Handle,
+    hangup: bool,
 }
 
-/// SIGTERM and SIGINT, from the moment it is created. See the [module docs](self).
+static INSTALLED: Mutex<Option<Installed>> = Mutex::new(None);
+
+fn install(hangup: bool) -> std::io::Result<Arc<Received>> {
+    let mut guard = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    let installed = if let Some(installed) = guard.as_mut() {
+        installed
+    } else {
+        let mut iterator = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+        let received = Arc::new(Received {
+            counts: Default::default(),
+            event: Event::new(),
+        });
+        let sink = received.clone();
+        let handle = iterator.handle();
+        std::thread::Builder::new()
+            .name("berth-signals".into())
+            .spawn(move || {
+                for signal in iterator.forever() {
+                    let kind = match signal {
+                        SIGTERM => 0,
+                        SIGINT => 1,
+                        _ => 2,
+                    };
+                    sink.counts[kind].fetch_add(1, Ordering::AcqRel);
+                    sink.event.notify(usize::MAX);
+                }
+            })?;
+        guard.insert(Installed {
+            received,
+            handle,
+            hangup: false,
+        })
+    };
+    if hangup && !installed.hangup {
+        installed.handle.add_signal(SIGHUP)?;
+        installed.hangup = true;
+    }
+    Ok(installed.received.clone())
+}
+
+/// SIGTERM and SIGINT (and SIGHUP when asked for), from the moment it is created. See the
+/// [module docs](self).
 #[derive(Clone)]
 pub struct Signals {
     received: Arc<Received>,
-    /// Signals already seen by this receiver.
-    seen: Arc<AtomicU64>,
+    /// Signals of each kind already returned by this receiver.
+    seen: Arc<[AtomicU64; 3]>,
+    hangup: bool,
 }
 
 impl std::fmt::Debug for Signals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Signals")
-            .field("received", &self.received.count.load(Ordering::Acquire))
-            .finish()
+            .field("hangup", &self.hangup)
+            .finish_non_exhaustive()
     }
 }
 
 impl Signals {
-    /// Installs the handlers (once per process) and starts listening. Create it before
-    /// binding, so a signal that arrives as soon as the server listens is not missed.
+    /// Installs the handlers for SIGTERM and SIGINT (once per process) and starts
+    /// listening. Create it before binding, so a signal that arrives as soon as the server
+    /// listens is not missed.
     ///
     /// Errors: [`Error::Signal`] when the handlers cannot be installed.
     pub fn new() -> Result<Self, Error> {
-        let received = install().map_err(Error::Signal)?;
-        let seen = received.count.load(Ordering::Acquire);
+        Self::listen(false)
+    }
+
+    /// Like [`new`](Self::new), and SIGHUP too (then it no longer ends the process): for
+    /// programs that upgrade or reload on SIGHUP.
+    pub fn with_hangup() -> Result<Self, Error> {
+        Self::listen(true)
+    }
+
+    fn listen(hangup: bool) -> Result<Self, Error> {
+        let received = install(hangup).map_err(Error::Signal)?;
+        let seen = Arc::new(std::array::from_fn(|kind| {
+            AtomicU64::new(received.counts[kind].load(Ordering::Acquire))
+        }));
         Ok(Signals {
             received,
-            seen: Arc::new(AtomicU64::new(seen)),
+            seen,
+            hangup,
         })
     }
 
-    /// Completes at the next SIGTERM or SIGINT not yet returned by this receiver (at once if
-    /// one arrived since it was created), with which one it was.
+    /// Completes at the next signal not yet returned by this receiver (at once if one
+    /// arrived since it was created), with which one it was.
     pub fn recv(&self) -> Recv {
         Recv {
             signals: self.clone(),
@@ -114,19 +152,24 @@ impl Signals {
     }
 
     fn take(&self) -> Option<Signal> {
-        let count = self.received.count.load(Ordering::Acquire);
-        let seen = self.seen.load(Ordering::Acquire);
-        if count == seen {
-            return None;
+        for (kind, signal) in KINDS.iter().enumerate() {
+            if *signal == Signal::Hangup && !self.hangup {
+                continue;
+            }
+            let count = self.received.counts[kind].load(Ordering::Acquire);
+            let seen = &self.seen[kind];
+            let was = seen.load(Ordering::Acquire);
+            if count > was
+                && seen
+                    .compare_exchange(was, was + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                return Some(*signal);
+            }
         }
-        self.seen.store(count, Ordering::Release);
-        Some(match self.received.last.load(Ordering::Acquire) {
-            1 => Signal::Interrupt,
-            _ => Signal::Terminate,
-        })
+        None
     }
 }
-
 /// The future of [`Signals::recv`].
 #[must_use = "futures do nothing unless awaited"]
 pub struct Recv {

@@ -55,7 +55,7 @@ impl Drop for Reservation<'_> {
 #[cfg(feature = "tls")]
 pub(crate) type TlsSetting = Option<Arc<rustls::ServerConfig>>;
 #[cfg(not(feature = "tls"))]
-pub(crate) type TlsSetting = ();
+pub(crate) type TlsSetting = Option<std::convert::Infallible>;
 
 /// The shutdown latches, in the order a shutdown sets them.
 #[derive(Debug, Default)]
@@ -66,6 +66,8 @@ struct Latches {
     accept_stopped: Latch,
     /// Connections were told to drain.
     draining: Latch,
+    /// The drain's grace for connections that have not sent anything yet is over.
+    first_request_grace: Latch,
     /// `close()` was called: stop waiting for handlers.
     close_requested: Latch,
     /// The final sweep is under way: connections registering from now on close themselves,
@@ -101,6 +103,13 @@ pub(crate) struct Core {
     limiter: Limiter,
     /// The listeners, in the order they were configured.
     endpoints: Vec<Arc<Endpoint>>,
+    /// Each listener's socket, to hand to a new process at an upgrade; closed when
+    /// accepting stops (so clients are refused after a shutdown, not left in a backlog).
+    #[cfg(unix)]
+    handovers: Mutex<Vec<(Arc<str>, crate::listener::Handover)>>,
+    /// An upgrade is under way.
+    #[cfg_attr(not(all(unix, any(feature = "async-io", feature = "tokio"))), allow(dead_code))]
+    upgrading: AtomicBool,
 }
 
 impl std::fmt::Debug for Core {
@@ -142,6 +151,9 @@ impl Core {
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
             endpoints,
+            #[cfg(unix)]
+            handovers: Mutex::new(Vec::new()),
+            upgrading: AtomicBool::new(false),
         }
     }
 
@@ -198,6 +210,8 @@ impl Core {
 
     /// Tells the accept loops to stop and waits until every one has dropped its listener.
     pub(crate) async fn stop_accepting(&self) {
+        #[cfg(unix)]
+        lock(&self.handovers).clear();
         self.latches.stop_accepting.set();
         if self.accept_loops.load(Ordering::Acquire) == 0 {
             return;
@@ -438,6 +452,21 @@ impl Core {
         &self.latches.draining
     }
 
+    /// Whether the drain's grace for connections that sent nothing yet is over.
+    pub(crate) fn first_request_grace_over(&self) -> bool {
+        self.latches.first_request_grace.is_set()
+    }
+
+    pub(crate) fn first_request_grace_latch(&self) -> &Latch {
+        &self.latches.first_request_grace
+    }
+
+    /// Ends the grace: every connection is told to drain now.
+    pub(crate) fn end_first_request_grace(&self) {
+        self.latches.first_request_grace.set();
+        self.pool.for_each_open(|slot, _| slot.read_waker.wake());
+    }
+
     pub(crate) fn start_draining(&self) {
         self.set_state(State::Draining);
         self.latches.draining.set();
@@ -505,6 +534,44 @@ impl Core {
         lock(&self.stop_result)
             .map(|(report, _)| report)
             .unwrap_or_default()
+    }
+
+    // --- upgrades -------------------------------------------------------------------------
+
+    /// Keeps the listeners' sockets for an upgrade.
+    #[cfg(unix)]
+    pub(crate) fn keep_handovers(&self, handovers: Vec<(Arc<str>, crate::listener::Handover)>) {
+        *lock(&self.handovers) = handovers;
+    }
+
+    /// Duplicates of the listeners' sockets, by name, for a new process.
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    pub(crate) fn handover_sockets(&self) -> std::io::Result<Vec<(String, std::os::fd::OwnedFd)>> {
+        lock(&self.handovers)
+            .iter()
+            .map(|(name, handover)| Ok((name.to_string(), handover.fd.try_clone()?)))
+            .collect()
+    }
+
+    /// The sockets were handed over: the old listeners leave Unix socket files in place.
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    pub(crate) fn handed_over(&self) {
+        for (_, handover) in lock(&self.handovers).iter() {
+            if let Some(keep) = &handover.keep_file {
+                keep.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Claims the one upgrade that may run at a time; false if one is under way.
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    pub(crate) fn start_upgrade(&self) -> bool {
+        !self.upgrading.swap(true, Ordering::AcqRel)
+    }
+
+#[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    pub(crate) fn end_upgrade(&self) {
+        self.upgrading.store(false, Ordering::Release);
     }
 
     // --- listeners and TLS ----------------------------------------------------------------

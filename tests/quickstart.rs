@@ -23,11 +23,7 @@ fn readme_block(heading: &str) -> String {
 }
 
 fn example_source(name: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/examples/{name}.rs",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    std::fs::read_to_string(format!("{}/examples/{name}.rs", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 #[test]

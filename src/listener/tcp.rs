@@ -119,6 +119,18 @@ impl Listener for TcpListener {
         })
     }
 
+    #[cfg(unix)]
+    fn handover(&self) -> Option<super::Handover> {
+        use std::os::fd::AsFd;
+        let fd = match &self.inner {
+            #[cfg(feature = "async-io")]
+            Backend::AsyncIo(listener) => listener.get_ref().as_fd().try_clone_to_owned(),
+            #[cfg(feature = "tokio")]
+            Backend::Tokio(listener) => listener.as_fd().try_clone_to_owned(),
+        };
+        fd.ok().map(super::Handover::new)
+    }
+
     fn local_addr(&self) -> io::Result<Addr> {
         match &self.inner {
             #[cfg(feature = "async-io")]

@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use socket2::{Domain, SockAddr, Socket as RawSocket, Type};
@@ -31,6 +32,8 @@ pub struct UnixListener {
     /// Device and inode of the socket file this listener created, so that dropping it
     /// removes that file and never one a newer server put at the same path.
     created: Option<(u64, u64)>,
+    /// Set when the socket was handed to a new process, which serves the file from then on.
+    keep_file: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -86,6 +89,7 @@ impl UnixListener {
                 inner,
                 path: Some(path),
                 created: Some(created),
+                keep_file: Arc::default(),
             }),
             Err(source) => {
                 let _ = std::fs::remove_file(&path);
@@ -117,7 +121,23 @@ impl UnixListener {
             inner,
             path,
             created: None,
+            keep_file: Arc::default(),
         })
+    }
+
+    /// Serves a listening socket an upgrade handed over: like `from_std`, but the file at
+    /// its path (if it is this very socket's) is this listener's to remove, as if it had
+    /// created it.
+    pub(crate) fn adopt(
+        listener: std::os::unix::net::UnixListener,
+        reactor: &Reactor,
+    ) -> Result<Self, Error> {
+        let mut adopted = Self::from_std(listener, reactor)?;
+        adopted.created = adopted.path.as_deref().and_then(|path| {
+            let meta = std::fs::symlink_metadata(path).ok()?;
+            meta.file_type().is_socket().then(|| (meta.dev(), meta.ino()))
+        });
+        Ok(adopted)
     }
 }
 
@@ -182,6 +202,10 @@ impl Drop for UnixListener {
     fn drop(&mut self) {
         // Like Go's UnixListener.Close: the socket file goes with the listener, so clients
         // that come after shutdown get "no such file" and the next bind finds a clean path.
+        // Unless the socket lives on in a new process (an upgrade).
+        if self.keep_file.load(Ordering::Acquire) {
+            return;
+        }
         if let (Some(path), Some(created)) = (&self.path, self.created) {
             let ours = std::fs::symlink_metadata(path)
                 .is_ok_and(|meta| (meta.dev(), meta.ino()) == created);
@@ -219,6 +243,20 @@ impl Listener for UnixListener {
 
     fn local_addr(&self) -> io::Result<Addr> {
         Ok(Addr::Unix(self.path.clone()))
+    }
+
+    fn handover(&self) -> Option<super::Handover> {
+        use std::os::fd::AsFd;
+        let fd = match &self.inner {
+            #[cfg(feature = "async-io")]
+            Backend::AsyncIo(listener) => listener.get_ref().as_fd().try_clone_to_owned(),
+            #[cfg(feature = "tokio")]
+            Backend::Tokio(listener) => listener.as_fd().try_clone_to_owned(),
+        };
+        Some(super::Handover {
+            fd: fd.ok()?,
+            keep_file: Some(self.keep_file.clone()),
+        })
     }
 }
 

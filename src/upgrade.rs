@@ -1,0 +1,420 @@
+//! Zero-downtime upgrades: hand every listening socket to a new process, by name, and stop
+//! accepting only once that process says it is ready (Unix).
+//!
+//! The sockets travel over a Unix socket with `SCM_RIGHTS` (rustix's safe `sendmsg`), not
+//! as inherited descriptors: giving a child descriptors at fixed numbers needs a `pre_exec`
+//! hook, which is `unsafe`, and turning a descriptor number back into a socket in the child
+//! is `unsafe` too, while a received `SCM_RIGHTS` descriptor arrives as an `OwnedFd`. The
+//! same channel carries the names (one per socket) and, back, the new process's readiness.
+//! The child finds the channel through `BERTH_UPGRADE=<parent pid>:<path>`; it ignores the
+//! variable unless its parent is that pid (a grandchild that inherited it stays out).
+//!
+//! The sockets are shared, not re-bound: while both processes hold a listening socket, the
+//! kernel queues connects on it and either may accept them, so from the moment the new
+//! process accepts until the old one stops, no connect is refused; the old one then closes
+//! only its own descriptor (and leaves a Unix socket's file in place).
+//!
+//! The parent's side runs on a thread of its own (blocking I/O with timeouts), so it needs
+//! no reactor and works on any runtime.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// The environment variable that tells a new process where its listeners wait.
+pub(crate) const ENV: &str = "BERTH_UPGRADE";
+/// The first line of a handover.
+const HELLO: &str = "berth-upgrade 1";
+/// How many sockets one handover carries at most (Linux takes 253 per message).
+pub(crate) const MAX_LISTENERS: usize = 200;
+/// How often the parent looks whether the child has exited while it waits.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Why an upgrade failed. The old process keeps serving; a later upgrade may be tried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// Another upgrade of this server is under way.
+    #[error("another upgrade is under way: wait for it to finish")]
+    InProgress,
+    /// The server is not serving (not started, draining, or already upgraded).
+    #[error("the server is not serving (not started, shutting down, or already upgraded)")]
+    NotRunning,
+    /// The new program could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The new process exited before it was ready.
+    #[error("the new process exited before it was ready ({0})")]
+    Exited(String),
+    /// The new process was not ready in time; it was killed.
+    #[error("the new process was not ready within {0:?} (upgrade_timeout); it was killed")]
+    Timeout(Duration),
+    /// The handover channel failed.
+    #[error("handing the listeners over failed: {0}")]
+    Channel(#[source] io::Error),
+}
+
+/// What a successful upgrade did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Upgraded {
+    /// The new process.
+    pub pid: u32,
+    /// The listeners it took over, by name.
+    pub listeners: Vec<String>,
+}
+
+/// The program path as this process started, and its arguments: what an upgrade starts by
+/// default. Resolved early, because once a deploy replaces the file, `current_exe` names
+/// the deleted one.
+pub(crate) fn remember_program() {
+    program();
+}
+
+fn program() -> &'static Option<PathBuf> {
+    static PROGRAM: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PROGRAM.get_or_init(|| std::env::current_exe().ok())
+}
+
+/// The command an upgrade runs by default: this program, from the path it was started
+/// from, with the same arguments.
+pub(crate) fn default_command() -> Result<Command, UpgradeError> {
+    let path = program().clone().ok_or_else(|| UpgradeError::Spawn {
+        program: "this program".into(),
+        source: io::Error::new(io::ErrorKind::NotFound, "its path is unknown"),
+    })?;
+    let mut command = Command::new(path);
+    command.args(std::env::args_os().skip(1).collect::<Vec<OsString>>());
+    Ok(command)
+}
+
+// --- the new process's side ---------------------------------------------------------------
+
+/// What a new process received from the one it replaces.
+#[derive(Debug)]
+pub(crate) struct Inherited {
+    /// The channel to the old process, to say "ready" on.
+    channel: UnixStream,
+    /// The listening sockets, by name.
+    pub(crate) listeners: BTreeMap<String, OwnedFd>,
+}
+
+impl Inherited {
+    /// Tells the old process that every listener is adopted or bound and accepting.
+    pub(crate) fn ready(mut self) -> io::Result<()> {
+        writeln!(self.channel, "ready {}", std::process::id())?;
+        self.channel.flush()
+    }
+}
+
+/// The listeners an upgrade handed this process, once: the first server that binds takes
+/// them. `None` when this process was not started by an upgrade.
+pub(crate) fn inherit() -> io::Result<Option<Inherited>> {
+    static TAKEN: Mutex<bool> = Mutex::new(false);
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    if *taken {
+        return Ok(None);
+    }
+    let Some(value) = std::env::var_os(ENV) else {
+        return Ok(None);
+    };
+    *taken = true;
+    let value = value.to_string_lossy().into_owned();
+    let Some((parent, path)) = value.split_once(':') else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{ENV}={value:?} is not PID:PATH"),
+        ));
+    };
+    if parent.parse::<u32>().ok() != Some(std::os::unix::process::parent_id()) {
+        // Inherited from a process further up: not for us.
+        return Ok(None);
+    }
+    let channel = UnixStream::connect(path)?;
+    channel.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let (names, fds) = receive(&channel)?;
+    if names.len() != fds.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} names for {} sockets", names.len(), fds.len()),
+        ));
+    }
+    Ok(Some(Inherited {
+        channel,
+        listeners: names.into_iter().zip(fds).collect(),
+    }))
+}
+
+fn receive(channel: &UnixStream) -> io::Result<(Vec<String>, Vec<OwnedFd>)> {
+    let mut payload = vec![0u8; 64 * 1024];
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(
+        channel,
+        &mut [IoSliceMut::new(&mut payload)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    let text = String::from_utf8_lossy(&payload[..received.bytes]);
+    let mut lines = text.lines();
+    if lines.next() != Some(HELLO) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a berth upgrade handover",
+        ));
+    }
+    Ok((lines.map(str::to_owned).collect(), fds))
+}
+
+// --- the old process's side ---------------------------------------------------------------
+
+/// Starts `command` with the handover channel announced, hands it `listeners`, and waits
+/// (at most `timeout`) until it says it is ready. On failure the child is killed and
+/// reaped. Blocking: run it on a thread of its own.
+pub(crate) fn hand_over(
+    mut command: Command,
+    listeners: &[(String, OwnedFd)],
+    timeout: Duration,
+) -> Result<u32, UpgradeError> {
+    let deadline = Instant::now() + timeout;
+    let dir = Channel::new().map_err(UpgradeError::Channel)?;
+    command.env(
+        ENV,
+        format!("{}:{}", std::process::id(), dir.socket().display()),
+    );
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .spawn()
+        .map_err(|source| UpgradeError::Spawn { program, source })?;
+    let result = talk(&dir, &mut child, listeners, deadline, timeout);
+    if result.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result
+}
+
+fn talk(
+    dir: &Channel,
+    child: &mut Child,
+    listeners: &[(String, OwnedFd)],
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<u32, UpgradeError> {
+    let exited = |child: &mut Child| -> Result<(), UpgradeError> {
+        match child.try_wait() {
+            Ok(Some(status)) => Err(UpgradeError::Exited(status.to_string())),
+            Ok(None) => Ok(()),
+            Err(e) => Err(UpgradeError::Channel(e)),
+        }
+    };
+    // Wait for the child to connect, looking every POLL whether it died.
+    let stream = loop {
+        exited(child)?;
+        if Instant::now() >= deadline {
+            return Err(UpgradeError::Timeout(timeout));
+        }
+        match dir.listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(UpgradeError::Channel(e)),
+        }
+    };
+    send(&stream, listeners).map_err(UpgradeError::Channel)?;
+    stream
+        .set_read_timeout(Some(POLL))
+        .map_err(UpgradeError::Channel)?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        match reader.read_line(&mut line) {
+            Ok(0) => {
+                // It closed the channel without a word: it failed, or is failing.
+                let _ = child.wait_timeout_brief();
+                exited(child)?;
+                return Err(UpgradeError::Exited(
+                    "it closed the handover channel before it was ready".into(),
+                ));
+            }
+            Ok(_) if line.ends_with('\n') => {
+                let pid = line
+                    .trim()
+                    .strip_prefix("ready ")
+                    .and_then(|pid| pid.parse().ok())
+                    .ok_or_else(|| {
+                        UpgradeError::Channel(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("unexpected message {line:?}"),
+                        ))
+                    })?;
+                return Ok(pid);
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(UpgradeError::Channel(e)),
+        }
+        exited(child)?;
+        if Instant::now() >= deadline {
+            return Err(UpgradeError::Timeout(timeout));
+        }
+    }
+}
+
+/// Waits a moment for a child that closed its end to exit, so its status can be reported.
+trait WaitBriefly {
+    fn wait_timeout_brief(&mut self) -> io::Result<()>;
+}
+
+impl WaitBriefly for Child {
+    fn wait_timeout_brief(&mut self) -> io::Result<()> {
+        let until = Instant::now() + Duration::from_secs(1);
+        while self.try_wait()?.is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
+
+fn send(stream: &UnixStream, listeners: &[(String, OwnedFd)]) -> io::Result<()> {
+    let mut text = String::from(HELLO);
+    for (name, _) in listeners {
+        text.push('\n');
+        text.push_str(name);
+    }
+    let fds: Vec<_> = listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("too many listeners for one handover"));
+    }
+    let sent = rustix::net::sendmsg(
+        stream,
+        &[IoSlice::new(text.as_bytes())],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    if sent != text.len() {
+        return Err(io::Error::other("the handover message was cut short"));
+    }
+    Ok(())
+}
+
+/// A private directory holding the handover socket; removed with it.
+struct Channel {
+    dir: PathBuf,
+    listener: UnixListener,
+}
+
+impl Channel {
+    fn new() -> io::Result<Channel> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "berth-upgrade-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let listener = UnixListener::bind(dir.join("s"))?;
+        // Accept with a timeout, so the wait can look whether the child died.
+        socket2::SockRef::from(&listener).set_read_timeout(Some(POLL))?;
+        Ok(Channel { dir, listener })
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("s")
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// --- systemd --------------------------------------------------------------------------------
+
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`) that `pid` is the service's main
+/// process now and is ready, so a `Type=notify` service follows the new process.
+pub(crate) fn notify_systemd(pid: u32) -> io::Result<bool> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    let message = format!("MAINPID={pid}\nREADY=1\n");
+    let path = Path::new(&path);
+    match path.as_os_str().as_encoded_bytes().strip_prefix(b"@") {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        Some(abstract_name) => {
+            #[cfg(target_os = "linux")]
+            use std::os::linux::net::SocketAddrExt;
+            #[cfg(target_os = "android")]
+            use std::os::android::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
+            socket.send_to_addr(message.as_bytes(), &addr)?;
+        }
+        _ => {
+            socket.send_to(message.as_bytes(), path)?;
+        }
+    }
+    Ok(true)
+}
+
+/// Runs `f` on a thread of its own and completes with its result: blocking work awaited on
+/// any runtime, without a reactor.
+pub(crate) async fn on_thread<R: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> io::Result<R> {
+    use std::sync::Arc;
+    let slot = Arc::new((Mutex::new(None), event_listener::Event::new()));
+    let filled = slot.clone();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let result = f();
+            *filled.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+            filled.1.notify(usize::MAX);
+        })?;
+    loop {
+        let listener = slot.1.listen();
+        if let Some(result) = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Ok(result);
+        }
+        listener.await;
+    }
+}
