@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use berth::limits::{Limits, Rate, RejectReason};
 use berth::{Builder, Config, Conn, ConnEvent, ProxyProtocol, ServerHandle};
-use common::{Ev, LIMIT, Recorder, SmolRt, run, within};
+use common::{Ev, LIMIT, Recorder, SmolRt, assert_closed_by_server, run, within};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 /// Connects from a chosen loopback source address.
@@ -18,9 +18,15 @@ async fn connect_from(src: &str, addr: SocketAddr) -> async_net::TcpStream {
     sock.bind(&SocketAddr::new(src.parse().unwrap(), 0).into())
         .unwrap();
     sock.set_nonblocking(true).unwrap();
-    let _ = sock.connect(&addr.into());
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
+        Err(e) => panic!("connect from {src}: {e}"),
+    }
     let stream = async_io::Async::new(std::net::TcpStream::from(sock)).unwrap();
     within(LIMIT, "connect", stream.writable()).await.unwrap();
+    // Writable also when the connect failed: the socket's error says which.
+    assert!(stream.get_ref().take_error().unwrap().is_none());
     async_net::TcpStream::from(stream)
 }
 
@@ -103,7 +109,8 @@ fn per_ip_cap_refuses_the_next_and_frees_on_close() {
             (who.ip(), reason),
             ("127.0.0.2".parse().unwrap(), RejectReason::PerIpConnections)
         );
-        assert!(!echoes(&mut third).await, "refused: closed at once");
+        // Refused: closed at once, before it sent anything.
+        assert_closed_by_server(&mut third, 0).await;
         // Another address is unaffected.
         let mut other = connect_from("127.0.0.3", addr).await;
         assert!(echoes(&mut other).await);
@@ -142,7 +149,7 @@ fn per_ip_rate_allows_the_burst_then_refuses() {
         }
         let mut fourth = connect_from("127.0.0.4", addr).await;
         assert_eq!(rejected(&rec).await.1, RejectReason::PerIpRate);
-        assert!(!echoes(&mut fourth).await);
+        assert_closed_by_server(&mut fourth, 0).await;
         let mut elsewhere = connect_from("127.0.0.5", addr).await;
         assert!(echoes(&mut elsewhere).await);
         handle.close().await;
@@ -163,10 +170,10 @@ fn allow_and_deny_lists() {
         assert!(echoes(&mut ok).await);
         let mut denied = connect_from("127.0.0.6", addr).await;
         assert_eq!(rejected(&rec).await.1, RejectReason::Denied);
-        assert!(!echoes(&mut denied).await);
+        assert_closed_by_server(&mut denied, 0).await;
         let mut outside = connect_from("127.0.1.1", addr).await;
         assert_eq!(rejected(&rec).await.1, RejectReason::NotAllowed);
-        assert!(!echoes(&mut outside).await);
+        assert_closed_by_server(&mut outside, 0).await;
         handle.close().await;
     });
 }
@@ -242,8 +249,8 @@ fn proxy_header_problems_refuse_the_connection() {
                 panic!("expected a PROXY reason, got {reason:?}");
             };
             assert!(text.contains(expect), "{text}");
-            let mut buf = [0u8; 8];
-            assert!(matches!(c.read(&mut buf).await, Ok(0) | Err(_)));
+            // The header was read (and found wanting): a clean, full close.
+            assert_closed_by_server(&mut c, 0).await;
         }
         // An untrusted source sending a header: not honoured, its bytes are just data.
         let mut c = connect_from("127.0.0.9", addr).await;
@@ -302,7 +309,8 @@ fn limits_apply_to_the_original_address_behind_a_proxy() {
             .await
             .unwrap();
         assert_eq!(rejected(&rec).await.1, RejectReason::Denied);
-        drop((second, denied));
+        assert_closed_by_server(&mut second, 0).await;
+        assert_closed_by_server(&mut denied, 0).await;
         handle.close().await;
     });
 }

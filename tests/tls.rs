@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use berth::tls::{CertKey, ClientAuth, PemSource, TlsConfig, TlsFailure, TlsVersion};
 use berth::{Builder, CloseReason, Config, ConfigError, Conn, ConnEvent, Error, ServerHandle};
-use common::{Ev, LIMIT, Recorder, SmolRt, connect, run, within};
+use common::{EOF, Ev, LIMIT, Recorder, SmolRt, connect, ending, run, within};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -60,6 +60,18 @@ impl Pki {
         }
     }
 
+    /// An intermediate CA signed by this one.
+    fn intermediate(&self, name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca =
+            CertifiedIssuer::signed_by(params, KeyPair::generate().unwrap(), &self.ca).unwrap();
+        Pki { ca }
+    }
+
     fn ca_pem(&self) -> String {
         self.ca.pem()
     }
@@ -98,6 +110,82 @@ fn client(
     };
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Arc::new(config)
+}
+
+/// A server certificate verifier that checks the chain against the roots as usual, but for
+/// a name of the test's choosing instead of the one the client asked for: it lets a client
+/// that sent SNI `x` (or none) see which certificate the server chose.
+#[derive(Debug)]
+struct VerifyAs {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for VerifyAs {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _asked_for: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A client trusting `ca` that verifies the server's certificate as valid for `name`,
+/// whatever name it connects to.
+fn client_verifying_as(ca: CertificateDer<'static>, name: &str) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let verifier = VerifyAs {
+        inner,
+        name: ServerName::try_from(name.to_owned()).unwrap(),
+    };
+    Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(BOTH)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth(),
+    )
+}
+
+/// The rustls error inside an `io::Error` from a client, if there is one.
+fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
 const BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
@@ -253,13 +341,187 @@ fn version_pinning_refuses_other_versions() {
         };
         let (handle, rec, _infos) = start(tls_config(tls));
         let addr = handle.local_addr().as_socket_addr().unwrap();
-        let refused = try_echo(addr, "localhost", client(pki.ca_der(), ONLY_12, &[], None)).await;
-        assert!(refused.is_err(), "a TLS 1.2-only client must be refused");
-        assert!(matches!(tls_failed(&rec).await, TlsFailure::Handshake(_)));
+        let refused = try_echo(addr, "localhost", client(pki.ca_der(), ONLY_12, &[], None))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            rustls_error(&refused),
+            Some(&rustls::Error::AlertReceived(
+                rustls::AlertDescription::ProtocolVersion
+            )),
+            "a TLS 1.2-only client must be refused: {refused:?}"
+        );
+        let failure = tls_failed(&rec).await;
+        assert!(
+            matches!(&failure, TlsFailure::Handshake(e) if e.contains("peer is incompatible")),
+            "{failure:?}"
+        );
+        assert_eq!(rec.closed().await.1, CloseReason::TlsFailed);
         try_echo(addr, "localhost", client(pki.ca_der(), ONLY_13, &[], None))
             .await
             .unwrap();
         handle.close().await;
+    });
+}
+
+/// `max_version = Tls12`: a client that offers both versions gets 1.2, one offering only
+/// 1.3 is refused.
+#[test]
+fn max_version_pins_tls12() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let tls = {
+            let mut c_tls = tls_of(&leaf);
+            c_tls.max_version = TlsVersion::Tls12;
+            c_tls
+        };
+        let (handle, rec, infos) = start(tls_config(tls));
+        let addr = handle.local_addr().as_socket_addr().unwrap();
+        let mut s = tls_connect(addr, "localhost", client(pki.ca_der(), BOTH, &[], None))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        s.write_all(b"ping").await.unwrap();
+        s.flush().await.unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).await.unwrap();
+        let info = within(LIMIT, "tls info", infos.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.version, TlsVersion::Tls12);
+        s.close().await.unwrap();
+        assert_eq!(rec.closed().await.1, CloseReason::PeerClosed);
+
+        let refused = try_echo(addr, "localhost", client(pki.ca_der(), ONLY_13, &[], None))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            rustls_error(&refused),
+            Some(&rustls::Error::AlertReceived(
+                rustls::AlertDescription::ProtocolVersion
+            )),
+            "{refused:?}"
+        );
+        let failure = tls_failed(&rec).await;
+        assert!(
+            matches!(&failure, TlsFailure::Handshake(e) if e.contains("peer is incompatible")),
+            "{failure:?}"
+        );
+        assert_eq!(rec.closed().await.1, CloseReason::TlsFailed);
+        assert!(infos.try_recv().is_err(), "the handler never ran");
+        assert_eq!(handle.stats().tls_failures, 1);
+        handle.close().await;
+    });
+}
+
+/// A chain with an intermediate CA in the PEM (leaf first) verifies for a client that
+/// trusts only the root; without the intermediate it does not.
+#[test]
+fn certificate_chain_with_an_intermediate_verifies() {
+    run::<SmolRt>(LIMIT, async {
+        let root = Pki::new("root");
+        let intermediate = root.intermediate("intermediate");
+        let leaf = intermediate.leaf(&["localhost"]);
+        let chain = TlsConfig::from_pem(
+            format!("{}{}", leaf.cert_pem, intermediate.ca_pem()),
+            leaf.key_pem.clone(),
+        );
+        let (handle, _rec, _infos) = start(tls_config(chain));
+        let addr = handle.local_addr().as_socket_addr().unwrap();
+        let mut s = tls_connect(addr, "localhost", client(root.ca_der(), BOTH, &[], None))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_ref().1.peer_certificates().unwrap(),
+            [leaf.der.clone(), intermediate.ca_der()],
+            "the server sends the leaf, then the intermediate"
+        );
+        s.write_all(b"ping").await.unwrap();
+        s.flush().await.unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"ping");
+        s.close().await.unwrap();
+        handle.close().await;
+
+        // The leaf alone: the client cannot build a path to the root.
+        let (handle, _rec, _infos) = start(tls_config(tls_of(&leaf)));
+        let addr = handle.local_addr().as_socket_addr().unwrap();
+        let err = tls_connect(addr, "localhost", client(root.ca_der(), BOTH, &[], None))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            rustls_error(&err),
+            Some(&rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            )),
+            "{err:?}"
+        );
+        handle.close().await;
+    });
+}
+
+/// Mutual TLS with a client certificate from a CA the server does not trust: the handshake
+/// fails on the server (TLS 1.3 too: a wrong certificate, unlike a missing one, fails at
+/// the handshake), with `TlsFailed` and `Closed { TlsFailed }`, and the handler never runs.
+#[test]
+fn wrong_client_certificate_is_a_tls_failure() {
+    run::<SmolRt>(LIMIT, async {
+        let pki = Pki::new("server-ca");
+        let clients_ca = Pki::new("client-ca");
+        let other_ca = Pki::new("other-ca");
+        let leaf = pki.leaf(&["localhost"]);
+        let wrong = other_ca.leaf(&["client.test"]);
+        for mode in [ClientAuth::Optional, ClientAuth::Required] {
+            let tls = {
+                let mut c_tls = tls_of(&leaf);
+                c_tls.client_auth = mode;
+                c_tls.client_ca = Some(PemSource::Pem(clients_ca.ca_pem()));
+                c_tls
+            };
+            let (handle, rec, infos) = start(tls_config(tls));
+            let addr = handle.local_addr().as_socket_addr().unwrap();
+            for versions in [ONLY_13, ONLY_12] {
+                let err = try_echo(
+                    addr,
+                    "localhost",
+                    client(pki.ca_der(), versions, &[], Some(&wrong)),
+                )
+                .await
+                .unwrap_err();
+                // TLS 1.3 clients may see it at the handshake or at the first read.
+                assert_eq!(
+                    rustls_error(&err),
+                    Some(&rustls::Error::AlertReceived(
+                        rustls::AlertDescription::UnknownCA
+                    )),
+                    "{mode:?} {versions:?}: {err:?}"
+                );
+                let id = rec.accepted().await;
+                let failure = tls_failed(&rec).await;
+                assert!(
+                    matches!(&failure, TlsFailure::Handshake(e) if e.contains("UnknownIssuer")),
+                    "{mode:?} {versions:?}: {failure:?}"
+                );
+                assert_eq!(rec.closed().await, (id, CloseReason::TlsFailed));
+            }
+            assert!(infos.try_recv().is_err(), "the handler never ran");
+            let log = rec.log();
+            assert!(
+                !log.iter()
+                    .any(|e| matches!(e, Ev::Conn(ConnEvent::TlsEstablished { .. }))),
+                "{log:#?}"
+            );
+            let stats = handle.stats();
+            assert_eq!((stats.tls_failures, stats.tls_handshakes), (2, 0));
+            assert_eq!(stats.closed_by(CloseReason::TlsFailed), 2);
+            handle.close().await;
+        }
     });
 }
 
@@ -295,10 +557,45 @@ fn sni_selects_the_certificate_with_a_default() {
             .map(|_| infos.try_recv().unwrap().unwrap().server_name.unwrap())
             .collect();
         assert_eq!(names, ["beta.test", "www.beta.test", "alpha.test"]);
-        // An unknown name gets the default (first) certificate, which the client rejects
-        // because it does not cover the name: the fallback is the default, not an error.
-        let unknown = tls_connect(addr, "gamma.test", c()).await;
-        assert!(unknown.is_err());
+        // An unknown name gets the default (first) certificate: a normal client rejects it
+        // because it does not cover the name...
+        let unknown = tls_connect(addr, "gamma.test", c()).await.unwrap_err();
+        assert!(
+            matches!(
+                rustls_error(&unknown),
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. }
+                ))
+            ),
+            "{unknown:?}"
+        );
+        // ...and a client that accepts alpha's name sees that it was alpha's certificate,
+        // a full session on it: the fallback is the default, not an error.
+        let fallback = client_verifying_as(pki.ca_der(), "alpha.test");
+        assert_eq!(
+            try_echo(addr, "gamma.test", fallback.clone())
+                .await
+                .unwrap(),
+            alpha.der
+        );
+        // No SNI at all (a client connecting to an IP address sends none): the default too.
+        let tcp = connect(addr).await;
+        let ip = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let mut s = futures_rustls::TlsConnector::from(fallback)
+            .connect(ip, tcp)
+            .await
+            .unwrap();
+        assert_eq!(s.get_ref().1.peer_certificates().unwrap()[0], alpha.der);
+        s.write_all(b"ping").await.unwrap();
+        s.flush().await.unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).await.unwrap();
+        let servers_view: Vec<_> = (0..2)
+            .map(|_| infos.try_recv().unwrap().unwrap().server_name)
+            .collect();
+        assert_eq!(servers_view, [Some("gamma.test".to_owned()), None]);
+        drop(s);
         handle.close().await;
     });
 }
@@ -420,8 +717,8 @@ fn handshake_timeout_drops_silent_and_half_hello_clients() {
         let started = std::time::Instant::now();
         assert_eq!(tls_failed(&rec).await, TlsFailure::Timeout);
         assert!(started.elapsed() >= Duration::from_millis(250));
-        let mut buf = [0u8; 16];
-        assert!(matches!(silent.read(&mut buf).await, Ok(0) | Err(_)));
+        // Closed without a word: no alert, a clean end of file.
+        assert_eq!(ending(&mut silent).await, EOF);
         // Half a ClientHello: a record header promising 512 bytes, then only a few.
         let mut half = connect(addr).await;
         half.write_all(&[
@@ -430,7 +727,7 @@ fn handshake_timeout_drops_silent_and_half_hello_clients() {
         .await
         .unwrap();
         assert_eq!(tls_failed(&rec).await, TlsFailure::Timeout);
-        assert!(matches!(half.read(&mut buf).await, Ok(0) | Err(_)));
+        assert_eq!(ending(&mut half).await, EOF);
         let (_, reason) = rec.closed().await;
         assert_eq!(reason, CloseReason::TlsFailed);
         assert_eq!(handle.open_connections(), 0);
@@ -500,9 +797,17 @@ fn garbage_and_plain_text_fail_only_their_connection() {
             let mut c = connect(addr).await;
             c.write_all(&junk).await.unwrap();
             assert!(matches!(tls_failed(&rec).await, TlsFailure::Handshake(_)));
-            let mut buf = [0u8; 64];
-            // The server may answer with an alert before closing; either way it ends.
-            while let Ok(1..) = c.read(&mut buf).await {}
+            // The server answers with one fatal alert record, then closes cleanly.
+            let mut answer = Vec::new();
+            within(LIMIT, "the server's answer", c.read_to_end(&mut answer))
+                .await
+                .unwrap();
+            assert_eq!(answer.len(), 7, "{answer:?}");
+            assert_eq!(
+                (answer[0], &answer[3..6]),
+                (0x15, &[0, 2, 2][..]),
+                "{answer:?}"
+            );
         }
         try_echo(addr, "localhost", client(pki.ca_der(), BOTH, &[], None))
             .await
@@ -831,8 +1136,9 @@ fn idle_tls_connections_drain_without_being_forced() {
         let shutdown = async move { h.shutdown_within(Duration::from_secs(3600)).await };
         let clients_close = async {
             for s in &mut clients {
-                let mut rest = Vec::new();
-                let _ = s.read_to_end(&mut rest).await;
+                // The handler returned on the drain: close_notify (rustls reports a bare FIN
+                // as an error), so a clean end of file.
+                assert_eq!(ending(s).await, EOF);
             }
             clients.clear();
         };

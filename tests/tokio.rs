@@ -55,8 +55,10 @@ fn bind_inside_tokio_serves_on_tokio_and_drains() {
                 .into_iter()
                 .map(|mut c| {
                     tokio::spawn(async move {
+                        // A clean end of file when drained, nothing before it.
                         let mut sink = Vec::new();
-                        let _ = c.read_to_end(&mut sink).await; // EOF when drained
+                        c.read_to_end(&mut sink).await.unwrap();
+                        assert!(sink.is_empty(), "{sink:?}");
                     })
                 })
                 .collect::<Vec<_>>();
@@ -68,7 +70,13 @@ fn bind_inside_tokio_serves_on_tokio_and_drains() {
             for c in closers {
                 c.await.unwrap();
             }
-            assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+            assert_eq!(
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.kind()),
+                Err(std::io::ErrorKind::ConnectionRefused)
+            );
         })
         .await
         .expect("test timed out");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use berth::runtime::Runtime;
 use berth::{Builder, Config, ConnEvent, Handler, ServerEvent, ServerHandle};
-use futures_lite::FutureExt;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt, FutureExt};
 
 /// A runtime adapter under test, plus how the test thread blocks on a future.
 pub trait Rt: 'static {
@@ -107,6 +107,84 @@ pub async fn completes_within<T>(window: Duration, f: impl Future<Output = T>) -
             None
         })
         .await
+}
+
+/// How a client saw its stream end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// A clean end of file (the server's FIN; over TLS, close_notify or FIN) after `data`
+    /// bytes.
+    Eof { data: usize },
+    /// A read failed (a reset is `ConnectionReset`) after `data` bytes.
+    Error {
+        kind: std::io::ErrorKind,
+        data: usize,
+    },
+    /// Neither end of file nor an error within the window, after `data` bytes.
+    StillOpen { data: usize },
+}
+
+/// A clean end of file with nothing before it.
+pub const EOF: End = End::Eof { data: 0 };
+
+/// How long [`ending`] waits before reporting [`End::StillOpen`]: well inside [`LIMIT`], so
+/// a connection that stays open fails the assertion, not the whole test's bound.
+pub const END_WINDOW: Duration = Duration::from_secs(10);
+
+/// Reads (and discards) until the stream ends, and says how: clean end of file, an error
+/// (reset), or still open after [`END_WINDOW`].
+pub async fn ending<S: AsyncRead + Unpin>(stream: &mut S) -> End {
+    ending_within(END_WINDOW, stream).await
+}
+
+/// [`ending`] with a window of one's own.
+pub async fn ending_within<S: AsyncRead + Unpin>(window: Duration, stream: &mut S) -> End {
+    let mut data = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = std::time::Instant::now() + window;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match completes_within(left, stream.read(&mut buf)).await {
+            None => return End::StillOpen { data },
+            Some(Ok(0)) => return End::Eof { data },
+            Some(Ok(n)) => data += n,
+            Some(Err(e)) => {
+                return End::Error {
+                    kind: e.kind(),
+                    data,
+                };
+            }
+        }
+    }
+}
+
+/// After the server's end of file: whether the server closed its socket entirely rather
+/// than only its write side (a lingering close). Data sent to a closed socket is answered
+/// with a reset, so a write soon fails; a half-closed socket takes the data and discards
+/// it. The kernel gives no readiness event for a reset after end of file, so this probes:
+/// a one-byte write every millisecond until one fails, for at most `window`.
+pub async fn writes_refused_within(window: Duration, stream: &mut async_net::TcpStream) -> bool {
+    let deadline = std::time::Instant::now() + window;
+    while std::time::Instant::now() < deadline {
+        if stream.write_all(b"?").await.is_err() {
+            return true;
+        }
+        async_io::Timer::after(Duration::from_millis(1)).await;
+    }
+    false
+}
+
+/// Asserts that the server closed `stream` entirely, with a clean end of file after
+/// `data` bytes: the shape of every server-side close (idle timeout, forced shutdown, a
+/// `ConnHandle`, a failed tune hook, a panicking handler) of a connection with nothing
+/// unread. The probe's window (1 s) stays below the default `linger_timeout` (2 s), so a
+/// lingering half-close, which ends in a full close at the linger timeout, fails it.
+pub async fn assert_closed_by_server(stream: &mut async_net::TcpStream, data: usize) {
+    assert_eq!(ending(stream).await, End::Eof { data });
+    assert!(
+        writes_refused_within(Duration::from_secs(1), stream).await,
+        "the server's socket is closed, not only half-closed"
+    );
 }
 
 /// Everything a server reported, in order, and a channel to wait on it.
