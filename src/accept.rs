@@ -66,6 +66,19 @@ impl<L: Listener> Bound for L {
     }
 }
 
+/// An accept error from a fault point (simulation).
+#[cfg(feature = "fault")]
+fn injected_accept_error(core: &Core) -> Option<io::Error> {
+    use crate::fault::Point;
+    if core.fault(Point::AcceptEmfile) {
+        return Some(io::Error::other("too many open files (fault point)"));
+    }
+    if core.fault(Point::AcceptAborted) {
+        return Some(io::ErrorKind::ConnectionAborted.into());
+    }
+    None
+}
+
 /// Errors that concern only the connection being accepted.
 fn is_per_connection(e: &io::Error) -> bool {
     matches!(
@@ -101,7 +114,14 @@ async fn accept_loop<L: Listener>(
             core.accepting_stopped().await;
             None
         };
-        let accepted = stop.or(async { Some(listener.accept().await) }).await;
+        let accept = async {
+            #[cfg(feature = "fault")]
+            if let Some(e) = injected_accept_error(&core) {
+                return Some(Err(e));
+            }
+            Some(listener.accept().await)
+        };
+        let accepted = stop.or(accept).await;
         match accepted {
             None => break,
             Some(Ok(Accepted {

@@ -58,6 +58,14 @@ pub(crate) struct Serving<H> {
 impl<H: Handler> Spawn for Serving<H> {
     fn spawn(self: Arc<Self>, accepted: Box<Accepted>) {
         let runtime = self.core.runtime().clone();
+        #[cfg(feature = "fault")]
+        if let Some(delay) = self.core.fault_delay(crate::fault::Point::DelayedSpawn) {
+            let late = runtime.clone();
+            return runtime.spawn(Box::pin(async move {
+                late.sleep(delay).await;
+                run(self, accepted).await;
+            }));
+        }
         runtime.spawn(Box::pin(run(self, accepted)));
     }
 }
@@ -117,6 +125,11 @@ fn establish<H>(serving: &Serving<H>, accepted: Accepted) -> Established {
         local_addr,
         proxied,
     } = accepted;
+    #[cfg(feature = "fault")]
+    let stream: Box<dyn ByteStream> = match serving.core.faults() {
+        Some(faults) => Box::new(crate::fault::Faulty::new(stream, faults.clone())),
+        None => stream,
+    };
     if let Some(tune) = &serving.tune {
         if let Err(error) = tune_socket(tune, &*stream, life.peer_addr()) {
             life.accept(&local_addr, &endpoint);
@@ -163,9 +176,17 @@ async fn via_proxy(
     mut meta: Meta,
 ) -> Option<(Conn, ConnSpan)> {
     let core = life.core().clone();
+    let read = async {
+        #[cfg(feature = "fault")]
+        if core.fault(crate::fault::Point::SplitProxyHeader) {
+            let mut one_byte = crate::fault::OneByte(&mut stream);
+            return crate::proxy::read_header(&mut one_byte).await;
+        }
+        crate::proxy::read_header(&mut stream).await
+    };
     let read = bounded(
         &core,
-        crate::proxy::read_header(&mut stream),
+        read,
         "no complete header within the handshake timeout".to_owned(),
         "server shutting down".to_owned(),
     );
@@ -243,13 +264,14 @@ async fn handshake<S: ByteStream>(
     let core = life.core().clone();
     #[cfg(feature = "metrics")]
     let started = core.runtime().now();
-    let result = bounded(
-        &core,
-        crate::tls::handshake(config, stream),
-        TlsFailure::Timeout,
-        TlsFailure::Shutdown,
-    )
-    .await;
+    let handshake = async {
+        #[cfg(feature = "fault")]
+        if let Some(delay) = core.fault_delay(crate::fault::Point::StalledHandshake) {
+            core.runtime().sleep(delay).await;
+        }
+        crate::tls::handshake(config, stream).await
+    };
+    let result = bounded(&core, handshake, TlsFailure::Timeout, TlsFailure::Shutdown).await;
     #[cfg(feature = "metrics")]
     crate::metrics::handshake(
         core.runtime().now().saturating_duration_since(started),

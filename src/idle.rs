@@ -50,6 +50,10 @@ pub(crate) async fn scan(core: Arc<Core>, timeout: Duration) {
         };
         let slept = async {
             rt.sleep(tick).await;
+            #[cfg(feature = "fault")]
+            if let Some(late) = core.fault_delay(crate::fault::Point::LateIdleTick) {
+                rt.sleep(late).await;
+            }
             false
         };
         if stopped.or(slept).await {

@@ -58,6 +58,8 @@ mod connection;
 mod error;
 mod events;
 mod extensions;
+#[cfg(feature = "fault")]
+pub mod fault;
 mod handler;
 mod hooks;
 mod idle;

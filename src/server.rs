@@ -37,6 +37,8 @@ pub struct Builder {
     tune: Option<TuneHook>,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
+    #[cfg(feature = "fault")]
+    faults: Option<crate::fault::Injector>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -60,7 +62,17 @@ impl Builder {
             tune: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "fault")]
+            faults: None,
         }
+    }
+
+    /// Injects faults at berth's fault points, as `faults` decides (feature `fault`, for
+    /// simulation; see [`fault`](crate::fault)).
+    #[cfg(feature = "fault")]
+    pub fn faults(mut self, faults: impl crate::fault::Faults) -> Self {
+        self.faults = Some(Arc::new(faults));
+        self
     }
 
     /// Serves TLS with a rustls configuration you built yourself (full control over
@@ -210,29 +222,35 @@ impl Builder {
 
     /// Checks the bound listeners and builds the server, or reports the error.
     fn finish(self, bound: Result<Bound, Error>) -> Result<Server, Error> {
-        let built = bound.and_then(|Bound { listeners: bound, #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))] upgrade }| {
-            self.config.validate_settings()?;
-            let runtime = self.chosen_runtime()?;
-            let mut listeners = Vec::with_capacity(bound.len());
-            for Listening {
-                name,
-                listener,
-                tls,
-            } in bound
-            {
-                let addr = listener.local_addr().map_err(|source| Error::Bind {
-                    addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into(),
-                    source,
-                })?;
-                let tls = self.load_tls(tls)?;
-                let endpoint = Arc::new(Endpoint::new(name.into(), addr, tls));
-                listeners.push((endpoint, listener));
-            }
-            #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
-            return Ok((runtime, listeners, upgrade));
-            #[cfg(not(all(unix, any(feature = "async-io", feature = "tokio"))))]
-            Ok((runtime, listeners))
-        });
+        let built = bound.and_then(
+            |Bound {
+                 listeners: bound,
+                 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+                 upgrade,
+             }| {
+                self.config.validate_settings()?;
+                let runtime = self.chosen_runtime()?;
+                let mut listeners = Vec::with_capacity(bound.len());
+                for Listening {
+                    name,
+                    listener,
+                    tls,
+                } in bound
+                {
+                    let addr = listener.local_addr().map_err(|source| Error::Bind {
+                        addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into(),
+                        source,
+                    })?;
+                    let tls = self.load_tls(tls)?;
+                    let endpoint = Arc::new(Endpoint::new(name.into(), addr, tls));
+                    listeners.push((endpoint, listener));
+                }
+                #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+                return Ok((runtime, listeners, upgrade));
+                #[cfg(not(all(unix, any(feature = "async-io", feature = "tokio"))))]
+                Ok((runtime, listeners))
+            },
+        );
         #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
         let (runtime, listeners, upgrade) = match built {
             Ok(built) => built,
@@ -250,8 +268,11 @@ impl Builder {
             }
         };
         let endpoints = listeners.iter().map(|(e, _)| e.clone()).collect();
+        let core = Core::new(runtime, self.config, self.hooks, endpoints);
+        #[cfg(feature = "fault")]
+        let core = core.with_faults(self.faults);
         Ok(Server {
-            core: Arc::new(Core::new(runtime, self.config, self.hooks, endpoints)),
+            core: Arc::new(core),
             listeners,
             tune: self.tune,
             #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
@@ -498,9 +519,8 @@ impl Server {
         #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
         if let Some(upgrade) = self.upgrade {
             if let Err(e) = upgrade.ready() {
-                core.hooks().error(&Error::Upgrade(
-                    crate::upgrade::UpgradeError::Channel(e),
-                ));
+                core.hooks()
+                    .error(&Error::Upgrade(crate::upgrade::UpgradeError::Channel(e)));
             }
         }
         ServerHandle { core }
@@ -592,9 +612,7 @@ impl ServerHandle {
             return Err(Error::Upgrade(UpgradeError::InProgress));
         }
         let result = async {
-            let sockets = core
-                .handover_sockets()
-                .map_err(UpgradeError::Channel)?;
+            let sockets = core.handover_sockets().map_err(UpgradeError::Channel)?;
             let names: Vec<String> = sockets.iter().map(|(name, _)| name.clone()).collect();
             let timeout = core.config().upgrade_timeout;
             let pid = crate::upgrade::on_thread("berth-upgrade", move || {
@@ -621,9 +639,11 @@ impl ServerHandle {
         // The new process accepts on every socket: stop here, keeping Unix socket files.
         core.handed_over();
         if let Err(e) = crate::upgrade::notify_systemd(upgraded.pid) {
-            core.hooks().error(&Error::Upgrade(UpgradeError::Channel(e)));
+            core.hooks()
+                .error(&Error::Upgrade(UpgradeError::Channel(e)));
         }
-        core.hooks().server(ServerEvent::Upgraded { pid: upgraded.pid });
+        core.hooks()
+            .server(ServerEvent::Upgraded { pid: upgraded.pid });
         let draining = core.clone();
         let grace = core.config().drain_timeout;
         core.runtime().spawn(Box::pin(async move {

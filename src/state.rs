@@ -107,8 +107,14 @@ pub(crate) struct Core {
     /// accepting stops (so clients are refused after a shutdown, not left in a backlog).
     #[cfg(unix)]
     handovers: Mutex<Vec<(Arc<str>, crate::listener::Handover)>>,
+    /// Fault points, under simulation.
+    #[cfg(feature = "fault")]
+    faults: Option<crate::fault::Injector>,
     /// An upgrade is under way.
-    #[cfg_attr(not(all(unix, any(feature = "async-io", feature = "tokio"))), allow(dead_code))]
+    #[cfg_attr(
+        not(all(unix, any(feature = "async-io", feature = "tokio"))),
+        allow(dead_code)
+    )]
     upgrading: AtomicBool,
 }
 
@@ -154,7 +160,35 @@ impl Core {
             #[cfg(unix)]
             handovers: Mutex::new(Vec::new()),
             upgrading: AtomicBool::new(false),
+            #[cfg(feature = "fault")]
+            faults: None,
         }
+    }
+
+    /// Injects faults at berth's fault points (simulation).
+    #[cfg(feature = "fault")]
+    pub(crate) fn with_faults(mut self, faults: Option<crate::fault::Injector>) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// The fault injector, if any.
+    #[cfg(feature = "fault")]
+    pub(crate) fn faults(&self) -> Option<&crate::fault::Injector> {
+        self.faults.as_ref()
+    }
+
+    /// Whether fault `point` fires now.
+    #[cfg(feature = "fault")]
+    pub(crate) fn fault(&self, point: crate::fault::Point) -> bool {
+        self.faults.as_ref().is_some_and(|f| f.fire(point))
+    }
+
+    /// How long a delaying fault `point` waits, when it fires now.
+    #[cfg(feature = "fault")]
+    pub(crate) fn fault_delay(&self, point: crate::fault::Point) -> Option<Duration> {
+        let faults = self.faults.as_ref()?;
+        faults.fire(point).then(|| faults.delay(point))
     }
 
     pub(crate) fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -569,7 +603,7 @@ impl Core {
         !self.upgrading.swap(true, Ordering::AcqRel)
     }
 
-#[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
     pub(crate) fn end_upgrade(&self) {
         self.upgrading.store(false, Ordering::Release);
     }

@@ -245,7 +245,9 @@ fn talk(
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => return Err(UpgradeError::Channel(e)),
         }
@@ -283,7 +285,9 @@ fn talk(
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => return Err(UpgradeError::Channel(e)),
         }
@@ -380,10 +384,10 @@ pub(crate) fn notify_systemd(pid: u32) -> io::Result<bool> {
     match path.as_os_str().as_encoded_bytes().strip_prefix(b"@") {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         Some(abstract_name) => {
-            #[cfg(target_os = "linux")]
-            use std::os::linux::net::SocketAddrExt;
             #[cfg(target_os = "android")]
             use std::os::android::net::SocketAddrExt;
+            #[cfg(target_os = "linux")]
+            use std::os::linux::net::SocketAddrExt;
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
             socket.send_to_addr(message.as_bytes(), &addr)?;
         }

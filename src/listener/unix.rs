@@ -135,7 +135,9 @@ impl UnixListener {
         let mut adopted = Self::from_std(listener, reactor)?;
         adopted.created = adopted.path.as_deref().and_then(|path| {
             let meta = std::fs::symlink_metadata(path).ok()?;
-            meta.file_type().is_socket().then(|| (meta.dev(), meta.ino()))
+            meta.file_type()
+                .is_socket()
+                .then(|| (meta.dev(), meta.ino()))
         });
         Ok(adopted)
     }
