@@ -1,13 +1,14 @@
 //! The echo server: berth's main example and the server every benchmark drives.
 //!
 //! ```text
-//! echo [--addr 127.0.0.1:7000] [--threads N] [--runtime smol|tokio]
+//! echo [--addr 127.0.0.1:7000]... [--threads N] [--runtime smol|tokio]
 //!      [--tls-cert CERT.pem --tls-key KEY.pem] [--client-ca CA.pem] [--self-signed DIR]
 //!      [--idle-timeout 30s] [--handshake-timeout 10s] [--drain-timeout 10s]
 //!      [--max-connections N] [--reuse-port] [--metrics-addr ADDR]
 //!      [--max-per-ip N] [--rate-per-ip R] [--burst N] [--allow CIDR]... [--deny CIDR]...
 //!      [--proxy-protocol [--trusted-proxy CIDR]...]
 //!      [--unix PATH [--unix-mode 660] [--unix-group GID]]
+//!      [--evict-idle] [--max-handshakes N] [--tls-watch INTERVAL]
 //! ```
 //!
 //! Prints `listening on ADDR` once bound, echoes every byte back, and on SIGTERM or SIGINT
@@ -114,6 +115,17 @@ struct Args {
     /// Numeric group id to give the --unix socket file.
     #[arg(long, value_name = "GID", requires = "unix")]
     unix_group: Option<u32>,
+    /// At the descriptor limit or --max-connections, close the connection idle the longest
+    /// (idle at least 1 s) to make room for a new client.
+    #[arg(long)]
+    evict_idle: bool,
+    /// At most N TLS handshakes at once (the others wait, within --handshake-timeout).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
+    max_handshakes: Option<usize>,
+    /// Reload the --tls-cert/--tls-key files when their contents change, looking this often
+    /// (e.g. 1s).
+    #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration, requires = "tls_cert")]
+    tls_watch: Option<Duration>,
 }
 
 /// Which runtime adapter serves.
@@ -201,6 +213,7 @@ fn run(args: Args) -> Result<(), String> {
     };
     let tls = files.map(|(cert, key)| {
         let mut tls = TlsConfig::from_pem_files(cert, key);
+        tls.watch = args.tls_watch;
         if let Some(ca) = &args.client_ca {
             tls.client_auth = ClientAuth::Required;
             tls.client_ca = Some(PemSource::Path(ca.clone()));
@@ -257,6 +270,10 @@ fn run(args: Args) -> Result<(), String> {
     config.drain_timeout = args.drain_timeout;
     config.max_connections = args.max_connections;
     config.reuse_port = args.reuse_port;
+    config.max_handshakes = args.max_handshakes;
+    if args.evict_idle {
+        config.overload.evict_idle_after = Some(Duration::from_secs(1));
+    }
     // Installed before binding, so a signal right after "listening on" is never lost.
     let signals = berth::signal::Signals::with_hangup().map_err(|e| e.to_string())?;
 

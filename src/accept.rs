@@ -21,10 +21,11 @@ use futures_lite::FutureExt as _;
 use crate::addr::Addr;
 use crate::connection::{self, Spawn};
 use crate::error::Error;
+use crate::events::{OverloadAction, ServerEvent};
 use crate::lifecycle::Lifecycle;
 use crate::listener::{Accepted, Listener};
 use crate::runtime::BoxFuture;
-use crate::state::{Core, Endpoint};
+use crate::state::{Core, Endpoint, Reservation};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -66,6 +67,38 @@ impl<L: Listener> Bound for L {
     }
 }
 
+/// A place under `max` for a connection just accepted: at once if there is room; else,
+/// with eviction on, after evicting the connection idle the longest; else when one closes.
+async fn make_room(core: &Core, max: usize, evict: Option<Duration>) -> Option<Reservation<'_>> {
+    if let Some(place) = core.try_reserve(max) {
+        return Some(place);
+    }
+    if let Some(min) = evict {
+        if !evicted(core, min) {
+            paused(core);
+        }
+    }
+    core.reserve(max).await
+}
+
+/// Reports that accepting waits at a limit, with nothing to evict.
+fn paused(core: &Core) {
+    core.hooks().server(ServerEvent::Overload {
+        action: OverloadAction::AcceptingPaused,
+    });
+}
+
+/// Evicts the connection idle the longest (if idle at least `min`) and reports it.
+fn evicted(core: &Core, min: Duration) -> bool {
+    let Some((id, idle)) = core.evict_idlest(min) else {
+        return false;
+    };
+    core.hooks().server(ServerEvent::Overload {
+        action: OverloadAction::Evicted { id, idle },
+    });
+    true
+}
+
 /// An accept error from a fault point (simulation).
 #[cfg(feature = "fault")]
 fn injected_accept_error(core: &Core) -> Option<io::Error> {
@@ -100,10 +133,12 @@ async fn accept_loop<L: Listener>(
 ) {
     let max = core.config().max_connections;
     let proxy = core.config().proxy_protocol.clone();
+    let evict = core.config().overload.evict_idle_after;
     let mut backoff: Option<Duration> = None;
     while !core.stop_accepting_requested() {
-        // At the limit, stop calling accept: clients wait in the kernel's backlog.
-        if let Some(max) = max {
+        // At the limit, stop calling accept: clients wait in the kernel's backlog. Unless
+        // idle connections may be evicted: then accept, and make room for the newcomer.
+        if let (Some(max), None) = (max, evict) {
             if !core.below(max).await {
                 break;
             }
@@ -129,7 +164,9 @@ async fn accept_loop<L: Listener>(
                 peer_addr,
                 local_addr,
             })) => {
-                backoff = None;
+                if backoff.take().is_some() {
+                    core.set_out_of_descriptors(false);
+                }
                 // Direct clients are admitted here, before any task or TLS work; clients of
                 // a trusted proxy are admitted on their original address once it is known.
                 let proxied = proxy.as_ref().is_some_and(|p| p.trusts(&peer_addr));
@@ -148,7 +185,7 @@ async fn accept_loop<L: Listener>(
                 // Another listener's loop may have taken the last place meanwhile: then this
                 // connection waits here, unserved, for one (at most one per listener does).
                 let place = match max {
-                    Some(max) => match core.reserve(max).await {
+                    Some(max) => match make_room(&core, max, evict).await {
                         Some(place) => Some(place),
                         None => break,
                     },
@@ -167,6 +204,19 @@ async fn accept_loop<L: Listener>(
             }
             Some(Err(e)) if is_per_connection(&e) => {}
             Some(Err(source)) => {
+                core.set_out_of_descriptors(true);
+                // Out of descriptors with eviction on: close the connection idle the
+                // longest and try again as soon as its descriptor is free.
+                if let Some(min) = evict {
+                    let closed = core.closed_listener();
+                    if evicted(&core, min) {
+                        crate::runtime::timeout(&**core.runtime(), BACKOFF_MAX, closed).await;
+                        continue;
+                    }
+                    if backoff.is_none() {
+                        paused(&core);
+                    }
+                }
                 let delay = backoff.map_or(BACKOFF_MIN, |d| (d * 2).min(BACKOFF_MAX));
                 let first = backoff.is_none().then_some(Error::Accept {
                     source,

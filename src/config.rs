@@ -22,12 +22,14 @@ use crate::error::ConfigError;
 /// | `max_connections` | unset (no limit)   | stop accepting while this many connections are open            |
 /// | `linger_timeout`  | `2s`               | lingering close after a handler returns first (0: off)         |
 /// | `handshake_timeout` | `10s`            | TLS clients must finish the handshake within this              |
+/// | `max_handshakes`  | unset (no limit)   | at most this many TLS handshakes at once; the others wait      |
 /// | `limits`          | all off            | per-IP and global limits, allow/deny, see [`Limits`](crate::limits::Limits) |
 /// | `proxy_protocol`  | unset (off)        | PROXY header from trusted proxies, see [`ProxyProtocol`](crate::ProxyProtocol) |
 /// | `tls`             | unset (plain TCP)  | TLS settings (served with feature `tls`), see [`TlsConfig`](crate::tls::TlsConfig) |
 /// | `unix`            | unset (TCP)        | listen on a Unix socket instead, see [`UnixConfig`]             |
 /// | `listeners`       | none               | more listeners, see [`ListenerConfig`]                          |
 /// | `upgrade_timeout` | `30s`              | how long an upgrade waits for the new process to be ready       |
+/// | `overload`        | all off            | staged actions under pressure, see [`Overload`]                 |
 /// | `first_request_grace` | `1s`           | in a drain, time for a connection that sent nothing yet to send |
 ///
 /// Durations are written the human way in TOML/JSON/YAML: `"30s"`, `"5m"`, `"250ms"`.
@@ -82,6 +84,10 @@ pub struct Config {
     /// A TLS client that has not completed its handshake within this is dropped.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// At most this many TLS handshakes run at once; the others wait (within
+    /// `handshake_timeout`), so a flood of full handshakes cannot take all the CPU from
+    /// established connections. `None`: no limit.
+    pub max_handshakes: Option<usize>,
     /// Per-address and global connection limits, allow/deny lists (all off by default).
     pub limits: crate::limits::Limits,
     /// Read a PROXY-protocol header (v1 or v2) from these trusted proxies and use the
@@ -98,6 +104,10 @@ pub struct Config {
     /// (Go's net/http spares new connections the same way, for 5 s). `0s`: no grace.
     #[serde(with = "humantime_serde")]
     pub first_request_grace: Duration,
+    /// Staged actions under pressure (descriptors, connections, event-loop lag): shrink the
+    /// idle timeout, evict the connections idle the longest; all off by default. See
+    /// [`Overload`].
+    pub overload: Overload,
     /// How long an upgrade waits for the new process to be ready before it gives up (and
     /// kills it); see [`ServerHandle::upgrade`](crate::ServerHandle::upgrade).
     #[serde(with = "humantime_serde")]
@@ -106,6 +116,81 @@ pub struct Config {
     /// its own name and TLS setting, served by the same server (one pool, one set of limits,
     /// one drain).
     pub listeners: Vec<ListenerConfig>,
+}
+
+/// What a server does when it is pressed: by descriptors in use against `RLIMIT_NOFILE`,
+/// open connections against `max_connections`, or event-loop lag (how late the idle
+/// scanner's tick runs). The pressure is the highest of these ratios (1.0: at a limit); its
+/// level changes are reported as [`ServerEvent::Pressure`](crate::ServerEvent::Pressure),
+/// each action as [`ServerEvent::Overload`](crate::ServerEvent::Overload) (and as metrics).
+///
+/// Without any of it, at a limit berth stops accepting (new clients wait in the kernel's
+/// backlog, or, out of descriptors, accepting backs off) until a connection closes: a flood
+/// of idle connections can then lock new clients out. `evict_idle_after` makes room instead.
+///
+/// ```
+/// let mut config = berth::Config::new("0.0.0.0:7000");
+/// config.max_connections = Some(10_000);
+/// // At the limit, close the connection idle the longest (if idle at least 1 s) for a newcomer.
+/// config.overload.evict_idle_after = Some(std::time::Duration::from_secs(1));
+/// // At 80 % of a limit, reap connections idle for 5 s.
+/// config.overload.shrink_idle_timeout = Some(std::time::Duration::from_secs(5));
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Overload {
+    /// The pressure from which it counts as high (default 0.8).
+    pub high_pressure: f64,
+    /// While the pressure is high, close connections idle longer than this (when shorter
+    /// than `idle_timeout`, or when there is none). `None`: off.
+    #[serde(with = "humantime_serde")]
+    pub shrink_idle_timeout: Option<Duration>,
+    /// At the descriptor limit or at `max_connections`, when a new client needs a place,
+    /// close the connection idle the longest, if it has been idle at least this long
+    /// (`CloseReason::Evicted`). `None`: never evict.
+    #[serde(with = "humantime_serde")]
+    pub evict_idle_after: Option<Duration>,
+    /// The event-loop lag that counts as full pressure. `None`: lag is not a source.
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Option<Duration>,
+}
+
+impl Default for Overload {
+    fn default() -> Self {
+        Overload {
+            high_pressure: 0.8,
+            shrink_idle_timeout: None,
+            evict_idle_after: None,
+            max_lag: None,
+        }
+    }
+}
+
+impl Overload {
+    /// Whether any action or source is configured.
+    pub fn is_active(&self) -> bool {
+        self.shrink_idle_timeout.is_some()
+            || self.evict_idle_after.is_some()
+            || self.max_lag.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.high_pressure > 0.0 && self.high_pressure <= 1.0) {
+            return Err(ConfigError::InvalidLimit(format!(
+                "overload.high_pressure must be in (0, 1], got {}",
+                self.high_pressure
+            )));
+        }
+        if self.shrink_idle_timeout == Some(Duration::ZERO) || self.max_lag == Some(Duration::ZERO)
+        {
+            return Err(ConfigError::InvalidLimit(
+                "overload.shrink_idle_timeout and overload.max_lag must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One more listening socket of a server: a TCP address or a Unix socket, a name, and
@@ -272,11 +357,13 @@ impl Default for Config {
             max_connections: None,
             linger_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: None,
             limits: crate::limits::Limits::default(),
             proxy_protocol: None,
             tls: None,
             unix: None,
             first_request_grace: Duration::from_secs(1),
+            overload: Overload::default(),
             upgrade_timeout: Duration::from_secs(30),
             listeners: Vec::new(),
         }
@@ -354,10 +441,16 @@ impl Config {
         if self.max_connections == Some(0) {
             return Err(ConfigError::ZeroMaxConnections);
         }
+        if self.max_handshakes == Some(0) {
+            return Err(ConfigError::InvalidLimit(
+                "max_handshakes must be at least 1 (leave it unset for no limit)".into(),
+            ));
+        }
         if self.backlog == 0 || i32::try_from(self.backlog).is_err() {
             return Err(ConfigError::InvalidBacklog(self.backlog));
         }
         self.limits.validate()?;
+        self.overload.validate()?;
         if self
             .proxy_protocol
             .as_ref()

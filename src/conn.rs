@@ -359,6 +359,10 @@ fn closed_error(state: SlotState) -> Option<io::Error> {
             io::ErrorKind::ConnectionAborted,
             "connection closed by berth: server shutdown",
         )),
+        SlotState::Evicted => Some(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "connection closed by berth: evicted (idle the longest) to make room for a new client",
+        )),
         SlotState::Aborted | SlotState::Finished => Some(io::Error::new(
             io::ErrorKind::ConnectionAborted,
             "connection closed by berth: closed through its ConnHandle",

@@ -265,11 +265,13 @@ async fn handshake<S: ByteStream>(
     #[cfg(feature = "metrics")]
     let started = core.runtime().now();
     let handshake = async {
+        // Waiting for a place (max_handshakes) counts against the handshake timeout.
+        let _place = core.handshake_place().await;
         #[cfg(feature = "fault")]
         if let Some(delay) = core.fault_delay(crate::fault::Point::StalledHandshake) {
             core.runtime().sleep(delay).await;
         }
-        crate::tls::handshake(config, stream).await
+        crate::tls::handshake(config, core.tls_select(), stream).await
     };
     let result = bounded(&core, handshake, TlsFailure::Timeout, TlsFailure::Shutdown).await;
     #[cfg(feature = "metrics")]

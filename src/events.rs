@@ -85,11 +85,14 @@ pub enum CloseReason {
     Error,
     /// The TLS handshake failed or timed out; the handler never ran.
     TlsFailed,
+    /// Idle the longest when a new client needed its place, at the descriptor limit or at
+    /// `max_connections` (see [`Overload`](crate::Overload)).
+    Evicted,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order (the order of [`Stats::closed_by`]'s index).
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::HandlerDone,
         CloseReason::PeerClosed,
         CloseReason::IdleTimeout,
@@ -98,6 +101,7 @@ impl CloseReason {
         CloseReason::Panicked,
         CloseReason::Error,
         CloseReason::TlsFailed,
+        CloseReason::Evicted,
     ];
 
     fn index(self) -> usize {
@@ -115,12 +119,13 @@ impl CloseReason {
             CloseReason::Panicked => "panicked",
             CloseReason::Error => "error",
             CloseReason::TlsFailed => "tls_failed",
+            CloseReason::Evicted => "evicted",
         }
     }
 }
 
 /// Something that happened to the server as a whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum ServerEvent {
     /// The server started serving on a listener (one event per listener).
@@ -131,6 +136,34 @@ pub enum ServerEvent {
         addr: Addr,
         /// Whether its connections are TLS.
         tls: bool,
+    },
+    /// The server's pressure changed level (see [`Overload`](crate::Overload)).
+    Pressure {
+        /// The new level.
+        level: PressureLevel,
+        /// The pressure: the highest of descriptors in use against the limit, open
+        /// connections against `max_connections`, and event-loop lag against its limit
+        /// (1.0: at a limit).
+        pressure: f64,
+    },
+    /// The server acted against pressure (see [`Overload`](crate::Overload)).
+    Overload {
+        /// What it did.
+        action: OverloadAction,
+    },
+    /// A listener's watched certificate files changed and were loaded
+    /// ([`TlsConfig::watch`](crate::tls::TlsConfig::watch)): new connections use them.
+    TlsReloaded {
+        /// The listener.
+        listener: Arc<str>,
+    },
+    /// A listener's watched certificate files changed but cannot be used (a key that does
+    /// not match, a broken file): the old configuration stays.
+    TlsReloadFailed {
+        /// The listener.
+        listener: Arc<str>,
+        /// Why.
+        reason: String,
     },
     /// A new process took over the listeners ([`ServerHandle::upgrade`](crate::ServerHandle::upgrade));
     /// this server now drains.
@@ -155,6 +188,51 @@ pub enum ServerEvent {
         /// Connections force-closed at the deadline or by `close()`.
         forced: usize,
     },
+}
+
+/// How hard a server is pressed, from its [pressure](ServerEvent::Pressure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum PressureLevel {
+    /// Below `Overload::high_pressure`.
+    Normal,
+    /// At or above `Overload::high_pressure`: the idle timeout shrinks, if configured.
+    High,
+    /// At a limit: out of descriptors, or `max_connections` open.
+    Critical,
+}
+
+/// What a server did against pressure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverloadAction {
+    /// The idle timeout shrank to this (pressure is high).
+    IdleTimeoutShrunk(Duration),
+    /// The idle timeout is back to the configured one (pressure is normal again).
+    IdleTimeoutRestored,
+    /// A connection idle this long was closed (`CloseReason::Evicted`) to make room for a
+    /// new client.
+    Evicted {
+        /// The evicted connection.
+        id: u64,
+        /// How long it had been idle.
+        idle: Duration,
+    },
+    /// At a limit with nothing to evict: accepting waits (new clients wait in the kernel's
+    /// backlog, or back off at the descriptor limit).
+    AcceptingPaused,
+}
+
+impl OverloadAction {
+    /// A short snake_case name, e.g. for metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OverloadAction::IdleTimeoutShrunk(_) => "idle_timeout_shrunk",
+            OverloadAction::IdleTimeoutRestored => "idle_timeout_restored",
+            OverloadAction::Evicted { .. } => "evicted",
+            OverloadAction::AcceptingPaused => "accepting_paused",
+        }
+    }
 }
 
 /// A snapshot of a server's counters, from [`ServerHandle::stats`](crate::ServerHandle::stats).

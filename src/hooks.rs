@@ -89,6 +89,8 @@ impl Hooks {
     pub(crate) fn server(&self, event: ServerEvent) {
         #[cfg(feature = "tracing")]
         trace::server(&event);
+        #[cfg(feature = "metrics")]
+        crate::metrics::server(&event);
         if let Some(hook) = load(&self.server) {
             self.call("server event", || hook(&event));
         }
@@ -225,6 +227,18 @@ mod trace {
                 tls,
             } => {
                 tracing::info!(target: "berth", listener = %listener, %addr, tls, "listening")
+            }
+            ServerEvent::Pressure { level, pressure } => {
+                tracing::warn!(target: "berth", ?level, pressure, "pressure level changed")
+            }
+            ServerEvent::Overload { action } => {
+                tracing::warn!(target: "berth", ?action, "overload action")
+            }
+            ServerEvent::TlsReloaded { listener } => {
+                tracing::info!(target: "berth", listener = %listener, "TLS certificates reloaded")
+            }
+            ServerEvent::TlsReloadFailed { listener, reason } => {
+                tracing::warn!(target: "berth", listener = %listener, %reason, "TLS reload failed")
             }
             ServerEvent::Upgraded { pid } => {
                 tracing::info!(target: "berth", pid, "upgraded: the new process serves")

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use futures_lite::FutureExt as _;
 
+use crate::events::{OverloadAction, PressureLevel, ServerEvent};
 use crate::pool::SlotState;
 use crate::state::Core;
 
@@ -29,21 +30,39 @@ pub(crate) fn tick_for(timeout: Duration) -> Duration {
     timeout / ticks
 }
 
-/// Runs until the server stops.
-pub(crate) async fn scan(core: Arc<Core>, timeout: Duration) {
-    let tick = tick_for(timeout);
+/// The tick when only pressure is watched (no idle timeout applies).
+const PRESSURE_TICK: Duration = Duration::from_millis(250);
+
+/// Runs until the server stops: sweeps for `idle_timeout` (if any) and, with
+/// `Config::overload` set, watches the pressure (and sweeps for the shrunk idle timeout
+/// while it is high).
+pub(crate) async fn scan(core: Arc<Core>, idle_timeout: Option<Duration>) {
+    let overload = core.config().overload.clone();
+    let shrunk = overload
+        .shrink_idle_timeout
+        .map(|shrink| idle_timeout.map_or(shrink, |idle| idle.min(shrink)));
+    let tick = [idle_timeout, shrunk]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(PRESSURE_TICK, tick_for);
     let tick_ns = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX);
-    let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
     let rt = core.runtime().clone();
+    let mut lag = Duration::ZERO;
     loop {
         let now = core.now_ns();
         core.set_next_sweep(now.saturating_add(tick_ns));
-        core.for_each_open(|slot, generation| {
-            let last = slot.last_active.load(Ordering::Relaxed);
-            if now.saturating_sub(last) >= timeout_ns {
-                slot.close(generation, SlotState::IdleTimeout);
-            }
-        });
+        let high = overload.is_active() && watch_pressure(&core, &overload, shrunk, lag);
+        if let Some(timeout) = if high { shrunk } else { idle_timeout } {
+            let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+            core.for_each_open(|slot, generation| {
+                let last = slot.last_active.load(Ordering::Relaxed);
+                if now.saturating_sub(last) >= timeout_ns {
+                    slot.close(generation, SlotState::IdleTimeout);
+                }
+            });
+        }
+        let started = rt.now();
         let stopped = async {
             core.stopped().await;
             true
@@ -59,7 +78,46 @@ pub(crate) async fn scan(core: Arc<Core>, timeout: Duration) {
         if stopped.or(slept).await {
             return;
         }
+        // How late the tick ran: the event loop's lag.
+        lag = rt
+            .now()
+            .saturating_duration_since(started)
+            .saturating_sub(tick);
     }
+}
+
+/// Measures the pressure, reports a change of level (and the idle timeout shrinking or
+/// coming back); whether the pressure is high.
+fn watch_pressure(
+    core: &Core,
+    overload: &crate::config::Overload,
+    shrunk: Option<Duration>,
+    lag: Duration,
+) -> bool {
+    let pressure = core.pressure(lag);
+    let level = if pressure >= 1.0 {
+        PressureLevel::Critical
+    } else if pressure >= overload.high_pressure {
+        PressureLevel::High
+    } else {
+        PressureLevel::Normal
+    };
+    let before = core.swap_pressure_level(level);
+    if level != before {
+        core.hooks()
+            .server(ServerEvent::Pressure { level, pressure });
+        if let Some(shrunk) = shrunk {
+            let action = match (before, level) {
+                (PressureLevel::Normal, _) => Some(OverloadAction::IdleTimeoutShrunk(shrunk)),
+                (_, PressureLevel::Normal) => Some(OverloadAction::IdleTimeoutRestored),
+                _ => None,
+            };
+            if let Some(action) = action {
+                core.hooks().server(ServerEvent::Overload { action });
+            }
+        }
+    }
+    level != PressureLevel::Normal
 }
 
 #[cfg(test)]

@@ -73,6 +73,8 @@ mod metrics;
 mod micro;
 mod pool;
 mod proxy;
+#[cfg(feature = "tls")]
+mod reload;
 pub mod runtime;
 mod server;
 mod shutdown;
@@ -84,10 +86,12 @@ pub mod tls;
 pub mod upgrade;
 
 pub use addr::{Addr, PeerCred};
-pub use config::{Config, ListenerConfig, UnixConfig};
+pub use config::{Config, ListenerConfig, Overload, UnixConfig};
 pub use conn::{Conn, ConnHandle, Draining, Readable};
 pub use error::{ConfigError, Error};
-pub use events::{CloseReason, ConnEvent, ServerEvent, ShutdownReport, Stats};
+pub use events::{
+    CloseReason, ConnEvent, OverloadAction, PressureLevel, ServerEvent, ShutdownReport, Stats,
+};
 pub use extensions::Extensions;
 pub use handler::Handler;
 pub use proxy::ProxyProtocol;

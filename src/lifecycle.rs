@@ -106,7 +106,7 @@ impl Lifecycle {
     /// Registers the connection for the idle scanner and server-side closes (its `Conn`
     /// is about to exist); its slot decides the close reason from now on.
     pub(crate) fn register(&mut self) -> (Arc<Slot>, u64) {
-        let (slot, generation) = self.core.register();
+        let (slot, generation) = self.core.register(self.id);
         self.phase = Phase::Registered {
             slot: slot.clone(),
             generation,

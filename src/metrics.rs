@@ -13,6 +13,10 @@
 //! | `berth_tls_handshake_duration_seconds` | histogram | `result` |
 //! | `berth_bytes_read_total`, `berth_bytes_written_total` | counter | (added when a connection closes) |
 //! | `berth_accept_errors_total` | counter | |
+//! | `berth_pressure` | gauge | (with `Config::overload`: 1.0 is at a limit) |
+//! | `berth_pressure_level` | gauge | 0 normal, 1 high, 2 critical |
+//! | `berth_overload_actions_total` | counter | `action` (`evicted`, `idle_timeout_shrunk`, ...) |
+//! | `berth_tls_reloads_total` | counter | `result` (`ok`, `failed`) |
 //!
 //! Bytes are tallied per connection in plain fields and reported once, at close, so the
 //! read/write path never touches the recorder.
@@ -20,7 +24,7 @@
 #[cfg(feature = "tls")]
 use std::time::Duration;
 
-use crate::events::ConnEvent;
+use crate::events::{ConnEvent, PressureLevel, ServerEvent};
 
 pub(crate) fn conn(event: &ConnEvent) {
     match event {
@@ -63,4 +67,29 @@ pub(crate) fn bytes(read: u64, written: u64) {
 
 pub(crate) fn accept_error() {
     metrics::counter!("berth_accept_errors_total").increment(1);
+}
+
+pub(crate) fn server(event: &ServerEvent) {
+    match event {
+        ServerEvent::Pressure { level, pressure } => {
+            metrics::gauge!("berth_pressure").set(*pressure);
+            let level = match level {
+                PressureLevel::Normal => 0.0,
+                PressureLevel::High => 1.0,
+                _ => 2.0,
+            };
+            metrics::gauge!("berth_pressure_level").set(level);
+        }
+        ServerEvent::Overload { action } => {
+            metrics::counter!("berth_overload_actions_total", "action" => action.label())
+                .increment(1);
+        }
+        ServerEvent::TlsReloaded { .. } => {
+            metrics::counter!("berth_tls_reloads_total", "result" => "ok").increment(1);
+        }
+        ServerEvent::TlsReloadFailed { .. } => {
+            metrics::counter!("berth_tls_reloads_total", "result" => "failed").increment(1);
+        }
+        _ => {}
+    }
 }

@@ -29,6 +29,8 @@ pub(crate) enum SlotState {
     IdleTimeout = 1,
     ShutdownForced = 2,
     Aborted = 3,
+    /// Closed to make room under pressure (`Overload::evict_idle_after`).
+    Evicted = 5,
     /// The connection ended; the slot is free or about to be.
     Finished = 4,
 }
@@ -40,6 +42,7 @@ impl SlotState {
             1 => SlotState::IdleTimeout,
             2 => SlotState::ShutdownForced,
             3 => SlotState::Aborted,
+            5 => SlotState::Evicted,
             _ => SlotState::Finished,
         }
     }
@@ -50,6 +53,7 @@ impl SlotState {
             SlotState::IdleTimeout => Some(CloseReason::IdleTimeout),
             SlotState::ShutdownForced => Some(CloseReason::ShutdownForced),
             SlotState::Aborted => Some(CloseReason::Aborted),
+            SlotState::Evicted => Some(CloseReason::Evicted),
             SlotState::Open | SlotState::Finished => None,
         }
     }
@@ -81,6 +85,8 @@ pub(crate) struct Slot {
     flags: AtomicU8,
     /// Key in the registry while open.
     key: AtomicUsize,
+    /// The connection's id (for reports about it from outside its task).
+    pub(crate) id: AtomicU64,
     pub(crate) read_waker: AtomicWaker,
     pub(crate) write_waker: AtomicWaker,
     /// The connection task, woken so it can cancel the handler when the server closes it.
@@ -196,6 +202,24 @@ impl Pool {
                 f(slot, word >> STATE_BITS);
             }
         }
+    }
+
+    /// The open slot whose last activity is the oldest, if at or before `before`, with its
+    /// generation: one scan of the open slots.
+    pub(crate) fn idlest(&self, before: u64) -> Option<(Arc<Slot>, u64)> {
+        let mut best: Option<(&Arc<Slot>, u64, u64)> = None;
+        let open = lock(&self.open);
+        for (_, slot) in open.iter() {
+            let word = slot.word.load(Ordering::Acquire);
+            let last = slot.last_active.load(Ordering::Relaxed);
+            if SlotState::from_bits(word as u8) == SlotState::Open
+                && last <= before
+                && best.is_none_or(|(_, _, oldest)| last < oldest)
+            {
+                best = Some((slot, word >> STATE_BITS, last));
+            }
+        }
+        best.map(|(slot, generation, _)| (slot.clone(), generation))
     }
 }
 

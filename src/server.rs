@@ -37,6 +37,8 @@ pub struct Builder {
     tune: Option<TuneHook>,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
+    #[cfg(feature = "tls")]
+    tls_select: Option<crate::tls::Select>,
     #[cfg(feature = "fault")]
     faults: Option<crate::fault::Injector>,
 }
@@ -62,9 +64,34 @@ impl Builder {
             tune: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "tls")]
+            tls_select: None,
             #[cfg(feature = "fault")]
             faults: None,
         }
+    }
+
+    /// Chooses each TLS connection's configuration from its ClientHello (server name,
+    /// ALPN), asynchronously: for per-tenant certificates loaded on demand. `select`
+    /// returns the configuration to use, or `None` for the listener's own. It runs on the
+    /// connection's task, within `handshake_timeout`, for every TLS listener.
+    ///
+    /// ```no_run
+    /// # fn f(builder: berth::Builder, tenants: std::sync::Arc<std::collections::HashMap<String, std::sync::Arc<berth::tls::ServerConfig>>>) -> berth::Builder {
+    /// builder.tls_select(move |hello: berth::tls::ClientHelloInfo| {
+    ///     let tenants = tenants.clone();
+    ///     async move { tenants.get(hello.server_name.as_deref()?).cloned() }
+    /// })
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls_select<F, Fut>(mut self, select: F) -> Self
+    where
+        F: Fn(crate::tls::ClientHelloInfo) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Option<Arc<rustls::ServerConfig>>> + Send + 'static,
+    {
+        self.tls_select = Some(Arc::new(move |hello| Box::pin(select(hello))));
+        self
     }
 
     /// Injects faults at berth's fault points, as `faults` decides (feature `fault`, for
@@ -241,9 +268,13 @@ impl Builder {
                         addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into(),
                         source,
                     })?;
+                    let watched = match &tls {
+                        Tls::Load(source) => Some(source.clone()),
+                        _ => None,
+                    };
                     let tls = self.load_tls(tls)?;
-                    let endpoint = Arc::new(Endpoint::new(name.into(), addr, tls));
-                    listeners.push((endpoint, listener));
+                    let endpoint = Endpoint::new(name.into(), addr, tls).watching(watched);
+                    listeners.push((Arc::new(endpoint), listener));
                 }
                 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
                 return Ok((runtime, listeners, upgrade));
@@ -269,6 +300,8 @@ impl Builder {
         };
         let endpoints = listeners.iter().map(|(e, _)| e.clone()).collect();
         let core = Core::new(runtime, self.config, self.hooks, endpoints);
+        #[cfg(feature = "tls")]
+        let core = core.with_tls_select(self.tls_select);
         #[cfg(feature = "fault")]
         let core = core.with_faults(self.faults);
         Ok(Server {
@@ -493,8 +526,21 @@ impl Server {
                 .report_deferred(reporter.stopped_latch())
                 .await;
         }));
-        if let Some(timeout) = core.config().idle_timeout {
-            rt.spawn(Box::pin(crate::idle::scan(core.clone(), timeout)));
+        let idle_timeout = core.config().idle_timeout;
+        if idle_timeout.is_some() || core.config().overload.is_active() {
+            if core.config().overload.is_active() {
+                core.measure_descriptors();
+            }
+            rt.spawn(Box::pin(crate::idle::scan(core.clone(), idle_timeout)));
+        }
+        #[cfg(feature = "tls")]
+        for (endpoint, _) in &self.listeners {
+            if let Some(tls) = endpoint.watched() {
+                let interval = tls.watch.unwrap_or_default();
+                let task =
+                    crate::reload::watch(core.clone(), endpoint.clone(), tls.clone(), interval);
+                rt.spawn(Box::pin(task));
+            }
         }
         #[cfg(unix)]
         core.keep_handovers(

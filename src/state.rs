@@ -18,7 +18,9 @@ use crate::addr::Addr;
 use crate::admission::{IpKey, Limiter};
 use crate::config::Config;
 use crate::error::Error;
-use crate::events::{CloseReason, ConnEvent, Count, Counters, ShutdownReport, Stats};
+use crate::events::{
+    CloseReason, ConnEvent, Count, Counters, PressureLevel, ShutdownReport, Stats,
+};
 use crate::hooks::{Hooks, Report};
 use crate::latch::Latch;
 use crate::limits::RejectReason;
@@ -48,6 +50,31 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.0.reserved.fetch_sub(1, Ordering::AcqRel);
         self.0.conn_closed.notify(usize::MAX);
+    }
+}
+
+/// Descriptors this process has open, and its soft limit (0 where unknown).
+fn descriptors() -> (usize, usize) {
+    let used = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count());
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .and_then(|limit| usize::try_from(limit).ok())
+        .unwrap_or(0);
+    #[cfg(not(all(unix, any(feature = "async-io", feature = "tokio"))))]
+    let limit = 0;
+    (used, limit)
+}
+
+/// One of the `max_handshakes` places, held while a handshake runs.
+pub(crate) struct HandshakePlace<'a>(Option<&'a Core>);
+
+impl Drop for HandshakePlace<'_> {
+    fn drop(&mut self) {
+        if let Some(core) = self.0 {
+            core.handshakes.fetch_sub(1, Ordering::AcqRel);
+            core.handshake_done.notify(1);
+        }
     }
 }
 
@@ -107,9 +134,22 @@ pub(crate) struct Core {
     /// accepting stops (so clients are refused after a shutdown, not left in a backlog).
     #[cfg(unix)]
     handovers: Mutex<Vec<(Arc<str>, crate::listener::Handover)>>,
+    /// TLS handshakes under way, and the event their ends notify (`max_handshakes`).
+    handshakes: AtomicUsize,
+    handshake_done: Event,
+    /// Chooses a connection's TLS configuration from its ClientHello.
+    #[cfg(feature = "tls")]
+    tls_select: Option<crate::tls::Select>,
     /// Fault points, under simulation.
     #[cfg(feature = "fault")]
     faults: Option<crate::fault::Injector>,
+    /// Descriptors in use before serving, and the soft limit (0: unknown).
+    fd_baseline: AtomicUsize,
+    fd_limit: AtomicUsize,
+    /// The last accept failed for want of descriptors.
+    out_of_descriptors: AtomicBool,
+    /// The last reported `PressureLevel`.
+    pressure_level: AtomicU8,
     /// An upgrade is under way.
     #[cfg_attr(
         not(all(unix, any(feature = "async-io", feature = "tokio"))),
@@ -160,9 +200,57 @@ impl Core {
             #[cfg(unix)]
             handovers: Mutex::new(Vec::new()),
             upgrading: AtomicBool::new(false),
+            fd_baseline: AtomicUsize::new(0),
+            fd_limit: AtomicUsize::new(0),
+            out_of_descriptors: AtomicBool::new(false),
+            pressure_level: AtomicU8::new(0),
+            handshakes: AtomicUsize::new(0),
+            handshake_done: Event::new(),
+            #[cfg(feature = "tls")]
+            tls_select: None,
             #[cfg(feature = "fault")]
             faults: None,
         }
+    }
+
+    /// Chooses each TLS connection's configuration from its ClientHello with `select`.
+    #[cfg(feature = "tls")]
+    pub(crate) fn with_tls_select(mut self, select: Option<crate::tls::Select>) -> Self {
+        self.tls_select = select;
+        self
+    }
+
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_select(&self) -> Option<&crate::tls::Select> {
+        self.tls_select.as_ref()
+    }
+
+    /// Waits for a place among the `max_handshakes` TLS handshakes that may run at once
+    /// (at once when there is no limit); the handshake holds it until it ends.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) async fn handshake_place(&self) -> HandshakePlace<'_> {
+        let Some(max) = self.config.max_handshakes else {
+            return HandshakePlace(None);
+        };
+        loop {
+            if let Some(place) = self.try_handshake_place(max) {
+                return place;
+            }
+            let listener = self.handshake_done.listen();
+            if let Some(place) = self.try_handshake_place(max) {
+                return place;
+            }
+            listener.await;
+        }
+    }
+
+    fn try_handshake_place(&self, max: usize) -> Option<HandshakePlace<'_>> {
+        self.handshakes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| HandshakePlace(Some(self)))
     }
 
     /// Injects faults at berth's fault points (simulation).
@@ -319,7 +407,7 @@ impl Core {
         stop.or(reserve).await
     }
 
-    fn try_reserve(&self, max: usize) -> Option<Reservation<'_>> {
+    pub(crate) fn try_reserve(&self, max: usize) -> Option<Reservation<'_>> {
         let reserved = self.reserved.fetch_add(1, Ordering::AcqRel) + 1;
         if self.open_connections() + reserved <= max {
             return Some(Reservation(self));
@@ -418,10 +506,11 @@ impl Core {
 
     /// Registers a connection for the idle scanner and server-side closes. A connection
     /// that registers after shutdown's final sweep is closed at once, so none escapes it.
-    pub(crate) fn register(&self) -> (Arc<Slot>, u64) {
+    pub(crate) fn register(&self, id: u64) -> (Arc<Slot>, u64) {
         let (slot, generation) = self.pool.open(self.clock.stamp(), || {
             self.counters.add(Count::SlotAllocated)
         });
+        slot.id.store(id, Ordering::Relaxed);
         if self.latches.force.is_set() {
             slot.close(generation, SlotState::ShutdownForced);
         }
@@ -570,6 +659,69 @@ impl Core {
             .unwrap_or_default()
     }
 
+    // --- pressure ---------------------------------------------------------------------------
+
+    /// Notes the descriptor limit and the descriptors in use before serving, so that the
+    /// descriptors in use can be estimated as those plus the open connections.
+    pub(crate) fn measure_descriptors(&self) {
+        let (used, limit) = descriptors();
+        self.fd_baseline.store(used, Ordering::Relaxed);
+        self.fd_limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// `accept` ran out of descriptors (true) or succeeded again (false).
+    pub(crate) fn set_out_of_descriptors(&self, out: bool) {
+        self.out_of_descriptors.store(out, Ordering::Relaxed);
+    }
+
+    /// The pressure now, given the event loop's `lag`: the highest of descriptors in use
+    /// against the limit, open connections against `max_connections`, and lag against
+    /// `overload.max_lag`. 1.0 is at a limit.
+    pub(crate) fn pressure(&self, lag: Duration) -> f64 {
+        if self.out_of_descriptors.load(Ordering::Relaxed) {
+            return 1.0;
+        }
+        let open = self.open_connections() + self.reserved.load(Ordering::Relaxed);
+        let mut pressure: f64 = 0.0;
+        let limit = self.fd_limit.load(Ordering::Relaxed);
+        if limit > 0 {
+            let used = self.fd_baseline.load(Ordering::Relaxed) + open;
+            pressure = pressure.max(used as f64 / limit as f64);
+        }
+        if let Some(max) = self.config.max_connections {
+            pressure = pressure.max(open as f64 / max as f64);
+        }
+        if let Some(max_lag) = self.config.overload.max_lag {
+            pressure = pressure.max(lag.as_secs_f64() / max_lag.as_secs_f64());
+        }
+        pressure
+    }
+
+    /// Records the pressure level; the previous one.
+    pub(crate) fn swap_pressure_level(&self, level: PressureLevel) -> PressureLevel {
+        match self.pressure_level.swap(level as u8, Ordering::AcqRel) {
+            2 => PressureLevel::Critical,
+            1 => PressureLevel::High,
+            _ => PressureLevel::Normal,
+        }
+    }
+
+    /// Closes the connection idle the longest, if it has been idle at least `min` (to make
+    /// room for a new client): its id and how long it was idle.
+    pub(crate) fn evict_idlest(&self, min: Duration) -> Option<(u64, Duration)> {
+        let now = self.now_ns();
+        let min = u64::try_from(min.as_nanos()).unwrap_or(u64::MAX);
+        let (slot, generation) = self.pool.idlest(now.checked_sub(min)?)?;
+        let idle = now.saturating_sub(slot.last_active.load(Ordering::Relaxed));
+        slot.close(generation, SlotState::Evicted)
+            .then(|| (slot.id.load(Ordering::Relaxed), Duration::from_nanos(idle)))
+    }
+
+    /// Completes when a connection closes (after this call).
+    pub(crate) fn closed_listener(&self) -> event_listener::EventListener {
+        self.conn_closed.listen()
+    }
+
     // --- upgrades -------------------------------------------------------------------------
 
     /// Keeps the listeners' sockets for an upgrade.
@@ -639,6 +791,9 @@ pub(crate) struct Endpoint {
     addr: Addr,
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     tls: std::sync::RwLock<TlsSetting>,
+    /// The settings its TLS configuration was loaded from, when they are to be watched.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    watched: Option<crate::tls::TlsConfig>,
 }
 
 impl Endpoint {
@@ -647,7 +802,20 @@ impl Endpoint {
             name,
             addr,
             tls: std::sync::RwLock::new(tls),
+            watched: None,
         }
+    }
+
+    /// Watch `tls`'s files for this endpoint (see `reload`).
+    pub(crate) fn watching(mut self, tls: Option<crate::tls::TlsConfig>) -> Self {
+        self.watched = tls.filter(|tls| tls.watch.is_some());
+        self
+    }
+
+    /// The settings to watch, if any.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn watched(&self) -> Option<&crate::tls::TlsConfig> {
+        self.watched.as_ref()
     }
 
     pub(crate) fn name(&self) -> &Arc<str> {

@@ -106,6 +106,13 @@ pub struct TlsConfig {
     pub client_ca: Option<PemSource>,
     /// TLS session resumption (tickets and session IDs).
     pub session_resumption: bool,
+    /// Reload the certificate, key and CA files when their contents change, looking every
+    /// this long (`"1s"`): renames over the old files and symlink swaps (Kubernetes'
+    /// `..data`) are seen, as the files are read, not their metadata. The new files are
+    /// loaded and checked before use; if they are broken, the old configuration stays and
+    /// the error is reported. `None`: load once.
+    #[serde(default, with = "humantime_serde")]
+    pub watch: Option<std::time::Duration>,
 }
 
 impl Default for TlsConfig {
@@ -119,6 +126,7 @@ impl Default for TlsConfig {
             client_auth: ClientAuth::None,
             client_ca: None,
             session_resumption: true,
+            watch: None,
         }
     }
 }

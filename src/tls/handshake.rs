@@ -8,28 +8,71 @@ use futures_rustls::server::TlsStream;
 
 use super::{TlsFailure, TlsInfo, TlsVersion};
 
-/// Accepts a TLS session on `stream` with `config`.
+/// Accepts a TLS session on `stream` with `config`, or with the configuration `select`
+/// chooses from the ClientHello (`config` when it chooses none).
 pub(crate) async fn handshake<S>(
     config: Arc<rustls::ServerConfig>,
+    select: Option<&Select>,
     stream: S,
 ) -> Result<(TlsStream<S>, TlsInfo), TlsFailure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let stream = futures_rustls::TlsAcceptor::from(config)
-        .accept(stream)
-        .await
-        .map_err(|e| {
-            match e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                Some(tls) => TlsFailure::Handshake(tls.to_string()),
-                None => TlsFailure::Io(e.to_string()),
-            }
-        })?;
+    let stream = match select {
+        None => futures_rustls::TlsAcceptor::from(config)
+            .accept(stream)
+            .await
+            .map_err(failure)?,
+        Some(select) => {
+            let acceptor = rustls::server::Acceptor::default();
+            let start = futures_rustls::LazyConfigAcceptor::new(acceptor, stream)
+                .await
+                .map_err(failure)?;
+            let hello = start.client_hello();
+            let info = ClientHelloInfo {
+                server_name: hello.server_name().map(str::to_owned),
+                alpn: hello
+                    .alpn()
+                    .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
+                    .unwrap_or_default(),
+            };
+            let config = select(info).await.unwrap_or(config);
+            start.into_stream(config).await.map_err(failure)?
+        }
+    };
     let info = info(stream.get_ref().1);
     Ok((stream, info))
+}
+
+fn failure(e: std::io::Error) -> TlsFailure {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => TlsFailure::Handshake(tls.to_string()),
+        None => TlsFailure::Io(e.to_string()),
+    }
+}
+
+/// A hook that chooses a connection's TLS configuration from its ClientHello.
+pub(crate) type Select = Arc<
+    dyn Fn(
+            ClientHelloInfo,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Option<Arc<rustls::ServerConfig>>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+/// What a client asked for in its ClientHello, for choosing its certificate
+/// ([`Builder::tls_select`](crate::Builder::tls_select)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientHelloInfo {
+    /// The server name it asked for (SNI), if any.
+    pub server_name: Option<String>,
+    /// The ALPN protocols it offered, in its order of preference.
+    pub alpn: Vec<Vec<u8>>,
 }
 
 fn info(conn: &rustls::ServerConnection) -> TlsInfo {

@@ -26,7 +26,9 @@ mod load;
 
 pub use config::{CertKey, ClientAuth, PemSource, TlsConfig, TlsError, ValidityWarning};
 #[cfg(feature = "tls")]
-pub(crate) use handshake::handshake;
+pub use handshake::ClientHelloInfo;
+#[cfg(feature = "tls")]
+pub(crate) use handshake::{Select, handshake};
 /// rustls's server configuration, for [`Builder::tls_server_config`](crate::Builder::tls_server_config).
 #[cfg(feature = "tls")]
 pub use rustls::ServerConfig;
