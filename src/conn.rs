@@ -348,6 +348,58 @@ fn drain_due(core: &Core, slot: &Slot, opened_at: Option<std::time::Instant>) ->
     opened_at.is_none_or(|at| core.runtime().now().saturating_duration_since(at) >= grace)
 }
 
+impl Conn {
+    /// A read: counted, and noted (end of file when a read that wanted bytes got none; data
+    /// when it got some, see `first_request_grace`).
+    fn poll_read_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        wanted: bool,
+        read: impl FnOnce(Pin<&mut Box<dyn ByteStream>>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        let poll = self.poll_io(
+            cx,
+            false,
+            |open, cx| {
+                let poll = read(Pin::new(&mut open.io), cx);
+                #[cfg(feature = "metrics")]
+                if let Poll::Ready(Ok(n)) = poll {
+                    open.bytes.0 += n as u64;
+                }
+                poll
+            },
+            |n| *n > 0,
+        );
+        match poll {
+            Poll::Ready(Ok(0)) if wanted => self.slot.mark(SAW_EOF),
+            Poll::Ready(Ok(1..)) => self.slot.mark(SAW_DATA),
+            _ => {}
+        }
+        poll
+    }
+
+    /// A write: counted.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut Box<dyn ByteStream>>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(
+            cx,
+            true,
+            |open, cx| {
+                let poll = write(Pin::new(&mut open.io), cx);
+                #[cfg(feature = "metrics")]
+                if let Poll::Ready(Ok(n)) = poll {
+                    open.bytes.1 += n as u64;
+                }
+                poll
+            },
+            |n| *n > 0,
+        )
+    }
+}
+
 fn closed_error(state: SlotState) -> Option<io::Error> {
     match state {
         SlotState::Open => None,
@@ -376,26 +428,9 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = this.poll_io(
-            cx,
-            false,
-            |open, cx| {
-                let poll = Pin::new(&mut open.io).poll_read(cx, buf);
-                #[cfg(feature = "metrics")]
-                if let Poll::Ready(Ok(n)) = poll {
-                    open.bytes.0 += n as u64;
-                }
-                poll
-            },
-            |n| *n > 0,
-        );
-        match poll {
-            Poll::Ready(Ok(0)) if !buf.is_empty() => this.slot.mark(SAW_EOF),
-            Poll::Ready(Ok(1..)) => this.slot.mark(SAW_DATA),
-            _ => {}
-        }
-        poll
+        let wanted = !buf.is_empty();
+        self.get_mut()
+            .poll_read_with(cx, wanted, |io, cx| io.poll_read(cx, buf))
     }
 
     fn poll_read_vectored(
@@ -403,27 +438,9 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         bufs: &mut [IoSliceMut<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
         let wanted = bufs.iter().any(|b| !b.is_empty());
-        let poll = this.poll_io(
-            cx,
-            false,
-            |open, cx| {
-                let poll = Pin::new(&mut open.io).poll_read_vectored(cx, bufs);
-                #[cfg(feature = "metrics")]
-                if let Poll::Ready(Ok(n)) = poll {
-                    open.bytes.0 += n as u64;
-                }
-                poll
-            },
-            |n| *n > 0,
-        );
-        match poll {
-            Poll::Ready(Ok(0)) if wanted => this.slot.mark(SAW_EOF),
-            Poll::Ready(Ok(1..)) => this.slot.mark(SAW_DATA),
-            _ => {}
-        }
-        poll
+        self.get_mut()
+            .poll_read_with(cx, wanted, |io, cx| io.poll_read_vectored(cx, bufs))
     }
 }
 
@@ -433,19 +450,8 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_io(
-            cx,
-            true,
-            |open, cx| {
-                let poll = Pin::new(&mut open.io).poll_write(cx, buf);
-                #[cfg(feature = "metrics")]
-                if let Poll::Ready(Ok(n)) = poll {
-                    open.bytes.1 += n as u64;
-                }
-                poll
-            },
-            |n| *n > 0,
-        )
+        self.get_mut()
+            .poll_write_with(cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -453,19 +459,8 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_io(
-            cx,
-            true,
-            |open, cx| {
-                let poll = Pin::new(&mut open.io).poll_write_vectored(cx, bufs);
-                #[cfg(feature = "metrics")]
-                if let Poll::Ready(Ok(n)) = poll {
-                    open.bytes.1 += n as u64;
-                }
-                poll
-            },
-            |n| *n > 0,
-        )
+        self.get_mut()
+            .poll_write_with(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -242,13 +242,7 @@ fn talk(
         }
         match dir.listener.accept() {
             Ok((stream, _)) => break stream,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if waited(&e) => {}
             Err(e) => return Err(UpgradeError::Channel(e)),
         }
     };
@@ -282,13 +276,7 @@ fn talk(
                 return Ok(pid);
             }
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if waited(&e) => {}
             Err(e) => return Err(UpgradeError::Channel(e)),
         }
         exited(child)?;
@@ -296,6 +284,14 @@ fn talk(
             return Err(UpgradeError::Timeout(timeout));
         }
     }
+}
+
+/// Whether `e` only says that a timed wait ran out (or was interrupted): wait again.
+fn waited(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 /// Waits a moment for a child that closed its end to exit, so its status can be reported.
