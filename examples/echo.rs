@@ -200,12 +200,12 @@ fn run(args: Args) -> Result<(), String> {
             .with_writer(std::io::stderr)
             .init();
     }
-    if let Some(addr) = args.metrics_addr {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
-    }
+    // The metrics port: bound here, or handed over by the process this one replaces (an
+    // upgrade), which still holds it.
+    let metrics = match args.metrics_addr {
+        Some(addr) => Some(metrics::serve(addr)?),
+        None => None,
+    };
     let files = match (&args.self_signed, &args.tls_cert, &args.tls_key) {
         (Some(dir), _, _) => Some(self_signed(dir)?),
         (None, Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
@@ -250,6 +250,17 @@ fn run(args: Args) -> Result<(), String> {
         .map(berth::ListenerConfig::tcp)
         .chain(unix.map(berth::ListenerConfig::unix))
         .collect();
+    // Names identify listeners across upgrades: the same arguments give the same names
+    // (a repeated address gets a `#2`, `#3`... suffix).
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for listener in &mut listeners {
+        let name = listener.name();
+        let count = seen.entry(name.clone()).or_default();
+        *count += 1;
+        if *count > 1 {
+            listener.name = Some(format!("{name}#{count}"));
+        }
+    }
     let first = listeners.remove(0);
     let mut config = Config::new(first.address.clone().unwrap_or_default());
     config.unix = first.unix;
@@ -333,6 +344,9 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(stdout);
     let handle = server.serve(echo);
+    if let Some(socket) = metrics {
+        handle.hand_over_too("metrics", socket);
+    }
 
     // SIGHUP: upgrade (start this program again, hand it the listeners, then drain here).
     // SIGTERM or SIGINT: drain (each connection stops after its current chunk) within
@@ -430,6 +444,68 @@ async fn echo(mut conn: Conn) {
         if written.is_err() || conn.is_draining() {
             return;
         }
+    }
+}
+
+/// Prometheus metrics over HTTP (`GET /metrics`), served by a thread of its own from a
+/// listening socket that an upgrade hands over with the server's.
+mod metrics {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::os::fd::OwnedFd;
+    use std::time::Duration;
+
+    use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+    /// Installs the recorder and serves it on `addr`; returns a duplicate of the socket,
+    /// for the next upgrade.
+    pub fn serve(addr: SocketAddr) -> Result<OwnedFd, String> {
+        let recorder = PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+        let handed = berth::upgrade::take_socket("metrics")
+            .map_err(|e| format!("cannot take over the metrics port: {e}"))?;
+        let listener = match handed {
+            Some(socket) => TcpListener::from(socket),
+            None => TcpListener::bind(addr)
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?,
+        };
+        let socket = listener
+            .try_clone()
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        let upkeep = recorder.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        });
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let _ = answer(client, &recorder);
+            }
+        });
+        Ok(socket.into())
+    }
+
+    /// Reads one request (its head) and answers with the metrics.
+    fn answer(mut client: TcpStream, recorder: &PrometheusHandle) -> std::io::Result<()> {
+        client.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            let n = client.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        let body = recorder.render();
+        write!(
+            client,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
     }
 }
 

@@ -179,18 +179,19 @@ impl Builder {
         self.config.validate_settings()?;
         let reactor = self.chosen_runtime()?.reactor();
         #[cfg(unix)]
-        let mut upgrade = crate::upgrade::inherit()
-            .map_err(|e| Error::Upgrade(crate::upgrade::UpgradeError::Channel(e)))?;
+        let (upgrade, mut handed) = match crate::upgrade::inherit(&self.config.listener_names()) {
+            Ok(Some((channel, sockets))) => (Some(channel), sockets),
+            Ok(None) => (None, Default::default()),
+            Err(e) => return Err(Error::Upgrade(crate::upgrade::UpgradeError::Channel(e))),
+        };
         let mut inherited = crate::listener::inherited_tcp()?;
         let mut bound = Vec::new();
         for (index, spec) in self.config.all_listeners().into_iter().enumerate() {
             #[cfg(unix)]
-            let handed = upgrade
-                .as_mut()
-                .and_then(|u| u.listeners.remove(&spec.name()));
+            let socket = handed.remove(&spec.name());
             #[cfg(not(unix))]
-            let handed = None;
-            let listener = match handed {
+            let socket = None;
+            let listener = match socket {
                 Some(fd) => adopt(&self.config, fd, &reactor)?,
                 None => bind_one(&self.config, &spec, &reactor, &mut inherited)?,
             };
@@ -696,6 +697,16 @@ impl ServerHandle {
             let _ = crate::shutdown::stop(&draining, grace, false).await;
         }));
         Ok(upgraded)
+    }
+
+    /// Hands `socket` (a duplicate of a listening socket of your own: a metrics or admin
+    /// port) to the new process at an upgrade too, under `name`, where
+    /// [`upgrade::take_socket`](crate::upgrade::take_socket) gives it back. The socket stays
+    /// open while either process holds it, so that port never refuses a connect either.
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    pub fn hand_over_too(&self, name: impl Into<String>, socket: std::os::fd::OwnedFd) {
+        self.core
+            .add_handover(name.into().into(), crate::listener::Handover::new(socket));
     }
 
     /// Immediate stop: stop accepting, force-close every connection (cancelling handlers),

@@ -727,7 +727,15 @@ impl Core {
     /// Keeps the listeners' sockets for an upgrade.
     #[cfg(unix)]
     pub(crate) fn keep_handovers(&self, handovers: Vec<(Arc<str>, crate::listener::Handover)>) {
-        *lock(&self.handovers) = handovers;
+        lock(&self.handovers).extend(handovers);
+    }
+
+    /// Keeps one more socket for an upgrade (replacing one of the same name).
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    pub(crate) fn add_handover(&self, name: Arc<str>, handover: crate::listener::Handover) {
+        let mut handovers = lock(&self.handovers);
+        handovers.retain(|(n, _)| *n != name);
+        handovers.push((name, handover));
     }
 
     /// Duplicates of the listeners' sockets, by name, for a new process.

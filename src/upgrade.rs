@@ -110,35 +110,51 @@ pub(crate) fn default_command() -> Result<Command, UpgradeError> {
 
 // --- the new process's side ---------------------------------------------------------------
 
-/// What a new process received from the one it replaces.
+/// The channel to the process this one replaces: once every listener is adopted or bound
+/// and accepting, [`ready`](Self::ready) lets it stop.
 #[derive(Debug)]
 pub(crate) struct Inherited {
-    /// The channel to the old process, to say "ready" on.
     channel: UnixStream,
-    /// The listening sockets, by name.
-    pub(crate) listeners: BTreeMap<String, OwnedFd>,
 }
 
 impl Inherited {
-    /// Tells the old process that every listener is adopted or bound and accepting.
+    /// Tells the old process that every listener is adopted or bound and accepting. The
+    /// handed-over sockets nobody took are closed now.
     pub(crate) fn ready(mut self) -> io::Result<()> {
+        handed().sockets.clear();
         writeln!(self.channel, "ready {}", std::process::id())?;
         self.channel.flush()
     }
 }
 
-/// The listeners an upgrade handed this process, once: the first server that binds takes
-/// them. `None` when this process was not started by an upgrade.
-pub(crate) fn inherit() -> io::Result<Option<Inherited>> {
-    static TAKEN: Mutex<bool> = Mutex::new(false);
-    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-    if *taken {
-        return Ok(None);
+/// What the process this one replaces handed over, process-wide.
+#[derive(Default)]
+struct Handed {
+    /// Whether the handover was received (or found absent).
+    loaded: bool,
+    channel: Option<UnixStream>,
+    sockets: BTreeMap<String, OwnedFd>,
+}
+
+static HANDED: Mutex<Handed> = Mutex::new(Handed {
+    loaded: false,
+    channel: None,
+    sockets: BTreeMap::new(),
+});
+
+fn handed() -> std::sync::MutexGuard<'static, Handed> {
+    HANDED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Receives the handover, once per process, if an upgrade started this process.
+fn load(handed: &mut Handed) -> io::Result<()> {
+    if handed.loaded {
+        return Ok(());
     }
+    handed.loaded = true;
     let Some(value) = std::env::var_os(ENV) else {
-        return Ok(None);
+        return Ok(());
     };
-    *taken = true;
     let value = value.to_string_lossy().into_owned();
     let Some((parent, path)) = value.split_once(':') else {
         return Err(io::Error::new(
@@ -148,7 +164,7 @@ pub(crate) fn inherit() -> io::Result<Option<Inherited>> {
     };
     if parent.parse::<u32>().ok() != Some(std::os::unix::process::parent_id()) {
         // Inherited from a process further up: not for us.
-        return Ok(None);
+        return Ok(());
     }
     let channel = UnixStream::connect(path)?;
     channel.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -159,10 +175,47 @@ pub(crate) fn inherit() -> io::Result<Option<Inherited>> {
             format!("{} names for {} sockets", names.len(), fds.len()),
         ));
     }
-    Ok(Some(Inherited {
-        channel,
-        listeners: names.into_iter().zip(fds).collect(),
-    }))
+    handed.channel = Some(channel);
+    handed.sockets = names.into_iter().zip(fds).collect();
+    Ok(())
+}
+
+/// The handed-over listening sockets whose names `names` lists, and the channel to say
+/// "ready" on, for the first server that binds in a process an upgrade started. `None`
+/// when this process was not started by an upgrade (or another server took the channel).
+pub(crate) fn inherit(
+    names: &[String],
+) -> io::Result<Option<(Inherited, BTreeMap<String, OwnedFd>)>> {
+    let mut handed = handed();
+    load(&mut handed)?;
+    let Some(channel) = handed.channel.take() else {
+        return Ok(None);
+    };
+    let listeners = names
+        .iter()
+        .filter_map(|name| Some((name.clone(), handed.sockets.remove(name)?)))
+        .collect();
+    Ok(Some((Inherited { channel }, listeners)))
+}
+
+/// A socket of your own (a metrics or admin port) that the process this one replaces
+/// handed over under `name` (see [`ServerHandle::hand_over_too`](crate::ServerHandle::hand_over_too)):
+/// serve it instead of binding the port again, which the old process still holds. Take it
+/// before the server serves: sockets nobody took are closed then. `None` when this process
+/// was not started by an upgrade, or nothing was handed over under that name.
+///
+/// ```no_run
+/// # fn f() -> std::io::Result<()> {
+/// let metrics = match berth::upgrade::take_socket("metrics")? {
+///     Some(fd) => std::net::TcpListener::from(fd),
+///     None => std::net::TcpListener::bind("127.0.0.1:9000")?,
+/// };
+/// # let _ = metrics; Ok(()) }
+/// ```
+pub fn take_socket(name: &str) -> io::Result<Option<OwnedFd>> {
+    let mut handed = handed();
+    load(&mut handed)?;
+    Ok(handed.sockets.remove(name))
 }
 
 fn receive(channel: &UnixStream) -> io::Result<(Vec<String>, Vec<OwnedFd>)> {
