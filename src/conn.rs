@@ -507,7 +507,13 @@ impl Drop for Conn {
             && !self.core.is_forced()
         {
             self.slot.mark(LINGERING);
-            self.core.runtime().spawn(Box::pin(open.linger(linger)));
+            let closed = ClosedByServer {
+                slot: self.slot.clone(),
+                generation: self.generation,
+            };
+            self.core
+                .runtime()
+                .spawn(Box::pin(open.linger(linger, closed)));
         }
     }
 }
@@ -517,8 +523,9 @@ impl Open {
     /// kernel send a reset and discard what it has not sent yet: the peer could lose
     /// responses the handler wrote just before returning. So: half-close (our FIN goes after
     /// all our data), then discard what the peer still sends until it closes, the linger
-    /// timeout passes, or shutdown forces. Dropping `self` then ends the connection.
-    async fn linger(mut self, timeout: Duration) {
+    /// timeout passes, or the server closes it (shutdown forces, the idle timeout, a
+    /// handle). Dropping `self` then ends the connection.
+    async fn linger(mut self, timeout: Duration, by_server: ClosedByServer) {
         use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
         let core = self.life.core().clone();
         let io = &mut self.io;
@@ -533,7 +540,31 @@ impl Open {
         discard
             .or(core.runtime().sleep(timeout))
             .or(core.forced())
+            .or(by_server)
             .await;
+    }
+}
+
+/// Completes when the server closes a connection whose handler is done (its slot's task
+/// waker is free then).
+struct ClosedByServer {
+    slot: Arc<Slot>,
+    generation: u64,
+}
+
+impl Future for ClosedByServer {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let closed = || self.slot.state(self.generation).close_reason().is_some();
+        if closed() {
+            return Poll::Ready(());
+        }
+        self.slot.task_waker.register(cx.waker());
+        if closed() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 

@@ -6,10 +6,12 @@
 //! syscall, no lock). Every tick the scanner sweeps the open slots once, O(open connections)
 //! with no allocation.
 //!
-//! The coarse clock holds the time of the *next* sweep, so a stamp is never earlier than the
-//! activity it records and nothing is reaped early; the tick divides the timeout evenly, so
-//! a connection is reaped within `[timeout, timeout + tick]` (plus the runtime's timer
-//! jitter, which is zero under simulation).
+//! A stamp is the number of the sweep period the activity happened in, and each sweep notes
+//! when it retired the previous period: a connection counts as idle from the end of the
+//! period of its last activity, which is never earlier than that activity, so nothing is
+//! reaped early, even by a sweep that runs late. The tick divides the timeout evenly, so on
+//! schedule a connection is reaped within `[timeout, timeout + tick]` (plus the runtime's
+//! timer jitter, which is zero under simulation).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -46,18 +48,29 @@ pub(crate) async fn scan(core: Arc<Core>, idle_timeout: Option<Duration>) {
         .flatten()
         .min()
         .map_or(PRESSURE_TICK, tick_for);
-    let tick_ns = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX);
+    // Enough retired periods to judge every timeout (and eviction age) in use.
+    let longest = [idle_timeout, shrunk, overload.evict_idle_after]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(tick);
+    let keep = usize::try_from(longest.as_nanos() / tick.as_nanos().max(1))
+        .unwrap_or(usize::MAX)
+        .saturating_add(2);
     let rt = core.runtime().clone();
     let mut lag = Duration::ZERO;
     loop {
         let now = core.now_ns();
-        core.set_next_sweep(now.saturating_add(tick_ns));
+        let periods = core.advance_clock(now, keep);
         let high = overload.is_active() && watch_pressure(&core, &overload, shrunk, lag);
         if let Some(timeout) = if high { shrunk } else { idle_timeout } {
             let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
             core.for_each_open(|slot, generation| {
-                let last = slot.last_active.load(Ordering::Relaxed);
-                if now.saturating_sub(last) >= timeout_ns {
+                let stamp = slot.last_active.load(Ordering::Relaxed);
+                let idle = periods
+                    .latest(stamp)
+                    .is_some_and(|last| now.saturating_sub(last) >= timeout_ns);
+                if idle {
                     slot.close(generation, SlotState::IdleTimeout);
                 }
             });

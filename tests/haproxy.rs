@@ -20,12 +20,12 @@ fn haproxy_available() -> bool {
     common::example::program_available("haproxy", "-v")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` ports that were free a moment ago, and distinct (all are held until all are chosen).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 struct Haproxy(Child);
@@ -38,7 +38,8 @@ impl Drop for Haproxy {
 }
 
 /// Starts haproxy and waits until its frontend accepts connections (it binds before it
-/// serves; a bounded wait on that signal).
+/// serves; a bounded wait on that signal, polled). The probe connection goes through to
+/// berth too: the tests skip its report.
 fn start_haproxy(config: &str, frontend: u16) -> Haproxy {
     let dir = std::env::temp_dir().join(format!("berth-haproxy-{}-{frontend}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -52,10 +53,13 @@ fn start_haproxy(config: &str, frontend: u16) -> Haproxy {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start haproxy");
-    let proxy = Haproxy(child);
+    let mut proxy = Haproxy(child);
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", frontend)).is_err() {
         assert!(started.elapsed() < WAIT, "haproxy did not start listening");
+        if let Ok(Some(status)) = proxy.0.try_wait() {
+            panic!("haproxy exited with {status} (see its stderr above)");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     proxy
@@ -91,7 +95,7 @@ fn haproxy_send_proxy_v1_and_v2_reach_berth_with_the_client_address() {
         }
     });
     let backend = handle.local_addr().as_socket_addr().unwrap().port();
-    let (v1, v2) = (free_port(), free_port());
+    let [v1, v2] = free_ports();
     let config = format!(
         "global\n  maxconn 100\n\
          defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
@@ -169,7 +173,7 @@ fn haproxy_over_a_unix_socket_with_trusted_unix_peers() {
             }
         }
     });
-    let front = free_port();
+    let [front] = free_ports();
     let config = format!(
         "global\n  maxconn 100\n\
          defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\

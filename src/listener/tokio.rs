@@ -29,10 +29,6 @@ fn peek_one<T>(_: &T) -> io::Result<usize> {
     Ok(1)
 }
 
-/// Whether tokio clears read readiness itself after a short read (it does where mio uses
-/// epoll, see tokio's `PollEvented::poll_read`).
-const SHORT_READ_CLEARS: bool = cfg!(any(target_os = "linux", target_os = "android"));
-
 macro_rules! tokio_socket {
     ($ty:ty) => {
         impl TokioSocket for $ty {
@@ -60,26 +56,21 @@ tokio_socket!(tokio::net::UnixStream);
 /// A tokio socket as a futures-io stream (what tokio-util's `Compat` does, plus `close` as
 /// a write shutdown), with readiness berth can trust.
 ///
-/// tokio reports a freshly accepted socket as readable before anything arrived, and keeps a
-/// socket marked readable after a read that filled the caller's buffer (it clears readiness
-/// itself after a short read or `WouldBlock`). Trusted as is, `Conn::readable` would return
-/// at once for an idle connection, whose handler then waits in a read, holding its buffer
-/// and deaf to the server draining. So while readiness may be stale, a one-byte peek
-/// confirms it (and clears it when wrong); after a short read the peek is skipped, so a busy
-/// connection pays nothing extra.
+/// tokio caches read readiness: it reports a freshly accepted socket as readable before
+/// anything arrived, and readiness set by an event that came in while a read was emptying
+/// the socket survives that read. Trusted as is, `Conn::readable` would return for an idle
+/// connection, whose handler then waits in a read, holding its buffer and deaf to the
+/// server draining. So readiness is confirmed with a one-byte peek (`MSG_PEEK`), which also
+/// clears it when it was stale. (async-io re-arms its one-shot registration on each wait,
+/// which reports the socket's real state, so it needs no peek.)
 #[derive(Debug)]
 pub(crate) struct TokioStream<T> {
     inner: T,
-    /// tokio's read readiness may be set without data: confirm before trusting it.
-    unconfirmed: bool,
 }
 
 impl<T: TokioSocket> TokioStream<T> {
     pub(crate) fn new(inner: T) -> Self {
-        TokioStream {
-            inner,
-            unconfirmed: true,
-        }
+        TokioStream { inner }
     }
 
     pub(crate) fn get_ref(&self) -> &T {
@@ -89,15 +80,12 @@ impl<T: TokioSocket> TokioStream<T> {
     pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.inner.poll_read_ready(cx))?;
-            if !self.unconfirmed {
-                return Poll::Ready(Ok(()));
-            }
             let inner = &self.inner;
             match inner.try_io(Interest::READABLE, || inner.peek_one()) {
                 // Data, or end of file (0): a read would make progress.
                 Ok(_) => return Poll::Ready(Ok(())),
                 // try_io cleared the stale readiness: wait for the real thing.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.unconfirmed = false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
@@ -113,9 +101,6 @@ impl<T: TokioSocket> futures_io::AsyncRead for TokioStream<T> {
         let mut read_buf = ReadBuf::new(buf);
         let poll = Pin::new(&mut self.inner).poll_read(cx, &mut read_buf);
         let n = read_buf.filled().len();
-        // A full buffer leaves tokio's readiness set whether or not more is there.
-        self.unconfirmed =
-            matches!(poll, Poll::Ready(Ok(()))) && n > 0 && (n == buf.len() || !SHORT_READ_CLEARS);
         poll.map_ok(|()| n)
     }
 }

@@ -83,7 +83,9 @@ impl Example {
             let _ = stderr.read_to_string(&mut s);
             let _ = tx.send(s);
         });
-        let err = rx.recv_timeout(WAIT).expect("the example exited");
+        let err = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("the example did not exit within {WAIT:?}"));
         let status = self.child.wait().unwrap();
         (status, err)
     }
@@ -91,7 +93,9 @@ impl Example {
 
 impl Drop for Example {
     fn drop(&mut self) {
+        // Killed and reaped (a no-op after `wait`).
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
