@@ -59,6 +59,10 @@ enum Mode {
         pid: Option<u32>,
         #[arg(long)]
         tls_ca: Option<std::path::PathBuf>,
+        /// Count failed connections (refused, timed-out handshakes) instead of stopping at
+        /// the first (for floods).
+        #[arg(long)]
+        keep_going: bool,
         #[arg(long, hide = true)]
         bench: bool,
     },
@@ -140,8 +144,16 @@ fn main() {
             secs,
             pid,
             tls_ca,
+            keep_going,
             ..
-        } => connect_rate(addr, conns, Duration::from_secs_f64(secs), pid, tls(tls_ca)),
+        } => connect_rate(
+            addr,
+            conns,
+            Duration::from_secs_f64(secs),
+            pid,
+            tls(tls_ca),
+            keep_going,
+        ),
         Mode::Idle {
             addr,
             conns,
@@ -178,6 +190,28 @@ fn tls(ca: Option<std::path::PathBuf>) -> Option<futures_rustls::TlsConnector> {
     )))
 }
 
+/// One connect (+ handshake), echo, close, failing instead of panicking.
+async fn try_once(
+    addr: SocketAddr,
+    tls: &Option<futures_rustls::TlsConnector>,
+) -> std::io::Result<()> {
+    let s = async_net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let mut s: Box<dyn Io> = match tls {
+        None => Box::new(s),
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            Box::new(connector.connect(name, s).await?)
+        }
+    };
+    s.write_all(b"ping").await?;
+    s.flush().await?;
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await?;
+    let _ = s.close().await;
+    Ok(())
+}
+
 async fn open(addr: SocketAddr, tls: &Option<futures_rustls::TlsConnector>) -> Box<dyn Io> {
     let s = async_net::TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).unwrap();
@@ -196,7 +230,9 @@ fn connect_rate(
     secs: Duration,
     pid: Option<u32>,
     tls: Option<futures_rustls::TlsConnector>,
+    keep_going: bool,
 ) {
+    let failed = std::rc::Rc::new(std::cell::Cell::new(0u64));
     let ex = async_executor::LocalExecutor::new();
     let (done, elapsed, cpu) = async_io::block_on(ex.run(async {
         let cpu0 = pid.map(cpu_us);
@@ -205,9 +241,17 @@ fn connect_rate(
         let tasks: Vec<_> = (0..workers)
             .map(|_| {
                 let tls = tls.clone();
+                let failed = failed.clone();
                 ex.spawn(async move {
                     let mut n = 0u64;
                     while Instant::now() < deadline {
+                        if keep_going {
+                            match try_once(addr, &tls).await {
+                                Ok(()) => n += 1,
+                                Err(_) => failed.set(failed.get() + 1),
+                            }
+                            continue;
+                        }
                         let mut s = open(addr, &tls).await;
                         s.write_all(b"ping").await.expect("write");
                         s.flush().await.expect("flush");
@@ -233,6 +277,9 @@ fn connect_rate(
         tls.is_some(),
         done as f64 / elapsed.as_secs_f64()
     );
+    if keep_going {
+        print!(" failed={}", failed.get());
+    }
     if let Some(cpu) = cpu {
         print!(" server_cpu_us_per_conn={:.1}", cpu as f64 / done as f64);
     }
