@@ -29,6 +29,8 @@ use crate::state::{Core, Endpoint, Reservation};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The longest back-off at the descriptor limit when idle connections may be evicted.
+const BACKOFF_EVICTING: Duration = Duration::from_millis(50);
 
 /// A bound listener whose type is erased until it is served, so a server holds listeners of
 /// any types; its accept loop is still compiled for its own stream type.
@@ -205,9 +207,9 @@ async fn accept_loop<L: Listener>(
             Some(Err(e)) if is_per_connection(&e) => {}
             Some(Err(source)) => {
                 core.set_out_of_descriptors(true);
-                // Out of descriptors with eviction on: close the connection idle the
-                // longest and try again as soon as its descriptor is free.
-                if let Some(min) = evict {
+                // Out of descriptors with eviction on and a client waiting: close the
+                // connection idle the longest and try again once its descriptor is free.
+                if let Some(min) = evict.filter(|_| listener.has_pending()) {
                     let closed = core.closed_listener();
                     if evicted(&core, min) {
                         crate::runtime::timeout(&**core.runtime(), BACKOFF_MAX, closed).await;
@@ -217,7 +219,13 @@ async fn accept_loop<L: Listener>(
                         paused(&core);
                     }
                 }
-                let delay = backoff.map_or(BACKOFF_MIN, |d| (d * 2).min(BACKOFF_MAX));
+                // With eviction on, look again soon: a client may come and need room.
+                let max_delay = if evict.is_some() {
+                    BACKOFF_EVICTING
+                } else {
+                    BACKOFF_MAX
+                };
+                let delay = backoff.map_or(BACKOFF_MIN, |d| (d * 2).min(max_delay));
                 let first = backoff.is_none().then_some(Error::Accept {
                     source,
                     backoff: delay,

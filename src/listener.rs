@@ -57,6 +57,14 @@ pub trait Listener: Send + Sync + 'static {
     /// The address the listener is bound to.
     fn local_addr(&self) -> io::Result<Addr>;
 
+    /// Whether a connection waits to be accepted; `true` when unknown (the default). At
+    /// the descriptor limit `accept` fails whether or not anyone waits (Linux reserves a
+    /// descriptor before it looks at the backlog): eviction asks this first, so that it
+    /// makes room only for a client that is there.
+    fn has_pending(&self) -> bool {
+        true
+    }
+
     /// The listening socket itself, for an upgrade to hand to a new process (see
     /// [`ServerHandle::upgrade`](crate::ServerHandle::upgrade)). berth's TCP and Unix
     /// listeners give it; the default is `None`: such a listener is not handed over, and

@@ -1,13 +1,15 @@
 //! Watched certificate files: a task per TLS listener with `TlsConfig::watch` reads the
 //! certificate, key and CA files every interval and, when their contents changed, loads and
 //! checks them, then swaps the listener's TLS configuration (new connections get it;
-//! established ones keep their session). A broken set is reported once and the old
-//! configuration stays.
+//! established ones keep their session). A broken set is reported once (when it is still
+//! there an interval later) and the old configuration stays.
 //!
 //! Contents are compared, not modification times: an atomic rename over a file and a
 //! symlink swap (Kubernetes secrets flip a `..data` link) both change what a read returns,
 //! and the time is the runtime's (so the watch runs under simulation too).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +20,10 @@ use crate::events::ServerEvent;
 use crate::state::{Core, Endpoint};
 use crate::tls::{PemSource, TlsConfig};
 
-/// What the watched files hold now (`None` for a file that cannot be read).
-fn snapshot(tls: &TlsConfig) -> Vec<Option<Vec<u8>>> {
+/// What the watched files hold now, by path (`None` for a file that cannot be read).
+type Snapshot = BTreeMap<PathBuf, Option<Vec<u8>>>;
+
+fn snapshot(tls: &TlsConfig) -> Snapshot {
     let files = tls
         .certificates
         .iter()
@@ -27,13 +31,30 @@ fn snapshot(tls: &TlsConfig) -> Vec<Option<Vec<u8>>> {
         .chain(tls.client_ca.as_ref());
     files
         .filter_map(|source| match source {
-            PemSource::Path(path) => Some(std::fs::read(path).ok()),
+            PemSource::Path(path) => Some((path.clone(), std::fs::read(path).ok())),
             PemSource::Pem(_) => None,
         })
         .collect()
 }
 
-/// Watches `tls` for `endpoint` every `interval` until the server stops.
+/// Loads `tls` from the bytes in `snapshot`, so every file is read as it was compared.
+fn load(
+    tls: &TlsConfig,
+    snapshot: &Snapshot,
+) -> Result<(Arc<rustls::ServerConfig>, Vec<crate::tls::ValidityWarning>), crate::tls::TlsError> {
+    let read = |source: &PemSource| match source {
+        PemSource::Path(path) => match snapshot.get(path) {
+            Some(Some(bytes)) => Ok(bytes.clone()),
+            _ => crate::tls::read_pem(source),
+        },
+        PemSource::Pem(_) => crate::tls::read_pem(source),
+    };
+    tls.load_with(&read)
+}
+
+/// Watches `tls` for `endpoint` every `interval` until the server stops. A set of files that
+/// cannot be used is reported once it has stayed so for an interval (a certificate and its
+/// key replaced one after the other look mismatched for a moment).
 pub(crate) async fn watch(
     core: Arc<Core>,
     endpoint: Arc<Endpoint>,
@@ -41,6 +62,7 @@ pub(crate) async fn watch(
     interval: Duration,
 ) {
     let mut seen = snapshot(&tls);
+    let mut broken = None;
     loop {
         let stopped = async {
             core.stopped().await;
@@ -54,12 +76,18 @@ pub(crate) async fn watch(
             return;
         }
         let now = snapshot(&tls);
+        let listener = endpoint.name().clone();
         if now == seen {
+            if let Some(e) = broken.take() {
+                let reason = crate::tls::TlsError::to_string(&e);
+                core.hooks().error(&Error::Tls(e));
+                core.hooks()
+                    .server(ServerEvent::TlsReloadFailed { listener, reason });
+            }
             continue;
         }
-        seen = now;
-        let listener = endpoint.name().clone();
-        match tls.load() {
+        broken = None;
+        match load(&tls, &now) {
             Ok((config, warnings)) => {
                 endpoint.set_tls(config);
                 for warning in warnings {
@@ -67,12 +95,8 @@ pub(crate) async fn watch(
                 }
                 core.hooks().server(ServerEvent::TlsReloaded { listener });
             }
-            Err(e) => {
-                let reason = e.to_string();
-                core.hooks().error(&Error::Tls(e));
-                core.hooks()
-                    .server(ServerEvent::TlsReloadFailed { listener, reason });
-            }
+            Err(e) => broken = Some(e),
         }
+        seen = now;
     }
 }

@@ -73,7 +73,10 @@ impl Drop for HandshakePlace<'_> {
     fn drop(&mut self) {
         if let Some(core) = self.0 {
             core.handshakes.fetch_sub(1, Ordering::AcqRel);
-            core.handshake_done.notify(1);
+            // `additional`: a waiter already notified but not yet running does not count,
+            // or two places freed in a row could wake one waiter only.
+            core.handshake_done
+                .notify(event_listener::IntoNotification::additional(1));
         }
     }
 }

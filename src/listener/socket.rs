@@ -70,3 +70,18 @@ pub(crate) fn check_reactor(reactor: &crate::runtime::Reactor) -> Result<(), Err
         _ => Ok(()),
     }
 }
+
+/// Whether a listening socket has a connection waiting (a zero-timeout `poll`); `true`
+/// when that cannot be told.
+#[cfg(unix)]
+pub(crate) fn has_pending(socket: std::os::fd::BorrowedFd<'_>) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &socket,
+        rustix::event::PollFlags::IN,
+    )];
+    let now = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&now)).map_or(true, |ready| ready > 0)
+}

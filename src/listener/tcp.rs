@@ -131,6 +131,17 @@ impl Listener for TcpListener {
         fd.ok().map(super::Handover::new)
     }
 
+    #[cfg(unix)]
+    fn has_pending(&self) -> bool {
+        use std::os::fd::AsFd;
+        match &self.inner {
+            #[cfg(feature = "async-io")]
+            Backend::AsyncIo(listener) => super::socket::has_pending(listener.get_ref().as_fd()),
+            #[cfg(feature = "tokio")]
+            Backend::Tokio(listener) => super::socket::has_pending(listener.as_fd()),
+        }
+    }
+
     fn local_addr(&self) -> io::Result<Addr> {
         match &self.inner {
             #[cfg(feature = "async-io")]

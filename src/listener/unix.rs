@@ -243,6 +243,17 @@ impl Listener for UnixListener {
         })
     }
 
+    #[cfg(unix)]
+    fn has_pending(&self) -> bool {
+        use std::os::fd::AsFd;
+        match &self.inner {
+            #[cfg(feature = "async-io")]
+            Backend::AsyncIo(listener) => super::socket::has_pending(listener.get_ref().as_fd()),
+            #[cfg(feature = "tokio")]
+            Backend::Tokio(listener) => super::socket::has_pending(listener.as_fd()),
+        }
+    }
+
     fn local_addr(&self) -> io::Result<Addr> {
         Ok(Addr::Unix(self.path.clone()))
     }

@@ -19,6 +19,15 @@ impl TlsConfig {
     /// Loads every file and builds the rustls configuration. Also returns the certificates
     /// that are outside their validity period now (a warning, not an error: clocks differ).
     pub fn load(&self) -> Result<(Arc<ServerConfig>, Vec<ValidityWarning>), TlsError> {
+        self.load_with(&read)
+    }
+
+    /// [`load`](Self::load), reading each PEM source with `read` (a watcher passes the very
+    /// bytes it compared, so a file replaced between two reads cannot mix versions).
+    pub(crate) fn load_with(
+        &self,
+        read: Reader<'_>,
+    ) -> Result<(Arc<ServerConfig>, Vec<ValidityWarning>), TlsError> {
         if self.min_version > self.max_version {
             return Err(TlsError::VersionRange {
                 min: self.min_version,
@@ -33,7 +42,7 @@ impl TlsConfig {
         let mut by_name = ResolvesServerCertUsingSni::new();
         let mut default_key = None;
         for entry in &self.certificates {
-            let (chain, key) = load_pair(entry)?;
+            let (chain, key) = load_pair(entry, read)?;
             warnings.extend(validity_warning(&entry.cert, &chain));
             let cert_name = entry.cert.to_string();
             let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
@@ -77,7 +86,7 @@ impl TlsConfig {
         let builder = match self.client_auth {
             ClientAuth::None => builder.with_no_client_auth(),
             mode => {
-                let roots = self.client_roots(mode)?;
+                let roots = self.client_roots(mode, read)?;
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
                 let verifier = if mode == ClientAuth::Optional {
@@ -110,13 +119,13 @@ impl TlsConfig {
             .map_or_else(|| "none".to_owned(), |s| s.to_string())
     }
 
-    fn client_roots(&self, mode: ClientAuth) -> Result<RootCertStore, TlsError> {
+    fn client_roots(&self, mode: ClientAuth, read: Reader<'_>) -> Result<RootCertStore, TlsError> {
         let empty = || TlsError::EmptyCaBundle {
             mode,
             source_name: self.ca_name(),
         };
         let source = self.client_ca.as_ref().ok_or_else(empty)?;
-        let certs = match read_certs(source) {
+        let certs = match read_certs(source, read) {
             Err(TlsError::NoCertificateInPem(_)) => return Err(empty()),
             other => other?,
         };
@@ -166,7 +175,11 @@ impl TlsConfig {
     }
 }
 
-fn read(source: &PemSource) -> Result<Vec<u8>, TlsError> {
+/// Reads a PEM source's bytes.
+pub(crate) type Reader<'a> = &'a dyn Fn(&PemSource) -> Result<Vec<u8>, TlsError>;
+
+/// Reads a PEM source: the file, or the text.
+pub(crate) fn read(source: &PemSource) -> Result<Vec<u8>, TlsError> {
     match source {
         PemSource::Path(path) => std::fs::read(path).map_err(|e| TlsError::Read {
             path: path.clone(),
@@ -176,7 +189,10 @@ fn read(source: &PemSource) -> Result<Vec<u8>, TlsError> {
     }
 }
 
-fn read_certs(source: &PemSource) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn read_certs(
+    source: &PemSource,
+    read: Reader<'_>,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(source)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -192,8 +208,9 @@ fn read_certs(source: &PemSource) -> Result<Vec<CertificateDer<'static>>, TlsErr
 
 fn load_pair(
     entry: &CertKey,
+    read: Reader<'_>,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    let chain = read_certs(&entry.cert)?;
+    let chain = read_certs(&entry.cert, read)?;
     let bytes = read(&entry.key)?;
     let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKeyInPem(entry.key.to_string()),

@@ -29,6 +29,8 @@ pub use config::{CertKey, ClientAuth, PemSource, TlsConfig, TlsError, ValidityWa
 pub use handshake::ClientHelloInfo;
 #[cfg(feature = "tls")]
 pub(crate) use handshake::{Select, handshake};
+#[cfg(feature = "tls")]
+pub(crate) use load::read as read_pem;
 /// rustls's server configuration, for [`Builder::tls_server_config`](crate::Builder::tls_server_config).
 #[cfg(feature = "tls")]
 pub use rustls::ServerConfig;
