@@ -345,7 +345,9 @@ fn run(args: Args) -> Result<(), String> {
     drop(stdout);
     let handle = server.serve(echo);
     if let Some(socket) = metrics {
-        handle.hand_over_too("metrics", socket);
+        handle
+            .hand_over_too("metrics", socket)
+            .map_err(|e| e.to_string())?;
     }
 
     // SIGHUP: upgrade (start this program again, hand it the listeners, then drain here).

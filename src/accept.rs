@@ -22,6 +22,7 @@ use crate::addr::Addr;
 use crate::connection::{self, Spawn};
 use crate::error::Error;
 use crate::events::{OverloadAction, ServerEvent};
+use crate::hooks::Report;
 use crate::lifecycle::Lifecycle;
 use crate::listener::{Accepted, Listener};
 use crate::runtime::BoxFuture;
@@ -85,9 +86,9 @@ async fn make_room(core: &Core, max: usize, evict: Option<Duration>) -> Option<R
 
 /// Reports that accepting waits at a limit, with nothing to evict.
 fn paused(core: &Core) {
-    core.hooks().server(ServerEvent::Overload {
+    core.hooks().defer(Report::Server(ServerEvent::Overload {
         action: OverloadAction::AcceptingPaused,
-    });
+    }));
 }
 
 /// Evicts the connection idle the longest (if idle at least `min`) and reports it.
@@ -95,9 +96,9 @@ fn evicted(core: &Core, min: Duration) -> bool {
     let Some((id, idle)) = core.evict_idlest(min) else {
         return false;
     };
-    core.hooks().server(ServerEvent::Overload {
+    core.hooks().defer(Report::Server(ServerEvent::Overload {
         action: OverloadAction::Evicted { id, idle },
-    });
+    }));
     true
 }
 
@@ -133,6 +134,15 @@ async fn accept_loop<L: Listener>(
     spawn: Arc<dyn Spawn>,
     listener: L,
 ) {
+    // Owns the listener, and says the loop ended once it has dropped it, also when the task
+    // is dropped unfinished (a runtime shutting down, a simulated host crashing).
+    let owner = ListenerOwner {
+        core: &core,
+        listener: Some(listener),
+    };
+    let Some(listener) = owner.listener.as_ref() else {
+        return;
+    };
     let max = core.config().max_connections;
     let proxy = core.config().proxy_protocol.clone();
     let evict = core.config().overload.evict_idle_after;
@@ -166,9 +176,8 @@ async fn accept_loop<L: Listener>(
                 peer_addr,
                 local_addr,
             })) => {
-                if backoff.take().is_some() {
-                    core.set_out_of_descriptors(false);
-                }
+                backoff = None;
+                core.set_out_of_descriptors(false);
                 // Direct clients are admitted here, before any task or TLS work; clients of
                 // a trusted proxy are admitted on their original address once it is known.
                 let proxied = proxy.as_ref().is_some_and(|p| p.trusts(&peer_addr));
@@ -186,12 +195,14 @@ async fn accept_loop<L: Listener>(
                 };
                 // Another listener's loop may have taken the last place meanwhile: then this
                 // connection waits here, unserved, for one (at most one per listener does).
-                let place = match max {
+                // When accepting stops meanwhile, it is served all the same (one over the
+                // limit, for the drain): it was accepted, and may have sent its request.
+                let (place, stopping) = match max {
                     Some(max) => match make_room(&core, max, evict).await {
-                        Some(place) => Some(place),
-                        None => break,
+                        Some(place) => (Some(place), false),
+                        None => (None, true),
                     },
-                    None => None,
+                    None => (None, false),
                 };
                 let life = Lifecycle::new(core.clone(), peer_addr, admission);
                 // Counted as open now: the place it held goes back.
@@ -203,6 +214,9 @@ async fn accept_loop<L: Listener>(
                     local_addr,
                     proxied,
                 }));
+                if stopping {
+                    break;
+                }
             }
             Some(Err(e)) if is_per_connection(&e) => {}
             Some(Err(source)) => {
@@ -238,6 +252,18 @@ async fn accept_loop<L: Listener>(
             }
         }
     }
-    drop(listener);
-    core.accept_loop_ended();
+    drop(owner);
+}
+
+/// An accept loop's listener: dropping it closes the socket, then says the loop has ended.
+struct ListenerOwner<'a, L> {
+    core: &'a Core,
+    listener: Option<L>,
+}
+
+impl<L> Drop for ListenerOwner<'_, L> {
+    fn drop(&mut self) {
+        drop(self.listener.take());
+        self.core.accept_loop_ended();
+    }
 }

@@ -181,16 +181,19 @@ impl Conn {
         self.id
     }
 
-    /// True until the connection is closed by the server (idle timeout, forced shutdown, a
-    /// [`ConnHandle`]). A peer that closed its side is detected by a read returning `Ok(0)`.
+    /// True until the connection is closed by anyone: the server (idle timeout, forced
+    /// shutdown, a [`ConnHandle`]), or the peer (a read returned end of file, or I/O
+    /// failed, e.g. a reset).
     pub fn is_connected(&self) -> bool {
         self.slot.state(self.generation) == SlotState::Open
+            && self.slot.flags() & (SAW_EOF | SAW_ERROR) == 0
     }
 
     /// Whether the server has started a graceful shutdown and wants this connection to
-    /// finish: at once if it has sent something, else once it is
-    /// [`first_request_grace`](crate::Config::first_request_grace) old (a connection
-    /// accepted just before the drain gets the time to send its first request).
+    /// finish: at once if it has sent something, else once it has been served for
+    /// [`first_request_grace`](crate::Config::first_request_grace) (a connection accepted
+    /// just before the drain, or whose TLS handshake ended late, gets the time to send its
+    /// first request).
     pub fn is_draining(&self) -> bool {
         self.core.is_draining() && self.drain_due()
     }
@@ -201,7 +204,9 @@ impl Conn {
     }
 
     fn opened_at(&self) -> Option<std::time::Instant> {
-        self.open.as_ref().map(|open| open.life.opened_at())
+        self.open
+            .as_ref()
+            .and_then(|open| open.life.registered_at())
     }
 
     /// A future that completes when the server starts a graceful shutdown (at once if it
@@ -338,10 +343,10 @@ impl Conn {
     }
 }
 
-/// Whether a drain applies to a connection yet: it has sent something, or its first
-/// request's grace is over (it is old enough, or the grace after the drain began is).
+/// Whether a drain applies to a connection yet: it has sent something, or it has been
+/// served for its first request's grace.
 fn drain_due(core: &Core, slot: &Slot, opened_at: Option<std::time::Instant>) -> bool {
-    if slot.flags() & SAW_DATA != 0 || core.first_request_grace_over() {
+    if slot.flags() & SAW_DATA != 0 {
         return true;
     }
     let grace = core.config().first_request_grace;
@@ -679,10 +684,9 @@ impl Future for Draining {
                     this.listener = None;
                 }
                 // Listen, then loop to check again: a notify before `listen` is lost. While
-                // draining, what is left to wait for is the end of the first request's grace.
-                None if draining => {
-                    this.listener = Some(this.core.first_request_grace_latch().listen());
-                }
+                // draining, what is left to wait for is the end of the first request's grace,
+                // looked at on each drain tick.
+                None if draining => this.listener = Some(this.core.drain_ticked().listen()),
                 None => this.listener = Some(this.core.draining().listen()),
             }
         }

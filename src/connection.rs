@@ -75,24 +75,40 @@ async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Accepted>) {
     // In a block of its own, so the `Conn` the setup returns does not keep a slot in the
     // task's state beside the handler's future, which holds it from then on (an async fn
     // keeps every local that lives across an `.await`, even once it is moved out).
+    use futures_lite::FutureExt as _;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let core = serving.core.clone();
     let (id, handler) = {
         let (conn, span) = match establish(&serving, *accepted) {
             Established::Ready(conn, span) => (conn, span),
-            Established::Pending(setup) => match setup.await {
-                Some(established) => established,
-                None => return,
+            Established::Pending(setup) => match AssertUnwindSafe(setup).catch_unwind().await {
+                Ok(Some(established)) => established,
+                Ok(None) => return,
+                // A hook in the setup panicked; the connection was dropped with it.
+                Err(payload) => {
+                    return core.hooks().error(&Error::HookPanicked {
+                        hook: "connection setup",
+                        message: crate::error::panic_message(&*payload),
+                    });
+                }
             },
             Established::Ended => return,
         };
         let id = conn.id();
         let handle = conn.handle();
-        (
-            id,
-            in_span(Supervised::new(serving.handler.call(conn), handle), span),
-        )
+        // The handler's synchronous part runs here: guarded like its polls.
+        match catch_unwind(AssertUnwindSafe(|| serving.handler.call(conn))) {
+            Ok(future) => (id, in_span(Supervised::new(future, handle), span)),
+            Err(payload) => {
+                return core.hooks().error(&Error::HandlerPanicked {
+                    conn_id: id,
+                    message: crate::error::panic_message(&*payload),
+                });
+            }
+        }
     };
     if let Outcome::Panicked(message) = handler.await {
-        serving.core.hooks().error(&Error::HandlerPanicked {
+        core.hooks().error(&Error::HandlerPanicked {
             conn_id: id,
             message,
         });
@@ -376,10 +392,11 @@ enum Outcome {
 pin_project_lite::pin_project! {
     /// Polls the handler; if the server closes the connection, the handler gets one more
     /// poll to see the error from its pending I/O and return, then it is dropped (which
-    /// closes the socket even if the handler was not doing I/O).
+    /// closes the socket even if the handler was not doing I/O). Its polls and its drop
+    /// (which runs the user's `Drop` code) are guarded: a panic is caught and reported.
     struct Supervised<F> {
         #[pin]
-        handler: F,
+        handler: Option<F>,
         conn: ConnHandle,
         // The waker last registered in the slot: registering costs an atomic
         // read-modify-write per poll, and a task's waker rarely changes.
@@ -390,11 +407,19 @@ pin_project_lite::pin_project! {
 impl<F> Supervised<F> {
     fn new(handler: F, conn: ConnHandle) -> Self {
         Supervised {
-            handler,
+            handler: Some(handler),
             conn,
             registered: None,
         }
     }
+}
+
+/// Drops the handler's future now, catching a panic from its `Drop` code.
+fn drop_guarded<F>(mut handler: Pin<&mut Option<F>>) -> Option<String> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    catch_unwind(AssertUnwindSafe(|| handler.set(None)))
+        .err()
+        .map(|payload| crate::error::panic_message(&*payload))
 }
 
 impl<F: Future<Output = ()>> Future for Supervised<F> {
@@ -403,20 +428,29 @@ impl<F: Future<Output = ()>> Future for Supervised<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         use std::panic::{AssertUnwindSafe, catch_unwind};
         let mut this = self.project();
-        match catch_unwind(AssertUnwindSafe(|| this.handler.as_mut().poll(cx))) {
-            Ok(Poll::Ready(())) => return Poll::Ready(Outcome::Done),
+        let Some(handler) = this.handler.as_mut().as_pin_mut() else {
+            return Poll::Ready(Outcome::Done);
+        };
+        match catch_unwind(AssertUnwindSafe(|| handler.poll(cx))) {
+            Ok(Poll::Ready(())) => {
+                return Poll::Ready(match drop_guarded(this.handler) {
+                    None => Outcome::Done,
+                    Some(message) => Outcome::Panicked(message),
+                });
+            }
             Ok(Poll::Pending) => {}
             Err(payload) => {
                 // Marked before the handler (and its Conn) is dropped, so the Closed event
                 // says Panicked.
                 this.conn.mark_panicked();
+                let _ = drop_guarded(this.handler);
                 return Poll::Ready(Outcome::Panicked(crate::error::panic_message(&*payload)));
             }
         }
         // Only a server-side close cancels: a handler that dropped its Conn early and
         // carries on is left alone (its connection has already ended).
         if this.conn.closed_by_server() {
-            return Poll::Ready(Outcome::Cancelled);
+            return Poll::Ready(cancel(this.handler));
         }
         // The slot's task waker is consumed only by the close that kills this handler, so
         // skipping an unchanged registration cannot lose a wake-up.
@@ -429,9 +463,17 @@ impl<F: Future<Output = ()>> Future for Supervised<F> {
             *this.registered = Some(cx.waker().clone());
         }
         if this.conn.closed_by_server() {
-            return Poll::Ready(Outcome::Cancelled);
+            return Poll::Ready(cancel(this.handler));
         }
         Poll::Pending
+    }
+}
+
+/// Cancels a handler the server closed: drops it now (guarded).
+fn cancel<F>(handler: Pin<&mut Option<F>>) -> Outcome {
+    match drop_guarded(handler) {
+        None => Outcome::Cancelled,
+        Some(message) => Outcome::Panicked(message),
     }
 }
 

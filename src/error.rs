@@ -83,6 +83,12 @@ pub enum ConfigError {
     /// A listener's `name` is empty.
     #[error("a listener's name is empty: leave `name` unset to name it by its address")]
     EmptyListenerName,
+    /// The runtime lacks a driver berth needs (tokio built without `enable_time` or
+    /// `enable_io`).
+    #[error(
+        "the tokio runtime has no {0} driver: build it with enable_all() (or enable_io() and enable_time())"
+    )]
+    RuntimeDriverMissing(&'static str),
     /// The configuration asks for something this build of berth does not include.
     #[error(
         "`{field}` is set but berth was built without its `{feature}` feature: enable it in Cargo.toml (berth = {{ features = [\"{feature}\"] }}) or remove `{field}`"

@@ -11,7 +11,8 @@ use crate::addr::Addr;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnEvent {
-    /// A connection was accepted and its handler is about to start.
+    /// A connection was accepted (and admitted); its TLS handshake, if any, and then its
+    /// handler come next. From here it ends with exactly one `Closed`.
     Accepted {
         /// The connection's id (unique per server, increasing).
         id: u64,
@@ -23,8 +24,9 @@ pub enum ConnEvent {
         listener: Arc<str>,
     },
     /// A connection was refused by the limits or allow/deny lists, or for a bad PROXY
-    /// header, and closed at once. It gets no `Accepted` or `Closed` event and does not
-    /// count as open.
+    /// header, and closed at once. It gets no `Accepted` or `Closed` event and is not
+    /// served (one refused after its PROXY header counted as open while the header was
+    /// read).
     Rejected {
         /// The client's address (the original one when a PROXY header gave it).
         peer_addr: Addr,

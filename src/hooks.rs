@@ -6,8 +6,8 @@
 //! [`Builder`](crate::Builder). A hook that panics is contained: the panic is reported to the
 //! error hook as [`Error::HookPanicked`] and the server carries on.
 //!
-//! What the accept loop has to report (a refused connection, an accept error) is not
-//! reported on the loop: it is queued and a reporter task runs the hooks, so a slow hook
+//! What the accept loop has to report (a refused connection, an accept error, an eviction)
+//! is not reported on the loop: it is queued and a reporter task runs the hooks, so a slow hook
 //! never slows accepting. The queue is bounded; reports beyond it are counted
 //! ([`Stats::reports_dropped`](crate::Stats::reports_dropped)) instead of queued.
 
@@ -41,6 +41,7 @@ pub(crate) struct Hooks {
 /// A report from the accept loop, for the reporter task.
 pub(crate) enum Report {
     Conn(ConnEvent),
+    Server(ServerEvent),
     Error(Error),
 }
 
@@ -138,6 +139,7 @@ impl Hooks {
                 Some(report) => {
                     match report {
                         Report::Conn(event) => self.conn(event),
+                        Report::Server(event) => self.server(event),
                         Report::Error(error) => self.error(&error),
                     }
                     if d.pending.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -27,6 +27,8 @@ pub(crate) struct Lifecycle {
     peer_addr: Addr,
     /// When it was accepted (so `Closed`'s duration includes a handshake).
     opened_at: Instant,
+    /// When it got its `Conn` (after the handshake): when its first request may come.
+    registered_at: Option<Instant>,
     /// The per-IP admission to give back.
     admission: Option<IpKey>,
     phase: Phase,
@@ -55,6 +57,7 @@ impl Lifecycle {
         Lifecycle {
             id: core.next_id(),
             opened_at: core.runtime().now(),
+            registered_at: None,
             core,
             peer_addr,
             admission,
@@ -76,9 +79,9 @@ impl Lifecycle {
         &self.peer_addr
     }
 
-    /// When it was accepted, on the runtime's clock.
-    pub(crate) fn opened_at(&self) -> Instant {
-        self.opened_at
+    /// When it got its `Conn`, on the runtime's clock (`None` before).
+    pub(crate) fn registered_at(&self) -> Option<Instant> {
+        self.registered_at
     }
 
     /// The client's original address from a PROXY header; returns the proxy's.
@@ -107,6 +110,7 @@ impl Lifecycle {
     /// is about to exist); its slot decides the close reason from now on.
     pub(crate) fn register(&mut self) -> (Arc<Slot>, u64) {
         let (slot, generation) = self.core.register(self.id);
+        self.registered_at = Some(self.core.runtime().now());
         self.phase = Phase::Registered {
             slot: slot.clone(),
             generation,

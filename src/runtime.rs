@@ -72,6 +72,13 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     fn reactor(&self) -> Reactor {
         Reactor::None
     }
+
+    /// Whether this runtime can run a server: for example, a tokio runtime built without
+    /// its time driver cannot (its timers would panic). Checked when a server is built; the
+    /// default says yes.
+    fn check(&self) -> Result<(), crate::error::ConfigError> {
+        Ok(())
+    }
 }
 
 /// The I/O driver that real sockets are registered with.

@@ -315,10 +315,13 @@ impl Builder {
     }
 
     fn chosen_runtime(&self) -> Result<Arc<dyn Runtime>, ConfigError> {
-        self.runtime
+        let runtime = self
+            .runtime
             .clone()
             .or_else(crate::runtime::default_runtime)
-            .ok_or(ConfigError::NoRuntime)
+            .ok_or(ConfigError::NoRuntime)?;
+        runtime.check()?;
+        Ok(runtime)
     }
 
     #[cfg(feature = "tls")]
@@ -569,6 +572,8 @@ impl Server {
                 core.hooks()
                     .error(&Error::Upgrade(crate::upgrade::UpgradeError::Channel(e)));
             }
+            // The adopted Unix sockets' files are this server's from now on.
+            core.own_socket_files();
         }
         ServerHandle { core }
     }
@@ -645,12 +650,16 @@ impl ServerHandle {
     /// it is then killed) this server keeps serving, the error is returned and reported
     /// (`ServerEvent::UpgradeFailed`), and a later upgrade may be tried. One upgrade runs
     /// at a time.
+    ///
+    /// The new process is not waited for here: it is meant to outlive this one, and is then
+    /// adopted by init or by a supervisor that must see its exit status. Should it exit first,
+    /// it stays a zombie until this process exits.
     #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
     pub async fn upgrade_with(
         &self,
         command: std::process::Command,
     ) -> Result<crate::upgrade::Upgraded, Error> {
-        use crate::upgrade::{UpgradeError, Upgraded};
+        use crate::upgrade::UpgradeError;
         let core = &self.core;
         if core.state() != State::Running {
             return Err(Error::Upgrade(UpgradeError::NotRunning));
@@ -658,60 +667,43 @@ impl ServerHandle {
         if !core.start_upgrade() {
             return Err(Error::Upgrade(UpgradeError::InProgress));
         }
-        let result = async {
-            let sockets = core.handover_sockets().map_err(UpgradeError::Channel)?;
-            let names: Vec<String> = sockets.iter().map(|(name, _)| name.clone()).collect();
-            let timeout = core.config().upgrade_timeout;
-            let pid = crate::upgrade::on_thread("berth-upgrade", move || {
-                crate::upgrade::hand_over(command, &sockets, timeout)
-            })
-            .await
-            .map_err(UpgradeError::Channel)??;
-            Ok::<_, UpgradeError>(Upgraded {
-                pid,
-                listeners: names,
-            })
-        }
-        .await;
-        let upgraded = match result {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                core.end_upgrade();
-                core.hooks().server(ServerEvent::UpgradeFailed {
-                    reason: e.to_string(),
-                });
-                return Err(Error::Upgrade(e));
-            }
-        };
-        // The new process accepts on every socket: stop here, keeping Unix socket files.
-        core.handed_over();
-        if let Err(e) = crate::upgrade::notify_systemd(upgraded.pid) {
-            core.hooks()
-                .error(&Error::Upgrade(UpgradeError::Channel(e)));
-        }
-        core.hooks()
-            .server(ServerEvent::Upgraded { pid: upgraded.pid });
-        let draining = core.clone();
-        let grace = core.config().drain_timeout;
-        core.runtime().spawn(Box::pin(async move {
-            let _ = crate::shutdown::stop(&draining, grace, false).await;
-        }));
-        Ok(upgraded)
+        // The upgrade runs as a task of its own: a caller that stops waiting (a timeout, a
+        // select) does not cut it half-way, and the next upgrade is possible once it ends.
+        let done = crate::upgrade::Oneshot::new();
+        let result = done.clone();
+        core.runtime()
+            .spawn(Box::pin(run_upgrade(core.clone(), command, done)));
+        result.recv().await.map_err(Error::Upgrade)
     }
 
     /// Hands `socket` (a duplicate of a listening socket of your own: a metrics or admin
     /// port) to the new process at an upgrade too, under `name`, where
     /// [`upgrade::take_socket`](crate::upgrade::take_socket) gives it back. The socket stays
     /// open while either process holds it, so that port never refuses a connect either.
+    ///
+    /// Errors: [`UpgradeError::BadName`](crate::upgrade::UpgradeError::BadName) for an empty
+    /// or multi-line name, or one a listener of this server already has.
     #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
-    pub fn hand_over_too(&self, name: impl Into<String>, socket: std::os::fd::OwnedFd) {
+    pub fn hand_over_too(
+        &self,
+        name: impl Into<String>,
+        socket: std::os::fd::OwnedFd,
+    ) -> Result<(), Error> {
+        let name = name.into();
+        let taken = self.core.endpoints().iter().any(|e| **e.name() == *name);
+        if taken || !crate::upgrade::valid_name(&name) {
+            return Err(Error::Upgrade(crate::upgrade::UpgradeError::BadName(name)));
+        }
         self.core
-            .add_handover(name.into().into(), crate::listener::Handover::new(socket));
+            .add_handover(name.into(), crate::listener::Handover::new(socket));
+        Ok(())
     }
 
     /// Immediate stop: stop accepting, force-close every connection (cancelling handlers),
     /// and return once their sockets are closed. Also cuts short a graceful shutdown in
-    /// progress.
+    /// progress. It waits at most a second for the sockets: a `Conn` a handler moved into a
+    /// task of its own closes when that task drops it, and counts in
+    /// [`ShutdownReport::still_open`] meanwhile.
     pub async fn close(&self) -> ShutdownReport {
         let _ = crate::shutdown::stop(&self.core, Duration::ZERO, true).await;
         self.core.stop_report()
@@ -810,4 +802,62 @@ impl ServerHandle {
             Err(crate::tls::TlsError::NotEnabled.into())
         }
     }
+}
+
+/// An upgrade, start to end (see [`ServerHandle::upgrade_with`]); its result goes to
+/// `done`.
+#[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+async fn run_upgrade(
+    core: Arc<Core>,
+    command: std::process::Command,
+    done: crate::upgrade::Oneshot<Result<crate::upgrade::Upgraded, crate::upgrade::UpgradeError>>,
+) {
+    use crate::upgrade::{UpgradeError, Upgraded};
+    let handed = async {
+        let sockets = core.handover_sockets().map_err(UpgradeError::Channel)?;
+        let names: Vec<String> = sockets.iter().map(|(name, _)| name.clone()).collect();
+        let timeout = core.config().upgrade_timeout;
+        let (pid, child) = crate::upgrade::on_thread("berth-upgrade", move || {
+            crate::upgrade::hand_over(command, &sockets, timeout)
+        })
+        .await
+        .map_err(UpgradeError::Channel)??;
+        // The new process accepts on every socket: stop here, keeping Unix socket files;
+        // unless a shutdown began meanwhile, which wins: the new process must not serve on.
+        if !core.handed_over_unless_stopping() {
+            crate::upgrade::stop_child(child);
+            return Err(UpgradeError::ShuttingDown);
+        }
+        // Not reaped here: the new process outlives this one, and whoever adopts it (init or a
+        // supervisor acting as subreaper) must see its exit status, so waiting on it from a
+        // thread would steal that status when generations overlap.
+        drop(child);
+        Ok(Upgraded {
+            pid,
+            listeners: names,
+        })
+    };
+    let result = handed.await;
+    match &result {
+        Ok(upgraded) => {
+            if let Err(e) = crate::upgrade::notify_systemd(upgraded.pid) {
+                core.hooks()
+                    .error(&Error::Upgrade(UpgradeError::Channel(e)));
+            }
+            core.hooks()
+                .server(ServerEvent::Upgraded { pid: upgraded.pid });
+            let grace = core.config().drain_timeout;
+            let draining = core.clone();
+            core.runtime().spawn(Box::pin(async move {
+                let _ = crate::shutdown::stop(&draining, grace, false).await;
+            }));
+        }
+        Err(e) => {
+            core.end_upgrade();
+            core.hooks().server(ServerEvent::UpgradeFailed {
+                reason: e.to_string(),
+            });
+        }
+    }
+    done.send(result);
 }

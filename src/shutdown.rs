@@ -5,9 +5,9 @@
 //!    client connecting from now on is refused by the operating system; and report what the
 //!    loops queued for the hooks;
 //! 2. state `Draining`: every connection's [`Conn::draining`](crate::Conn::draining)
-//!    resolves (for a connection that has sent nothing yet: once it does, or once it is
-//!    `first_request_grace` old, as Go's net/http spares new connections), and the
-//!    `Draining` event fires;
+//!    resolves (for a connection that has sent nothing yet: once it does, or once it has
+//!    been served for `first_request_grace`, as Go's net/http spares new connections;
+//!    ticks of a quarter of that make them look again), and the `Draining` event fires;
 //! 3. wait until no connection is open (returning at once when that happens), until the
 //!    grace period passes, or until `close()` is called;
 //! 4. force-close whatever is left: each such connection's pending I/O fails with
@@ -60,11 +60,17 @@ pub(crate) async fn stop(
     let deadline = async {
         rt.sleep(grace).await;
     };
-    // Connections that have sent nothing yet are told to drain when they do, or when the
-    // first request's grace is over (see `Conn::is_draining`).
+    // Connections that have sent nothing yet are told to drain when they do, or once they
+    // are `first_request_grace` old (see `Conn::is_draining`): ticks make them look again.
     let first_requests = async {
-        rt.sleep(core.config().first_request_grace).await;
-        core.end_first_request_grace();
+        let grace = core.config().first_request_grace;
+        if !grace.is_zero() {
+            let tick = (grace / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+            loop {
+                rt.sleep(tick).await;
+                core.drain_tick();
+            }
+        }
         std::future::pending::<()>().await;
     };
     core.wait_all_closed()

@@ -99,6 +99,7 @@ fn install(hangup: bool) -> std::io::Result<Arc<Received>> {
 /// SIGTERM and SIGINT (and SIGHUP when asked for), from the moment it is created. See the
 /// [module docs](self).
 #[derive(Clone)]
+#[must_use = "the signals are caught from now on: without a receiver nobody acts on them"]
 pub struct Signals {
     received: Arc<Received>,
     /// Signals of each kind already returned by this receiver.

@@ -96,8 +96,7 @@ struct Latches {
     accept_stopped: Latch,
     /// Connections were told to drain.
     draining: Latch,
-    /// The drain's grace for connections that have not sent anything yet is over.
-    first_request_grace: Latch,
+
     /// `close()` was called: stop waiting for handlers.
     close_requested: Latch,
     /// The final sweep is under way: connections registering from now on close themselves,
@@ -120,6 +119,8 @@ pub(crate) struct Core {
     reports_in_flight: AtomicUsize,
     /// The open count went down, or a `Closed` report finished.
     conn_closed: Event,
+    /// A drain tick (see `drain_tick`).
+    drain_ticked: Event,
     accept_loops: AtomicUsize,
     latches: Latches,
     /// Claimed by the one call that drives a shutdown; the others wait for its result.
@@ -191,6 +192,7 @@ impl Core {
             reserved: AtomicUsize::new(0),
             reports_in_flight: AtomicUsize::new(0),
             conn_closed: Event::new(),
+            drain_ticked: Event::new(),
             accept_loops: AtomicUsize::new(0),
             latches: Latches::default(),
             stop_claimed: AtomicBool::new(false),
@@ -335,9 +337,10 @@ impl Core {
 
     /// Tells the accept loops to stop and waits until every one has dropped its listener.
     pub(crate) async fn stop_accepting(&self) {
+        // The latch first, then the sockets kept for an upgrade (see `hand_over_unless_stopping`).
+        self.latches.stop_accepting.set();
         #[cfg(unix)]
         lock(&self.handovers).clear();
-        self.latches.stop_accepting.set();
         if self.accept_loops.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -514,6 +517,9 @@ impl Core {
             self.counters.add(Count::SlotAllocated)
         });
         slot.id.store(id, Ordering::Relaxed);
+        // Pairs with the fence in `start_forcing`: either the final sweep sees this slot
+        // open, or this sees the force latch (a store then a load on each side).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.latches.force.is_set() {
             slot.close(generation, SlotState::ShutdownForced);
         }
@@ -578,19 +584,20 @@ impl Core {
         &self.latches.draining
     }
 
-    /// Whether the drain's grace for connections that sent nothing yet is over.
-    pub(crate) fn first_request_grace_over(&self) -> bool {
-        self.latches.first_request_grace.is_set()
+    /// A tick of the drain: connections that have sent nothing yet look again whether their
+    /// first request's grace is over (see `Conn::is_draining`).
+    pub(crate) fn drain_tick(&self) {
+        self.pool.for_each_open(|slot, _| {
+            if slot.flags() & crate::pool::SAW_DATA == 0 {
+                slot.read_waker.wake();
+            }
+        });
+        self.drain_ticked.notify(usize::MAX);
     }
 
-    pub(crate) fn first_request_grace_latch(&self) -> &Latch {
-        &self.latches.first_request_grace
-    }
-
-    /// Ends the grace: every connection is told to drain now.
-    pub(crate) fn end_first_request_grace(&self) {
-        self.latches.first_request_grace.set();
-        self.pool.for_each_open(|slot, _| slot.read_waker.wake());
+    /// Notified at each drain tick.
+    pub(crate) fn drain_ticked(&self) -> &Event {
+        &self.drain_ticked
     }
 
     pub(crate) fn start_draining(&self) {
@@ -611,6 +618,8 @@ impl Core {
 
     pub(crate) fn start_forcing(&self) {
         self.latches.force.set();
+        // Pairs with the fence in `register` (see there).
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     pub(crate) fn request_close(&self) {
@@ -753,11 +762,29 @@ impl Core {
     }
 
     /// The sockets were handed over: the old listeners leave Unix socket files in place.
+    /// False, and nothing done, when a shutdown began first (its listeners may already be
+    /// gone, files and all): the new process must not serve then.
     #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
-    pub(crate) fn handed_over(&self) {
-        for (_, handover) in lock(&self.handovers).iter() {
+    pub(crate) fn handed_over_unless_stopping(&self) -> bool {
+        let handovers = lock(&self.handovers);
+        if self.stop_accepting_requested() {
+            return false;
+        }
+        for (_, handover) in handovers.iter() {
             if let Some(keep) = &handover.keep_file {
                 keep.store(true, Ordering::Release);
+            }
+        }
+        true
+    }
+
+    /// Every Unix socket file is its listener's again (after an adopting server said it is
+    /// ready: until then a failure must not remove the file the old process serves).
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    pub(crate) fn own_socket_files(&self) {
+        for (_, handover) in lock(&self.handovers).iter() {
+            if let Some(keep) = &handover.keep_file {
+                keep.store(false, Ordering::Release);
             }
         }
     }

@@ -72,6 +72,13 @@ pub enum UpgradeError {
     /// The handover channel failed.
     #[error("handing the listeners over failed: {0}")]
     Channel(#[source] io::Error),
+    /// A shutdown began while the new process was starting: it was stopped, and this
+    /// server stops as asked.
+    #[error("a shutdown began during the upgrade: the new process was stopped")]
+    ShuttingDown,
+    /// A socket to hand over has a name that is empty, not one line, or already used.
+    #[error("cannot hand over a socket named {0:?}: give it a unique, non-empty one-line name")]
+    BadName(String),
 }
 
 /// What a successful upgrade did.
@@ -188,6 +195,12 @@ pub(crate) fn inherit(
 ) -> io::Result<Option<(Inherited, BTreeMap<String, OwnedFd>)>> {
     let mut handed = handed();
     load(&mut handed)?;
+    // The channel goes to the server whose sockets were handed over (another server in the
+    // same process that binds first takes nothing).
+    let theirs = handed.sockets.is_empty() || names.iter().any(|n| handed.sockets.contains_key(n));
+    if !theirs {
+        return Ok(None);
+    }
     let Some(channel) = handed.channel.take() else {
         return Ok(None);
     };
@@ -254,7 +267,7 @@ pub(crate) fn hand_over(
     mut command: Command,
     listeners: &[(String, OwnedFd)],
     timeout: Duration,
-) -> Result<u32, UpgradeError> {
+) -> Result<(u32, Child), UpgradeError> {
     let deadline = Instant::now() + timeout;
     let dir = Channel::new().map_err(UpgradeError::Channel)?;
     command.env(
@@ -265,12 +278,19 @@ pub(crate) fn hand_over(
     let mut child = command
         .spawn()
         .map_err(|source| UpgradeError::Spawn { program, source })?;
-    let result = talk(&dir, &mut child, listeners, deadline, timeout);
-    if result.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
+    match talk(&dir, &mut child, listeners, deadline, timeout) {
+        Ok(pid) => Ok((pid, child)),
+        Err(e) => {
+            stop_child(child);
+            Err(e)
+        }
     }
-    result
+}
+
+/// Kills and reaps a new process that must not serve.
+pub(crate) fn stop_child(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn talk(
@@ -395,13 +415,19 @@ struct Channel {
 impl Channel {
     fn new() -> io::Result<Channel> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "berth-upgrade-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        // A name nobody can guess and squat (another local user could make upgrades fail),
+        // created fresh, private.
+        let dir = loop {
+            use std::hash::BuildHasher as _;
+            let random = std::collections::hash_map::RandomState::new()
+                .hash_one((std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+            let dir = std::env::temp_dir().join(format!("berth-upgrade-{random:016x}"));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        };
         let listener = UnixListener::bind(dir.join("s"))?;
         // Accept with a timeout, so the wait can look whether the child died.
         socket2::SockRef::from(&listener).set_read_timeout(Some(POLL))?;
@@ -447,27 +473,57 @@ pub(crate) fn notify_systemd(pid: u32) -> io::Result<bool> {
     Ok(true)
 }
 
+/// A value sent once from one task or thread to another, awaited on any runtime.
+pub(crate) struct Oneshot<T> {
+    slot: std::sync::Arc<(Mutex<Option<T>>, event_listener::Event)>,
+}
+
+impl<T> Clone for Oneshot<T> {
+    fn clone(&self) -> Self {
+        Oneshot {
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+impl<T> Oneshot<T> {
+    pub(crate) fn new() -> Self {
+        Oneshot {
+            slot: std::sync::Arc::new((Mutex::new(None), event_listener::Event::new())),
+        }
+    }
+
+    pub(crate) fn send(&self, value: T) {
+        *self.slot.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+        self.slot.1.notify(usize::MAX);
+    }
+
+    pub(crate) async fn recv(&self) -> T {
+        loop {
+            let listener = self.slot.1.listen();
+            if let Some(value) = self.slot.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return value;
+            }
+            listener.await;
+        }
+    }
+}
+
 /// Runs `f` on a thread of its own and completes with its result: blocking work awaited on
 /// any runtime, without a reactor.
 pub(crate) async fn on_thread<R: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> io::Result<R> {
-    use std::sync::Arc;
-    let slot = Arc::new((Mutex::new(None), event_listener::Event::new()));
-    let filled = slot.clone();
+    let done = Oneshot::new();
+    let sender = done.clone();
     std::thread::Builder::new()
         .name(name.to_owned())
-        .spawn(move || {
-            let result = f();
-            *filled.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-            filled.1.notify(usize::MAX);
-        })?;
-    loop {
-        let listener = slot.1.listen();
-        if let Some(result) = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Ok(result);
-        }
-        listener.await;
-    }
+        .spawn(move || sender.send(f()))?;
+    Ok(done.recv().await)
+}
+
+/// Checks a name for a socket handed over: not empty, one line of printable text.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.chars().any(char::is_control)
 }

@@ -74,10 +74,10 @@ impl TcpListener {
             #[cfg(feature = "async-io")]
             Reactor::AsyncIo => Backend::AsyncIo(async_io::Async::new(listener).map_err(bind_err)?),
             #[cfg(feature = "tokio")]
-            Reactor::Tokio(handle) => {
-                let _context = handle.enter();
-                Backend::Tokio(tokio::net::TcpListener::from_std(listener).map_err(bind_err)?)
-            }
+            Reactor::Tokio(handle) => Backend::Tokio(
+                super::tokio::register(handle, || tokio::net::TcpListener::from_std(listener))
+                    .map_err(bind_err)?,
+            ),
             Reactor::None => return Err(ConfigError::NoReactor.into()),
         };
         Ok(TcpListener { inner, nodelay })

@@ -131,3 +131,17 @@ impl<T: TokioSocket> futures_io::AsyncWrite for TokioStream<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// Registers a socket with `handle`'s I/O driver; a runtime without one is an error, where
+/// tokio would panic.
+pub(crate) fn register<T>(
+    handle: &tokio::runtime::Handle,
+    make: impl FnOnce() -> io::Result<T>,
+) -> io::Result<T> {
+    let _context = handle.enter();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)).unwrap_or_else(|_| {
+        Err(io::Error::other(
+            crate::error::ConfigError::RuntimeDriverMissing("I/O").to_string(),
+        ))
+    })
+}

@@ -127,12 +127,14 @@ impl UnixListener {
 
     /// Serves a listening socket an upgrade handed over: like `from_std`, but the file at
     /// its path (if it is this very socket's) is this listener's to remove, as if it had
-    /// created it.
+    /// created it; not before the server says it is ready, though (it starts out kept): a
+    /// new process that fails before must not remove the file the old one still serves.
     pub(crate) fn adopt(
         listener: std::os::unix::net::UnixListener,
         reactor: &Reactor,
     ) -> Result<Self, Error> {
         let mut adopted = Self::from_std(listener, reactor)?;
+        adopted.keep_file.store(true, Ordering::Release);
         adopted.created = adopted.path.as_deref().and_then(|path| {
             let meta = std::fs::symlink_metadata(path).ok()?;
             meta.file_type()
@@ -149,12 +151,9 @@ fn register(listener: std::os::unix::net::UnixListener, reactor: &Reactor) -> io
         #[cfg(feature = "async-io")]
         Reactor::AsyncIo => Ok(Backend::AsyncIo(async_io::Async::new(listener)?)),
         #[cfg(feature = "tokio")]
-        Reactor::Tokio(handle) => {
-            let _context = handle.enter();
-            Ok(Backend::Tokio(tokio::net::UnixListener::from_std(
-                listener,
-            )?))
-        }
+        Reactor::Tokio(handle) => Ok(Backend::Tokio(super::tokio::register(handle, || {
+            tokio::net::UnixListener::from_std(listener)
+        })?)),
         Reactor::None => Err(io::Error::new(
             io::ErrorKind::Unsupported,
             ConfigError::NoReactor.to_string(),

@@ -62,4 +62,12 @@ impl Runtime for Tokio {
     fn reactor(&self) -> Reactor {
         Reactor::Tokio(self.handle.clone())
     }
+
+    fn check(&self) -> Result<(), crate::error::ConfigError> {
+        // tokio panics when a timer is made on a runtime without its time driver: find out
+        // now, not in the middle of a shutdown.
+        let _guard = self.handle.enter();
+        std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO)))
+            .map_err(|_| crate::error::ConfigError::RuntimeDriverMissing("time"))
+    }
 }

@@ -36,7 +36,18 @@ where
                     .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
                     .unwrap_or_default(),
             };
-            let config = select(info).await.unwrap_or(config);
+            // The hook is the user's code: a panic fails this handshake only.
+            let chosen = {
+                use futures_lite::FutureExt as _;
+                let choose = std::panic::AssertUnwindSafe(async { select(info).await });
+                choose.catch_unwind().await.map_err(|payload| {
+                    TlsFailure::Handshake(format!(
+                        "the tls_select hook panicked: {}",
+                        crate::error::panic_message(&*payload)
+                    ))
+                })?
+            };
+            let config = chosen.unwrap_or(config);
             start.into_stream(config).await.map_err(failure)?
         }
     };

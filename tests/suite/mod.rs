@@ -1091,7 +1091,11 @@ pub fn conn_context_addresses_extensions_and_eof<R: Rt>() {
         assert_eq!(read.unwrap(), b"payload");
         assert_eq!(eof_again, Some(0), "EOF is Ok(0), repeatedly");
         assert_eq!(session, Some(Session(7)));
-        assert!(connected && !draining);
+        assert!(
+            !connected,
+            "after the peer closed, the connection is not connected"
+        );
+        assert!(!draining);
         let (_, reason) = rec.closed().await;
         assert_eq!(reason, CloseReason::PeerClosed);
         handle
