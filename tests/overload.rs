@@ -505,6 +505,89 @@ fn high_pressure_shrinks_the_idle_timeout_tokio() {
     high_pressure_shrinks_the_idle_timeout::<TokioRt>();
 }
 
+/// berth's TCP listener whose accepts fail with EMFILE while `out` is set: a descriptor
+/// limit the test turns on and off.
+struct OutOfDescriptors {
+    inner: berth::listener::TcpListener,
+    out: Arc<AtomicBool>,
+}
+
+impl berth::listener::Listener for OutOfDescriptors {
+    type Stream = berth::listener::TcpStream;
+    async fn accept(&self) -> io::Result<berth::listener::Accepted<Self::Stream>> {
+        if self.out.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(24)); // EMFILE
+        }
+        self.inner.accept().await
+    }
+    fn local_addr(&self) -> io::Result<berth::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Running out of descriptors is critical pressure and evicts the idlest connection; once
+/// accepts succeed again, the pressure returns to normal (it once stayed critical for good
+/// when an eviction, not a back-off, ended the episode).
+fn pressure_returns_to_normal_after_descriptors_ran_out<R: Rt>() {
+    use berth::runtime::Runtime as _;
+    run::<R>(LIMIT, async {
+        let mut config = common::config();
+        config.overload.evict_idle_after = Some(Duration::from_millis(300));
+        let rt = R::runtime();
+        let out = Arc::new(AtomicBool::new(false));
+        let listener = OutOfDescriptors {
+            inner: berth::listener::TcpListener::bind(&config, &rt.reactor()).unwrap(),
+            out: out.clone(),
+        };
+        let rec = Recorder::new();
+        let handle = rec
+            .attach(Builder::new(config).runtime(rt))
+            .listener(listener)
+            .expect("listener")
+            .serve(echo(Arc::new(Probe::default())));
+        let addr = handle.local_addr().as_socket_addr().unwrap();
+
+        let mut idle = connect(addr).await;
+        echo_once(&mut idle, b"idle").await;
+        let idle_id = id_of(&rec, &idle).await;
+        idle_for(Duration::from_millis(400)).await;
+
+        out.store(true, Ordering::SeqCst);
+        // The accept already under way takes this client; the next one fails.
+        let mut first = connect(addr).await;
+        echo_once(&mut first, b"first").await;
+        seen(&rec, "Pressure Critical", pressure(PressureLevel::Critical)).await;
+        seen(
+            &rec,
+            "the eviction",
+            closed_as(idle_id, CloseReason::Evicted),
+        )
+        .await;
+        assert_closed_by_server(&mut idle, 0).await;
+
+        // Descriptors again: the next accept succeeds, and the pressure is normal again.
+        out.store(false, Ordering::SeqCst);
+        let mut late = connect(addr).await;
+        echo_once(&mut late, b"late").await;
+        seen(&rec, "Pressure Normal", pressure(PressureLevel::Normal)).await;
+        echo_once(&mut first, b"first again").await;
+        assert_eq!(handle.open_connections(), 2);
+        drop((first, late));
+        handle.close().await;
+        every_accepted_was_closed_once(&rec);
+    });
+}
+
+#[test]
+fn pressure_returns_to_normal_after_descriptors_ran_out_smol() {
+    pressure_returns_to_normal_after_descriptors_ran_out::<SmolRt>();
+}
+
+#[test]
+fn pressure_returns_to_normal_after_descriptors_ran_out_tokio() {
+    pressure_returns_to_normal_after_descriptors_ran_out::<TokioRt>();
+}
+
 // --- certificates and TLS clients ---------------------------------------------------------------
 
 /// A CA and the certificates it signs.

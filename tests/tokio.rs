@@ -82,3 +82,33 @@ fn bind_inside_tokio_serves_on_tokio_and_drains() {
         .expect("test timed out");
     });
 }
+
+/// Inside a tokio runtime built without its drivers (none, or timers but no I/O), `bind`
+/// picks the tokio adapter and says what is missing instead of panicking.
+#[test]
+fn bind_inside_tokio_without_its_drivers_is_a_typed_error() {
+    let bare = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let timers_only = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    for (rt, missing) in [(bare, "time"), (timers_only, "I/O")] {
+        let result = std::panic::catch_unwind(|| {
+            rt.block_on(async {
+                berth::Server::bind(berth::Config::new("127.0.0.1:0")).map(|_| ())
+            })
+        });
+        match result {
+            Ok(Err(e)) => assert!(
+                e.to_string().contains(&format!(
+                    "has no {missing} driver: build it with enable_all()"
+                )),
+                "{e}"
+            ),
+            Ok(Ok(())) => panic!("bound without the {missing} driver"),
+            Err(_) => panic!("bind panicked instead of returning a typed error"),
+        }
+    }
+}

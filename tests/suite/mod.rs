@@ -31,6 +31,7 @@ macro_rules! all_tests {
             churn_returns_to_zero_and_reuses_slots,
             resets_mid_stream_are_counted_and_closed,
             handler_panic_is_contained,
+            handler_panic_before_its_future_is_contained,
             idle_timeout_subsecond_reaps_and_fails_pending_io,
             idle_timeout_spares_active_connections,
             shutdown_returns_when_handlers_finish,
@@ -293,6 +294,34 @@ pub fn handler_panic_is_contained<R: Rt>() {
             .shutdown_within(Duration::from_secs(5))
             .await
             .unwrap();
+    });
+}
+
+/// A handler closure that panics before it returns its future (`|conn| { let x =
+/// state.get().unwrap(); async move { .. } }`) is contained like a panic inside it.
+pub fn handler_panic_before_its_future_is_contained<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let (handle, rec) = start::<R>(config(), |conn: Conn| {
+            if conn.id() == 2 {
+                panic!("boom before the future");
+            }
+            echo_split(conn)
+        });
+        let addr = handle.local_addr().as_socket_addr().unwrap();
+        let mut good = connect(addr).await;
+        roundtrip(&mut good, b"a").await;
+        let mut bad = connect(addr).await;
+        let error = rec.error().await;
+        assert!(error.contains("boom before the future"), "{error}");
+        assert_closed_by_server(&mut bad, 0).await;
+        roundtrip(&mut good, b"other connections are unaffected").await;
+        assert_eq!(handle.stats().closed_by(CloseReason::Panicked), 1);
+        drop(good);
+        handle
+            .shutdown_within(Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(handle.open_connections(), 0);
     });
 }
 
