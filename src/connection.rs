@@ -88,7 +88,7 @@ async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Accepted>) {
                 Err(payload) => {
                     return core.hooks().error(&Error::HookPanicked {
                         hook: "connection setup",
-                        message: crate::error::panic_message(&*payload),
+                        message: crate::unwind::message(&*payload),
                     });
                 }
             },
@@ -102,7 +102,7 @@ async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Accepted>) {
             Err(payload) => {
                 return core.hooks().error(&Error::HandlerPanicked {
                     conn_id: id,
-                    message: crate::error::panic_message(&*payload),
+                    message: crate::unwind::message(&*payload),
                 });
             }
         }
@@ -179,7 +179,7 @@ fn tune_socket(tune: &TuneHook, stream: &dyn ByteStream, peer: &Addr) -> Result<
         }),
         Err(payload) => Err(Error::HookPanicked {
             hook: "tune",
-            message: crate::error::panic_message(&*payload),
+            message: crate::unwind::message(&*payload),
         }),
     }
 }
@@ -419,7 +419,7 @@ fn drop_guarded<F>(mut handler: Pin<&mut Option<F>>) -> Option<String> {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     catch_unwind(AssertUnwindSafe(|| handler.set(None)))
         .err()
-        .map(|payload| crate::error::panic_message(&*payload))
+        .map(|payload| crate::unwind::message(&*payload))
 }
 
 impl<F: Future<Output = ()>> Future for Supervised<F> {
@@ -444,7 +444,7 @@ impl<F: Future<Output = ()>> Future for Supervised<F> {
                 // says Panicked.
                 this.conn.mark_panicked();
                 let _ = drop_guarded(this.handler);
-                return Poll::Ready(Outcome::Panicked(crate::error::panic_message(&*payload)));
+                return Poll::Ready(Outcome::Panicked(crate::unwind::message(&*payload)));
             }
         }
         // Only a server-side close cancels: a handler that dropped its Conn early and

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use event_listener::Event;
 use futures_lite::FutureExt as _;
 
-use crate::error::{Error, panic_message};
+use crate::error::Error;
 use crate::events::{ConnEvent, ServerEvent};
 use crate::latch::Latch;
 
@@ -174,7 +174,7 @@ impl Hooks {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
             self.error(&Error::HookPanicked {
                 hook,
-                message: panic_message(&*payload),
+                message: crate::unwind::message(&*payload),
             });
         }
     }

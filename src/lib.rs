@@ -83,6 +83,7 @@ mod shutdown;
 pub mod signal;
 mod state;
 pub mod tls;
+mod unwind;
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
 pub mod upgrade;
 

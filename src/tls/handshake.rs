@@ -43,7 +43,7 @@ where
                 choose.catch_unwind().await.map_err(|payload| {
                     TlsFailure::Handshake(format!(
                         "the tls_select hook panicked: {}",
-                        crate::error::panic_message(&*payload)
+                        crate::unwind::message(&*payload)
                     ))
                 })?
             };
