@@ -19,7 +19,7 @@ use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
 use common::example::{WAIT, example_bin};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use common::pki::{Leaf, Pki, relink, replace, revision};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
@@ -348,51 +348,18 @@ fn without_evict_idle_new_clients_wait_at_the_descriptor_limit() {
 
 // --- certificates and TLS clients ------------------------------------------------------------------
 
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "operations test CA");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Pki { ca }
-    }
-
-    fn leaf(&self) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    /// A client trusting this CA that never resumes a session: every handshake is full.
-    fn client(&self) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        config.resumption = rustls::client::Resumption::disabled();
-        Arc::new(config)
-    }
+/// A client trusting `pki`'s CA that never resumes a session: every handshake is full.
+fn client(pki: &Pki) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca_der()).unwrap();
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
 }
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
@@ -471,8 +438,8 @@ const ESTABLISHED: usize = 3;
 
 fn handshake_flood_beside_established_connections(runtime: &str) {
     let dir = TempDir::new(&format!("flood-{runtime}"));
-    let pki = Pki::new();
-    let leaf = pki.leaf();
+    let pki = Pki::new("operations test CA");
+    let leaf = pki.leaf(&["localhost"]);
     std::fs::write(dir.join("cert.pem"), &leaf.cert_pem).unwrap();
     std::fs::write(dir.join("key.pem"), &leaf.key_pem).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -494,7 +461,7 @@ fn handshake_flood_beside_established_connections(runtime: &str) {
         ],
     );
     let addr = echo.addr();
-    let client = pki.client();
+    let client = client(&pki);
 
     // Established sessions echo throughout the flood.
     let flooding = Arc::new(AtomicBool::new(true));
@@ -582,30 +549,6 @@ fn handshake_flood_beside_established_connections_tokio() {
 
 // --- 9. certificate files replaced under a running server -------------------------------------------
 
-/// Replaces `path` atomically: the new contents are written beside it, then renamed over it.
-fn replace(path: &Path, contents: &str) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Points the symbolic link `link` at `target`, atomically (a new link renamed over it).
-fn relink(link: &Path, target: &str) {
-    let name = link.file_name().unwrap().to_str().unwrap();
-    let tmp = link.with_file_name(format!("{name}.tmp-link"));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).unwrap();
-    std::fs::rename(&tmp, link).unwrap();
-}
-
-/// A Kubernetes-style secret volume revision: `dir/<revision>/{cert,key}.pem`.
-fn revision(dir: &Path, revision: &str, leaf: &Leaf) {
-    let rev = dir.join(revision);
-    std::fs::create_dir_all(&rev).unwrap();
-    std::fs::write(rev.join("cert.pem"), &leaf.cert_pem).unwrap();
-    std::fs::write(rev.join("key.pem"), &leaf.key_pem).unwrap();
-}
-
 const INTERVAL: Duration = Duration::from_millis(200);
 
 /// Handshakes until the server presents `want`; fails after two intervals (plus slack for
@@ -627,8 +570,8 @@ fn served_within_two_intervals(addr: &str, client: &Arc<ClientConfig>, want: &Le
 
 fn tls_watch_reloads_replaced_files(runtime: &str) {
     let dir = TempDir::new(&format!("watch-{runtime}"));
-    let pki = Pki::new();
-    let leaves: Vec<Leaf> = (0..5).map(|_| pki.leaf()).collect();
+    let pki = Pki::new("operations test CA");
+    let leaves: Vec<Leaf> = (0..5).map(|_| pki.leaf(&["localhost"])).collect();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, &leaves[0].cert_pem).unwrap();
     std::fs::write(&key, &leaves[0].key_pem).unwrap();
@@ -648,7 +591,7 @@ fn tls_watch_reloads_replaced_files(runtime: &str) {
         ],
     );
     let addr = echo.addr();
-    let client = pki.client();
+    let client = client(&pki);
     let generation = {
         let ders: Vec<CertificateDer<'static>> = leaves.iter().map(|l| l.der.clone()).collect();
         move |der: &CertificateDer<'static>| {

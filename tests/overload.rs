@@ -25,14 +25,14 @@ use berth::{
     Builder, CloseReason, Config, Conn, ConnEvent, OverloadAction, PressureLevel, ServerEvent,
     ServerHandle,
 };
+use common::pki::{Leaf, Pki, relink, replace, revision};
 use common::{
     Ev, LIMIT, Recorder, Rt, SmolRt, TokioRt, assert_closed_by_server, completes_within, connect,
     run, within,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::ClientConfig;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
 
 // --- waiting on the recorder ------------------------------------------------------------------
 
@@ -590,47 +590,6 @@ fn pressure_returns_to_normal_after_descriptors_ran_out_tokio() {
 
 // --- certificates and TLS clients ---------------------------------------------------------------
 
-/// A CA and the certificates it signs.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-#[derive(Clone)]
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "overload test CA");
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Pki { ca }
-    }
-
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    fn ca_der(&self) -> CertificateDer<'static> {
-        self.ca.der().clone()
-    }
-}
-
 fn server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
     TlsConfig::from_pem(leaf.cert_pem.clone(), leaf.key_pem.clone())
         .load()
@@ -638,73 +597,11 @@ fn server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
         .0
 }
 
-/// Checks the chain as usual, but for `name` whatever name the client asked for: a client
-/// sending any SNI then shows which certificate the server chose.
-#[derive(Debug)]
-struct VerifyAs {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    name: ServerName<'static>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for VerifyAs {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _asked_for: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// A client trusting `ca` that accepts a certificate valid for `name` whatever name it
 /// connects to, offers `alpn`, and never resumes a session (every handshake is full, and
 /// the certificate it reports is the one just presented).
 fn client_as(ca: CertificateDer<'static>, name: &str, alpn: &[&str]) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    roots.add(ca).unwrap();
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let verifier = VerifyAs {
-        inner,
-        name: ServerName::try_from(name.to_owned()).unwrap(),
-    };
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let mut config = common::pki::client_verifying_as(ca, name);
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
@@ -792,7 +689,7 @@ fn tls_failures(rec: &Recorder) -> Vec<(u64, TlsFailure)> {
 /// A stalled handshake holds the only place: the next waits, and completes once it is done.
 fn max_handshakes_makes_the_others_wait<R: Rt>() {
     run::<R>(LIMIT, async {
-        let pki = Pki::new();
+        let pki = Pki::new("overload test CA");
         let own = pki.leaf(&["localhost"]);
         let mut config = common::config();
         config.tls = Some(TlsConfig::from_pem(
@@ -881,7 +778,7 @@ fn max_handshakes_makes_the_others_wait_tokio() {
 fn a_waiting_handshake_times_out<R: Rt>() {
     const TIMEOUT: Duration = Duration::from_millis(1200);
     run::<R>(LIMIT, async {
-        let pki = Pki::new();
+        let pki = Pki::new("overload test CA");
         let own = pki.leaf(&["localhost"]);
         let mut config = common::config();
         config.tls = Some(TlsConfig::from_pem(
@@ -975,7 +872,7 @@ fn places_freed_together_all_reach_waiters() {
         std::thread::spawn(move || async_io::block_on(executor.run(stop_rx.recv())))
     };
     run::<SmolRt>(LIMIT, async {
-        let pki = Pki::new();
+        let pki = Pki::new("overload test CA");
         let own = pki.leaf(&["localhost"]);
         let mut config = common::config();
         config.tls = Some(TlsConfig::from_pem(
@@ -1069,7 +966,7 @@ fn places_freed_together_all_reach_waiters() {
 
 fn tls_select_chooses_per_server_name<R: Rt>() {
     run::<R>(LIMIT, async {
-        let pki = Pki::new();
+        let pki = Pki::new("overload test CA");
         let own = pki.leaf(&["default.test"]);
         let a = pki.leaf(&["a.test"]);
         let b = pki.leaf(&["b.test"]);
@@ -1205,35 +1102,11 @@ impl Drop for TempDir {
     }
 }
 
-/// Replaces `path` atomically: the new contents are written beside it, then renamed over it.
-fn replace(path: &Path, contents: &str) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Points the symbolic link `link` at `target`, atomically (a new link renamed over it).
-fn relink(link: &Path, target: &str) {
-    let name = link.file_name().unwrap().to_str().unwrap();
-    let tmp = link.with_file_name(format!("{name}.tmp-link"));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).unwrap();
-    std::fs::rename(&tmp, link).unwrap();
-}
-
-/// A Kubernetes-style secret volume revision: `dir/<revision>/{cert,key}.pem`.
-fn revision(dir: &Path, revision: &str, leaf: &Leaf) {
-    let rev = dir.join(revision);
-    std::fs::create_dir_all(&rev).unwrap();
-    std::fs::write(rev.join("cert.pem"), &leaf.cert_pem).unwrap();
-    std::fs::write(rev.join("key.pem"), &leaf.key_pem).unwrap();
-}
-
 fn watched_certificates_reload<R: Rt>(name: &str) {
     const WATCH: Duration = Duration::from_millis(100);
     let dir = TempDir::new(name);
     run::<R>(LIMIT, async {
-        let pki = Pki::new();
+        let pki = Pki::new("overload test CA");
         let leaves: Vec<Leaf> = (0..5).map(|_| pki.leaf(&["localhost"])).collect();
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         std::fs::write(&cert, &leaves[0].cert_pem).unwrap();

@@ -12,74 +12,11 @@ use std::time::Duration;
 
 use berth::tls::{CertKey, ClientAuth, PemSource, TlsConfig, TlsFailure, TlsVersion};
 use berth::{Builder, CloseReason, Config, ConfigError, Conn, ConnEvent, Error, ServerHandle};
+use common::pki::{Leaf, Pki};
 use common::{EOF, Ev, LIMIT, Recorder, SmolRt, connect, ending, run, within};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
-
-/// A CA and certificates it signs.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate chain and key, as PEM and DER.
-#[derive(Clone)]
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Pki { ca }
-    }
-
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        self.leaf_with(names, |_| {})
-    }
-
-    fn leaf_with(&self, names: &[&str], edit: impl FnOnce(&mut CertificateParams)) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        edit(&mut params);
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    /// An intermediate CA signed by this one.
-    fn intermediate(&self, name: &str) -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let ca =
-            CertifiedIssuer::signed_by(params, KeyPair::generate().unwrap(), &self.ca).unwrap();
-        Pki { ca }
-    }
-
-    fn ca_pem(&self) -> String {
-        self.ca.pem()
-    }
-
-    fn ca_der(&self) -> CertificateDer<'static> {
-        self.ca.der().clone()
-    }
-}
 
 fn tls_of(leaf: &Leaf) -> TlsConfig {
     TlsConfig::from_pem(leaf.cert_pem.clone(), leaf.key_pem.clone())
@@ -112,75 +49,10 @@ fn client(
     Arc::new(config)
 }
 
-/// A server certificate verifier that checks the chain against the roots as usual, but for
-/// a name of the test's choosing instead of the one the client asked for: it lets a client
-/// that sent SNI `x` (or none) see which certificate the server chose.
-#[derive(Debug)]
-struct VerifyAs {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    name: ServerName<'static>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for VerifyAs {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _asked_for: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// A client trusting `ca` that verifies the server's certificate as valid for `name`,
 /// whatever name it connects to.
 fn client_verifying_as(ca: CertificateDer<'static>, name: &str) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    roots.add(ca).unwrap();
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let verifier = VerifyAs {
-        inner,
-        name: ServerName::try_from(name.to_owned()).unwrap(),
-    };
-    Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(BOTH)
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth(),
-    )
+    Arc::new(common::pki::client_verifying_as(ca, name))
 }
 
 /// The rustls error inside an `io::Error` from a client, if there is one.

@@ -31,6 +31,19 @@ enum Backend {
     Tokio(tokio::net::TcpListener),
 }
 
+/// The listening socket, whichever reactor it is registered with.
+#[cfg(unix)]
+impl std::os::fd::AsFd for Backend {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            #[cfg(feature = "async-io")]
+            Backend::AsyncIo(listener) => listener.get_ref().as_fd(),
+            #[cfg(feature = "tokio")]
+            Backend::Tokio(listener) => listener.as_fd(),
+        }
+    }
+}
+
 socket_stream!(
     /// An accepted TCP connection on async-io's or tokio's reactor. Closing it shuts down
     /// the write side (the peer reads end of file).
@@ -122,24 +135,14 @@ impl Listener for TcpListener {
     #[cfg(unix)]
     fn handover(&self) -> Option<super::Handover> {
         use std::os::fd::AsFd;
-        let fd = match &self.inner {
-            #[cfg(feature = "async-io")]
-            Backend::AsyncIo(listener) => listener.get_ref().as_fd().try_clone_to_owned(),
-            #[cfg(feature = "tokio")]
-            Backend::Tokio(listener) => listener.as_fd().try_clone_to_owned(),
-        };
+        let fd = self.inner.as_fd().try_clone_to_owned();
         fd.ok().map(super::Handover::new)
     }
 
     #[cfg(unix)]
     fn has_pending(&self) -> bool {
         use std::os::fd::AsFd;
-        match &self.inner {
-            #[cfg(feature = "async-io")]
-            Backend::AsyncIo(listener) => super::socket::has_pending(listener.get_ref().as_fd()),
-            #[cfg(feature = "tokio")]
-            Backend::Tokio(listener) => super::socket::has_pending(listener.as_fd()),
-        }
+        super::socket::has_pending(self.inner.as_fd())
     }
 
     fn local_addr(&self) -> io::Result<Addr> {

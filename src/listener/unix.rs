@@ -44,6 +44,19 @@ enum Backend {
     Tokio(tokio::net::UnixListener),
 }
 
+/// The listening socket, whichever reactor it is registered with.
+#[cfg(unix)]
+impl std::os::fd::AsFd for Backend {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            #[cfg(feature = "async-io")]
+            Backend::AsyncIo(listener) => listener.get_ref().as_fd(),
+            #[cfg(feature = "tokio")]
+            Backend::Tokio(listener) => listener.as_fd(),
+        }
+    }
+}
+
 socket_stream!(
     /// An accepted Unix domain socket connection on async-io's or tokio's reactor, which
     /// also knows the peer's credentials. Closing it shuts down the write side.
@@ -245,12 +258,7 @@ impl Listener for UnixListener {
     #[cfg(unix)]
     fn has_pending(&self) -> bool {
         use std::os::fd::AsFd;
-        match &self.inner {
-            #[cfg(feature = "async-io")]
-            Backend::AsyncIo(listener) => super::socket::has_pending(listener.get_ref().as_fd()),
-            #[cfg(feature = "tokio")]
-            Backend::Tokio(listener) => super::socket::has_pending(listener.as_fd()),
-        }
+        super::socket::has_pending(self.inner.as_fd())
     }
 
     fn local_addr(&self) -> io::Result<Addr> {
@@ -259,12 +267,7 @@ impl Listener for UnixListener {
 
     fn handover(&self) -> Option<super::Handover> {
         use std::os::fd::AsFd;
-        let fd = match &self.inner {
-            #[cfg(feature = "async-io")]
-            Backend::AsyncIo(listener) => listener.get_ref().as_fd().try_clone_to_owned(),
-            #[cfg(feature = "tokio")]
-            Backend::Tokio(listener) => listener.as_fd().try_clone_to_owned(),
-        };
+        let fd = self.inner.as_fd().try_clone_to_owned();
         Some(super::Handover {
             fd: fd.ok()?,
             keep_file: Some(self.keep_file.clone()),

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod example;
+pub mod pki;
 
 use std::future::Future;
 use std::net::SocketAddr;
