@@ -27,8 +27,8 @@ use berth::{
 };
 use common::pki::{Leaf, Pki, relink, replace, revision};
 use common::{
-    Ev, LIMIT, Recorder, Rt, SmolRt, TokioRt, assert_closed_by_server, completes_within, connect,
-    run, within,
+    Ev, LIMIT, Recorder, Rt, SmolRt, assert_closed_by_server, completes_within, connect, run,
+    within,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use rustls::ClientConfig;
@@ -264,16 +264,6 @@ fn eviction_at_max_connections_closes_the_idlest<R: Rt>() {
     });
 }
 
-#[test]
-fn eviction_at_max_connections_closes_the_idlest_smol() {
-    eviction_at_max_connections_closes_the_idlest::<SmolRt>();
-}
-
-#[test]
-fn eviction_at_max_connections_closes_the_idlest_tokio() {
-    eviction_at_max_connections_closes_the_idlest::<TokioRt>();
-}
-
 /// Without `evict_idle_after`, backpressure is unchanged: however idle the open connections,
 /// the fourth waits until one closes.
 fn without_eviction_a_newcomer_waits<R: Rt>() {
@@ -309,16 +299,6 @@ fn without_eviction_a_newcomer_waits<R: Rt>() {
         handle.close().await;
         every_accepted_was_closed_once(&rec);
     });
-}
-
-#[test]
-fn without_eviction_a_newcomer_waits_smol() {
-    without_eviction_a_newcomer_waits::<SmolRt>();
-}
-
-#[test]
-fn without_eviction_a_newcomer_waits_tokio() {
-    without_eviction_a_newcomer_waits::<TokioRt>();
 }
 
 // --- 2. nothing idle long enough ----------------------------------------------------------------
@@ -368,16 +348,6 @@ fn nothing_idle_enough_pauses_accepting<R: Rt>() {
         handle.close().await;
         every_accepted_was_closed_once(&rec);
     });
-}
-
-#[test]
-fn nothing_idle_enough_pauses_accepting_smol() {
-    nothing_idle_enough_pauses_accepting::<SmolRt>();
-}
-
-#[test]
-fn nothing_idle_enough_pauses_accepting_tokio() {
-    nothing_idle_enough_pauses_accepting::<TokioRt>();
 }
 
 // --- 3. pressure and the shrunk idle timeout ----------------------------------------------------
@@ -495,16 +465,6 @@ fn high_pressure_shrinks_the_idle_timeout<R: Rt>() {
     });
 }
 
-#[test]
-fn high_pressure_shrinks_the_idle_timeout_smol() {
-    high_pressure_shrinks_the_idle_timeout::<SmolRt>();
-}
-
-#[test]
-fn high_pressure_shrinks_the_idle_timeout_tokio() {
-    high_pressure_shrinks_the_idle_timeout::<TokioRt>();
-}
-
 /// berth's TCP listener whose accepts fail with EMFILE while `out` is set: a descriptor
 /// limit the test turns on and off.
 struct OutOfDescriptors {
@@ -576,16 +536,6 @@ fn pressure_returns_to_normal_after_descriptors_ran_out<R: Rt>() {
         handle.close().await;
         every_accepted_was_closed_once(&rec);
     });
-}
-
-#[test]
-fn pressure_returns_to_normal_after_descriptors_ran_out_smol() {
-    pressure_returns_to_normal_after_descriptors_ran_out::<SmolRt>();
-}
-
-#[test]
-fn pressure_returns_to_normal_after_descriptors_ran_out_tokio() {
-    pressure_returns_to_normal_after_descriptors_ran_out::<TokioRt>();
 }
 
 // --- certificates and TLS clients ---------------------------------------------------------------
@@ -763,16 +713,6 @@ fn max_handshakes_makes_the_others_wait<R: Rt>() {
     });
 }
 
-#[test]
-fn max_handshakes_makes_the_others_wait_smol() {
-    max_handshakes_makes_the_others_wait::<SmolRt>();
-}
-
-#[test]
-fn max_handshakes_makes_the_others_wait_tokio() {
-    max_handshakes_makes_the_others_wait::<TokioRt>();
-}
-
 /// Waiting for a place counts against the handshake timeout: a handshake that waits times
 /// out at its own deadline rather than hanging (or waiting a timeout and then another).
 fn a_waiting_handshake_times_out<R: Rt>() {
@@ -845,16 +785,6 @@ fn a_waiting_handshake_times_out<R: Rt>() {
         handle.close().await;
         every_accepted_was_closed_once(&rec);
     });
-}
-
-#[test]
-fn a_waiting_handshake_times_out_smol() {
-    a_waiting_handshake_times_out::<SmolRt>();
-}
-
-#[test]
-fn a_waiting_handshake_times_out_tokio() {
-    a_waiting_handshake_times_out::<TokioRt>();
 }
 
 /// Places freed together all reach waiters: with `max_handshakes = 2`, two handshakes that
@@ -1064,16 +994,6 @@ fn tls_select_chooses_per_server_name<R: Rt>() {
     });
 }
 
-#[test]
-fn tls_select_chooses_per_server_name_smol() {
-    tls_select_chooses_per_server_name::<SmolRt>();
-}
-
-#[test]
-fn tls_select_chooses_per_server_name_tokio() {
-    tls_select_chooses_per_server_name::<TokioRt>();
-}
-
 // --- 6. watched certificate files ------------------------------------------------------------------
 
 /// A fresh directory, removed when dropped (also when the test fails).
@@ -1102,9 +1022,9 @@ impl Drop for TempDir {
     }
 }
 
-fn watched_certificates_reload<R: Rt>(name: &str) {
+fn watched_certificates_reload<R: Rt>() {
     const WATCH: Duration = Duration::from_millis(100);
-    let dir = TempDir::new(name);
+    let dir = TempDir::new(&format!("watch-{}", R::NAME));
     run::<R>(LIMIT, async {
         let pki = Pki::new("overload test CA");
         let leaves: Vec<Leaf> = (0..5).map(|_| pki.leaf(&["localhost"])).collect();
@@ -1234,12 +1154,14 @@ fn watched_certificates_reload<R: Rt>(name: &str) {
     });
 }
 
-#[test]
-fn watched_certificates_reload_smol() {
-    watched_certificates_reload::<SmolRt>("watch-smol");
-}
-
-#[test]
-fn watched_certificates_reload_tokio() {
-    watched_certificates_reload::<TokioRt>("watch-tokio");
-}
+on_smol_and_tokio!(
+    eviction_at_max_connections_closes_the_idlest,
+    without_eviction_a_newcomer_waits,
+    nothing_idle_enough_pauses_accepting,
+    high_pressure_shrinks_the_idle_timeout,
+    pressure_returns_to_normal_after_descriptors_ran_out,
+    max_handshakes_makes_the_others_wait,
+    a_waiting_handshake_times_out,
+    tls_select_chooses_per_server_name,
+    watched_certificates_reload,
+);

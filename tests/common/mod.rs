@@ -13,6 +13,26 @@ use berth::runtime::Runtime;
 use berth::{Builder, Config, ConnEvent, Handler, ServerEvent, ServerHandle};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt, FutureExt};
 
+/// Instantiates each generic test `name::<R: Rt>()` on smol and on tokio, as the tests
+/// `name::smol` and `name::tokio`.
+#[macro_export]
+macro_rules! on_smol_and_tokio {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn smol() {
+                    super::$name::<super::common::SmolRt>()
+                }
+                #[test]
+                fn tokio() {
+                    super::$name::<super::common::TokioRt>()
+                }
+            }
+        )*
+    };
+}
+
 /// A runtime adapter under test, plus how the test thread blocks on a future.
 pub trait Rt: 'static {
     const NAME: &'static str;
