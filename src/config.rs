@@ -56,7 +56,12 @@ pub struct Config {
     /// (`"[::1]:7000"`), a host name that resolves, or empty (`":7000"`: all IPv4 interfaces).
     pub address: String,
     /// Close a connection that made no read or write progress for longer than this.
-    /// `None` disables idle reaping. Sub-second values work.
+    /// `None` disables idle reaping. Sub-second values work (at least 1 ms).
+    ///
+    /// One scanner sweeps every connection each tick (about an eighth of the timeout, 10 ms
+    /// to 1 s): a connection is closed within `[timeout, timeout + tick]` of its last
+    /// progress, never earlier; an event loop so busy that a sweep runs late adds that
+    /// lateness and at most one more tick.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     /// Grace period of [`ServerHandle::shutdown`](crate::ServerHandle::shutdown): how long

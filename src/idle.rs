@@ -10,8 +10,10 @@
 //! when it retired the previous period: a connection counts as idle from the end of the
 //! period of its last activity, which is never earlier than that activity, so nothing is
 //! reaped early, even by a sweep that runs late. The tick divides the timeout evenly, so on
-//! schedule a connection is reaped within `[timeout, timeout + tick]` (plus the runtime's
-//! timer jitter, which is zero under simulation).
+//! schedule a connection is reaped within `[timeout, timeout + tick]`. A sweep that runs late
+//! (a busy event loop; the runtime's timer jitter, zero under simulation) moves the end of
+//! the period it retires and the sweeps after it: a connection last active in such a period
+//! may then be reaped up to that lateness and one more tick later. Never earlier.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
