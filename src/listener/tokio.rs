@@ -61,7 +61,9 @@ tokio_socket!(tokio::net::UnixStream);
 /// the socket survives that read. Trusted as is, `Conn::readable` would return for an idle
 /// connection, whose handler then waits in a read, holding its buffer and deaf to the
 /// server draining. So readiness is confirmed with a one-byte peek (`MSG_PEEK`), which also
-/// clears it when it was stale. (async-io re-arms its one-shot registration on each wait,
+/// clears it when it was stale. Even readiness that arrives after tokio said "not yet" is
+/// peeked at: on a multi-threaded runtime the reactor may deliver, late, the event of data a
+/// read already took. (async-io re-arms its one-shot registration on each wait,
 /// which reports the socket's real state, so it needs no peek.)
 #[derive(Debug)]
 pub(crate) struct TokioStream<T> {
