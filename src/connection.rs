@@ -428,44 +428,53 @@ impl<F: Future<Output = ()>> Future for Supervised<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         use std::panic::{AssertUnwindSafe, catch_unwind};
         let mut this = self.project();
-        let Some(handler) = this.handler.as_mut().as_pin_mut() else {
-            return Poll::Ready(Outcome::Done);
-        };
-        match catch_unwind(AssertUnwindSafe(|| handler.poll(cx))) {
-            Ok(Poll::Ready(())) => {
-                return Poll::Ready(match drop_guarded(this.handler) {
-                    None => Outcome::Done,
-                    Some(message) => Outcome::Panicked(message),
-                });
+        // A server-side close cancels the handler only once it has been polled with the close
+        // visible: its pending I/O then fails (TimedOut, ConnectionAborted) and it may react.
+        // A close that lands during a poll earns one more poll (at most: the next sees it).
+        loop {
+            let Some(handler) = this.handler.as_mut().as_pin_mut() else {
+                return Poll::Ready(Outcome::Done);
+            };
+            let closed_before = this.conn.closed_by_server();
+            match catch_unwind(AssertUnwindSafe(|| handler.poll(cx))) {
+                Ok(Poll::Ready(())) => {
+                    return Poll::Ready(match drop_guarded(this.handler.as_mut()) {
+                        None => Outcome::Done,
+                        Some(message) => Outcome::Panicked(message),
+                    });
+                }
+                Ok(Poll::Pending) => {}
+                Err(payload) => {
+                    // Marked before the handler (and its Conn) is dropped, so the Closed
+                    // event says Panicked.
+                    this.conn.mark_panicked();
+                    let _ = drop_guarded(this.handler.as_mut());
+                    return Poll::Ready(Outcome::Panicked(crate::unwind::message(&*payload)));
+                }
             }
-            Ok(Poll::Pending) => {}
-            Err(payload) => {
-                // Marked before the handler (and its Conn) is dropped, so the Closed event
-                // says Panicked.
-                this.conn.mark_panicked();
-                let _ = drop_guarded(this.handler);
-                return Poll::Ready(Outcome::Panicked(crate::unwind::message(&*payload)));
+            // Only a server-side close cancels: a handler that dropped its Conn early and
+            // carries on is left alone (its connection has already ended).
+            if closed_before {
+                return Poll::Ready(cancel(this.handler.as_mut()));
             }
+            if this.conn.closed_by_server() {
+                continue;
+            }
+            // The slot's task waker is consumed only by the close that kills this handler,
+            // so skipping an unchanged registration cannot lose a wake-up.
+            if !this
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                this.conn.register_task(cx.waker());
+                *this.registered = Some(cx.waker().clone());
+            }
+            if this.conn.closed_by_server() {
+                continue;
+            }
+            return Poll::Pending;
         }
-        // Only a server-side close cancels: a handler that dropped its Conn early and
-        // carries on is left alone (its connection has already ended).
-        if this.conn.closed_by_server() {
-            return Poll::Ready(cancel(this.handler));
-        }
-        // The slot's task waker is consumed only by the close that kills this handler, so
-        // skipping an unchanged registration cannot lose a wake-up.
-        if !this
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            this.conn.register_task(cx.waker());
-            *this.registered = Some(cx.waker().clone());
-        }
-        if this.conn.closed_by_server() {
-            return Poll::Ready(cancel(this.handler));
-        }
-        Poll::Pending
     }
 }
 

@@ -1147,15 +1147,19 @@ pub fn conn_handle_close_aborts_pending_io<R: Rt>() {
             }
         });
         let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
-        let h = handles_rx.recv().await.unwrap();
+        let step = Duration::from_secs(10);
+        let h = within(step, "the handler's ConnHandle", handles_rx.recv())
+            .await
+            .unwrap();
         assert!(h.close());
         assert!(!h.close(), "closing twice reports false");
-        let r = within(LIMIT, "the read's error", errors_rx.recv())
+        let r = within(step, "the read's error", errors_rx.recv())
             .await
             .unwrap();
         assert_eq!(r, Err(io::ErrorKind::ConnectionAborted));
-        assert_closed_by_server(&mut c, 0).await;
-        assert_eq!(rec.closed().await.1, CloseReason::Aborted);
+        within(step, "the client's EOF", assert_closed_by_server(&mut c, 0)).await;
+        let closed = within(step, "the Closed event", rec.closed()).await;
+        assert_eq!(closed.1, CloseReason::Aborted);
         handle
             .shutdown_within(Duration::from_secs(5))
             .await
