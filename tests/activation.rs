@@ -48,29 +48,16 @@ fn systemd_socket_activation_hands_a_bound_socket_to_the_echo_example() {
     rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::empty()).unwrap();
     let fd = listener.as_raw_fd().to_string();
     let echo = example_bin("echo");
-    // sh moves the socket to fd 3 and sets LISTEN_PID to its own pid, which `exec` keeps:
+    // bash moves the socket to fd 3 and sets LISTEN_PID to its own pid, which `exec` keeps:
     // what systemd does between fork and exec. --addr names a port that is never bound.
-    let mut child = Command::new("sh")
+    // (Not sh: dash takes only one-digit descriptors, and the socket's may be 10 or more.)
+    let mut command = Command::new("bash");
+    command
         .arg("-c")
         .arg(r#"exec 3<&"$0"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$1" --addr 127.0.0.1:9"#)
         .arg(&fd)
-        .arg(&echo)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let child_out = child.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(child_out)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let example = Example { child, lines };
+        .arg(&echo);
+    let example = Example::start(command);
     assert_eq!(
         example.line(),
         format!("listening on {addr}"),

@@ -170,7 +170,7 @@ fn plain_tls_and_unix_listeners_share_one_server() {
         .await;
         assert!(rest.is_empty(), "{rest:?}");
         let report = report.unwrap();
-        assert_eq!((report.drained, report.forced), (2, 0));
+        assert_eq!((report.drained, report.forced), (2, 0), "{:#?}", rec.log());
         assert!(async_net::TcpStream::connect(plain_addr).await.is_err());
         assert!(async_net::TcpStream::connect(tls_addr).await.is_err());
         assert!(!sock.exists(), "the Unix socket file is removed");

@@ -111,7 +111,7 @@ impl Listener for TcpListener {
                     stream.get_ref().set_nodelay(true)?;
                 }
                 let local_addr = stream.get_ref().local_addr()?;
-                let stream = Inner::AsyncIo(super::async_io::AsyncIoStream(stream));
+                let stream = Inner::AsyncIo(super::async_io::AsyncIoStream::new(stream));
                 (stream, peer_addr, local_addr)
             }
             #[cfg(feature = "tokio")]

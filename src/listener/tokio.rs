@@ -14,21 +14,6 @@ pub(crate) trait TokioSocket: AsyncRead + AsyncWrite + Unpin {
     fn peek_one(&self) -> io::Result<usize>;
 }
 
-/// `recv(MSG_PEEK)` of one byte: whether the socket has something to read, consuming nothing.
-#[cfg(unix)]
-fn peek_one(socket: &impl std::os::fd::AsFd) -> io::Result<usize> {
-    let mut byte = [0u8; 1];
-    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-    let (_, n) = rustix::net::recv(socket, &mut byte[..], flags)?;
-    Ok(n)
-}
-
-/// Elsewhere tokio's readiness is taken as it is.
-#[cfg(not(unix))]
-fn peek_one<T>(_: &T) -> io::Result<usize> {
-    Ok(1)
-}
-
 macro_rules! tokio_socket {
     ($ty:ty) => {
         impl TokioSocket for $ty {
@@ -43,7 +28,7 @@ macro_rules! tokio_socket {
                 <$ty>::try_io(self, interest, f)
             }
             fn peek_one(&self) -> io::Result<usize> {
-                peek_one(self)
+                super::stream::peek_one(self)
             }
         }
     };
@@ -63,8 +48,7 @@ tokio_socket!(tokio::net::UnixStream);
 /// server draining. So readiness is confirmed with a one-byte peek (`MSG_PEEK`), which also
 /// clears it when it was stale. Even readiness that arrives after tokio said "not yet" is
 /// peeked at: on a multi-threaded runtime the reactor may deliver, late, the event of data a
-/// read already took. (async-io re-arms its one-shot registration on each wait,
-/// which reports the socket's real state, so it needs no peek.)
+/// read already took. (async-io needs a peek only after a read, see `AsyncIoStream`.)
 #[derive(Debug)]
 pub(crate) struct TokioStream<T> {
     inner: T,

@@ -239,7 +239,10 @@ impl Listener for UnixListener {
             Backend::AsyncIo(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 let peer = peer.as_pathname().map(Arc::from);
-                (Inner::AsyncIo(super::async_io::AsyncIoStream(stream)), peer)
+                (
+                    Inner::AsyncIo(super::async_io::AsyncIoStream::new(stream)),
+                    peer,
+                )
             }
             #[cfg(feature = "tokio")]
             Backend::Tokio(listener) => {

@@ -29,12 +29,20 @@ pub fn example_bin(name: &str) -> PathBuf {
 pub struct Example {
     pub child: Child,
     pub lines: mpsc::Receiver<String>,
+    /// Everything the child wrote to stderr, once it closed it.
+    stderr: mpsc::Receiver<String>,
 }
 
 impl Example {
     pub fn spawn(name: &str, args: &[&str]) -> Example {
-        let mut child = Command::new(example_bin(name))
-            .args(args)
+        let mut command = Command::new(example_bin(name));
+        command.args(args);
+        Example::start(command)
+    }
+
+    /// Runs `command` with its stdout read line by line and its stderr kept.
+    pub fn start(mut command: Command) -> Example {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -46,14 +54,32 @@ impl Example {
                 let _ = tx.send(line);
             }
         });
-        Example { child, lines }
+        let (tx, stderr) = mpsc::channel();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            let _ = tx.send(s);
+        });
+        Example {
+            child,
+            lines,
+            stderr,
+        }
     }
 
     /// The next line of its stdout.
     pub fn line(&self) -> String {
-        self.lines
-            .recv_timeout(WAIT)
-            .expect("a line from the example")
+        match self.lines.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no line from the example within {WAIT:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let stderr = self.stderr.recv_timeout(WAIT).unwrap_or_default();
+                panic!("the example closed its stdout (exited?); its stderr:\n{stderr}")
+            }
+        }
     }
 
     /// The address from its `listening on ADDR` line.
@@ -76,14 +102,8 @@ impl Example {
 
     /// Waits for exit (bounded), returning the status and stderr.
     pub fn wait(mut self) -> (std::process::ExitStatus, String) {
-        let mut stderr = self.child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            let _ = tx.send(s);
-        });
-        let err = rx
+        let err = self
+            .stderr
             .recv_timeout(WAIT)
             .unwrap_or_else(|_| panic!("the example did not exit within {WAIT:?}"));
         let status = self.child.wait().unwrap();

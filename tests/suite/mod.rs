@@ -56,6 +56,7 @@ macro_rules! all_tests {
             struct_handler_serves_with_its_own_state,
             readable_waits_without_consuming_and_fails_when_closed,
             readable_returns_when_draining_begins,
+            readable_after_a_read_that_waited_is_not_stale,
             idle_timeout_fails_a_blocked_write,
             idle_timeout_cancels_a_handler_doing_no_io,
             nodelay_is_configurable_and_set_before_the_tune_hook,
@@ -1304,6 +1305,61 @@ pub fn readable_waits_without_consuming_and_fails_when_closed<R: Rt>() {
         );
         assert_closed_by_server(&mut c, 0).await;
         handle.close().await;
+    });
+}
+
+/// A read that waited for its data leaves the reactor's readiness behind (async-io keeps
+/// the event that woke it; tokio caches it): `readable()` after it must not return for the
+/// bytes that read already took, or an idle handler waits in a read, deaf to the drain.
+pub fn readable_after_a_read_that_waited_is_not_stale<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let mut cfg = config();
+        cfg.linger_timeout = Duration::from_secs(3600);
+        let (handle, _rec) = start::<R>(cfg, |mut conn: Conn| async move {
+            // "ready" goes out before the read is polled, and the client sends only once it
+            // has it: the read finds nothing and waits for the reactor.
+            conn.write_all(b"ready").await.unwrap();
+            conn.flush().await.unwrap();
+            let mut byte = [0u8; 1];
+            conn.read_exact(&mut byte).await.unwrap();
+            conn.write_all(&byte).await.unwrap();
+            conn.flush().await.unwrap();
+            // Nothing more comes: only the drain ends this wait.
+            let ready = conn.readable().await;
+            let seen = if ready.is_ok() && conn.is_draining() {
+                b'D'
+            } else {
+                b'S'
+            };
+            let _ = conn.write_all(&[seen]).await;
+        });
+        let mut c = connect(handle.local_addr().as_socket_addr().unwrap()).await;
+        let mut ready = [0u8; 5];
+        within(LIMIT, "ready", c.read_exact(&mut ready))
+            .await
+            .unwrap();
+        c.write_all(b"x").await.unwrap();
+        let mut echo = [0u8; 1];
+        within(LIMIT, "the echo", c.read_exact(&mut echo))
+            .await
+            .unwrap();
+        assert_eq!(&echo, b"x");
+        let h = handle.clone();
+        let shutdown = async move { h.shutdown_within(Duration::from_secs(3600)).await };
+        let client = async {
+            let mut rest = Vec::new();
+            within(LIMIT, "the handler's verdict", c.read_to_end(&mut rest))
+                .await
+                .unwrap();
+            drop(c);
+            rest
+        };
+        let (report, rest) = futures_lite::future::zip(shutdown, client).await;
+        assert_eq!(
+            rest, b"D",
+            "S: readable() returned before the drain, for stale data"
+        );
+        assert_eq!(report.unwrap().drained, 1);
     });
 }
 
