@@ -16,6 +16,8 @@
 //! Every simulation is bounded (`simulation_duration`, a session limit, a run limit); no
 //! assertion looks at wall-clock time.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -1073,30 +1075,7 @@ async fn session(ctx: &ClientCtx, io: Box<dyn Duplex>, prefix: Option<Vec<u8>>) 
 /// per process: rcgen's keys are random, and nothing in a trace depends on them).
 fn tls_pair() -> &'static (berth::tls::TlsConfig, Arc<rustls::ClientConfig>) {
     static PAIR: OnceLock<(berth::tls::TlsConfig, Arc<rustls::ClientConfig>)> = OnceLock::new();
-    PAIR.get_or_init(|| {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["server".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.der().clone()).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        (
-            berth::tls::TlsConfig::from_pem(leaf.pem(), key.serialize_pem()),
-            Arc::new(client),
-        )
-    })
+    PAIR.get_or_init(common::tls_pair)
 }
 
 fn config(plan: &Plan) -> Config {

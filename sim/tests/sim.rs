@@ -3,6 +3,8 @@
 //! randomized campaign (`campaign.rs`). Every sim is seeded and bounded by
 //! `simulation_duration`; no assertion looks at wall-clock time.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -706,38 +708,12 @@ fn determinism_same_seed_same_trace() {
     assert_ne!(a, run(43), "another seed, another timing");
 }
 
-/// A CA-signed certificate for the name "server", and a client config trusting the CA.
-fn tls_pair() -> (berth::tls::TlsConfig, Arc<rustls::ClientConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["server".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    (
-        berth::tls::TlsConfig::from_pem(leaf.pem(), key.serialize_pem()),
-        Arc::new(client),
-    )
-}
-
 #[test]
 fn tls_echo_and_a_held_client_hello_under_simulation() {
     let mut sim = sim(9, Duration::from_secs(60)).build();
     let rec = Recorder::new();
     let handle = Shared::default();
-    let (tls, client) = tls_pair();
+    let (tls, client) = common::tls_pair();
     let config = {
         let mut c_config = Config::default();
         c_config.tls = Some(tls);

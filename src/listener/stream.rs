@@ -30,6 +30,33 @@ macro_rules! each {
     };
 }
 
+/// Defines `Backend`, a listening socket of one family on async-io's or tokio's reactor,
+/// whose descriptor an upgrade hands over.
+macro_rules! listener_backend {
+    ($async_io:ty, $tokio:ty) => {
+        #[derive(Debug)]
+        enum Backend {
+            #[cfg(feature = "async-io")]
+            AsyncIo(async_io::Async<$async_io>),
+            #[cfg(feature = "tokio")]
+            Tokio($tokio),
+        }
+
+        /// The listening socket, whichever reactor it is registered with.
+        #[cfg(unix)]
+        impl std::os::fd::AsFd for Backend {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                match self {
+                    #[cfg(feature = "async-io")]
+                    Backend::AsyncIo(listener) => listener.get_ref().as_fd(),
+                    #[cfg(feature = "tokio")]
+                    Backend::Tokio(listener) => listener.as_fd(),
+                }
+            }
+        }
+    };
+}
+
 /// Defines `$name`, an accepted socket of one family on async-io's or tokio's reactor, with
 /// futures-io, readiness, and a borrowed view of the OS socket.
 macro_rules! socket_stream {
@@ -115,4 +142,4 @@ macro_rules! socket_stream {
     };
 }
 
-pub(super) use {each, socket_stream};
+pub(super) use {each, listener_backend, socket_stream};

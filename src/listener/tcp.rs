@@ -4,7 +4,7 @@
 use std::io;
 use std::task::{Context, Poll};
 
-use super::stream::socket_stream;
+use super::stream::{listener_backend, socket_stream};
 use super::{Accepted, ByteStream, Listener, Socket};
 use crate::addr::Addr;
 use crate::config::Config;
@@ -23,26 +23,7 @@ pub struct TcpListener {
     nodelay: bool,
 }
 
-#[derive(Debug)]
-enum Backend {
-    #[cfg(feature = "async-io")]
-    AsyncIo(async_io::Async<std::net::TcpListener>),
-    #[cfg(feature = "tokio")]
-    Tokio(tokio::net::TcpListener),
-}
-
-/// The listening socket, whichever reactor it is registered with.
-#[cfg(unix)]
-impl std::os::fd::AsFd for Backend {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self {
-            #[cfg(feature = "async-io")]
-            Backend::AsyncIo(listener) => listener.get_ref().as_fd(),
-            #[cfg(feature = "tokio")]
-            Backend::Tokio(listener) => listener.as_fd(),
-        }
-    }
-}
+listener_backend!(std::net::TcpListener, tokio::net::TcpListener);
 
 socket_stream!(
     /// An accepted TCP connection on async-io's or tokio's reactor. Closing it shuts down

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use socket2::{Domain, SockAddr, Socket as RawSocket, Type};
 
-use super::stream::socket_stream;
+use super::stream::{listener_backend, socket_stream};
 use super::{Accepted, ByteStream, Listener, Socket};
 use crate::addr::{Addr, PeerCred};
 use crate::config::{Config, UnixConfig};
@@ -36,26 +36,7 @@ pub struct UnixListener {
     keep_file: Arc<AtomicBool>,
 }
 
-#[derive(Debug)]
-enum Backend {
-    #[cfg(feature = "async-io")]
-    AsyncIo(async_io::Async<std::os::unix::net::UnixListener>),
-    #[cfg(feature = "tokio")]
-    Tokio(tokio::net::UnixListener),
-}
-
-/// The listening socket, whichever reactor it is registered with.
-#[cfg(unix)]
-impl std::os::fd::AsFd for Backend {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self {
-            #[cfg(feature = "async-io")]
-            Backend::AsyncIo(listener) => listener.get_ref().as_fd(),
-            #[cfg(feature = "tokio")]
-            Backend::Tokio(listener) => listener.as_fd(),
-        }
-    }
-}
+listener_backend!(std::os::unix::net::UnixListener, tokio::net::UnixListener);
 
 socket_stream!(
     /// An accepted Unix domain socket connection on async-io's or tokio's reactor, which
