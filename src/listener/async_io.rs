@@ -25,6 +25,7 @@ pub(crate) struct AsyncIoStream<T> {
     /// for data that arrived after that read.
     waited: bool,
 }
+
 /// Sockets whose write side can be shut down: std's TCP and Unix streams.
 pub(crate) trait HalfClose {
     /// `shutdown(Write)`.
