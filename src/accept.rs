@@ -147,6 +147,11 @@ async fn accept_loop<L: Listener>(
     let proxy = core.config().proxy_protocol.clone();
     let evict = core.config().overload.evict_idle_after;
     let mut backoff: Option<Duration> = None;
+    // One wait for the stop, polled on every turn: it registers its listener once, not once
+    // per accept. Once it completes the latch is set, and the loop ends before polling it
+    // again.
+    let stopped = core.accepting_stopped();
+    futures_lite::pin!(stopped);
     while !core.stop_accepting_requested() {
         // At the limit, stop calling accept: clients wait in the kernel's backlog. Unless
         // idle connections may be evicted: then accept, and make room for the newcomer.
@@ -158,7 +163,7 @@ async fn accept_loop<L: Listener>(
         // Shutdown first: `or` polls its left side first, so a ready shutdown always wins
         // over a ready accept.
         let stop = async {
-            core.accepting_stopped().await;
+            stopped.as_mut().await;
             None
         };
         let accept = async {
@@ -246,9 +251,7 @@ async fn accept_loop<L: Listener>(
                 });
                 core.accept_error(first);
                 backoff = Some(delay);
-                core.accepting_stopped()
-                    .or(core.runtime().sleep(delay))
-                    .await;
+                stopped.as_mut().or(core.runtime().sleep(delay)).await;
             }
         }
     }

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 
 use crate::limits::{Limits, Rate, RejectReason};
+use crate::sync::lock;
 
 /// A client's key in the per-IP table: the address, IPv6 masked to the configured prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -90,11 +91,6 @@ pub(crate) struct Limiter {
     per_ip: Mutex<Table>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing panics while holding these locks; recover rather than cascade if one did.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Limiter {
     pub(crate) fn new(limits: Limits) -> Limiter {
         Limiter {
@@ -110,17 +106,16 @@ impl Limiter {
         l.per_ip() || l.accept_rate.is_some() || !l.allow.is_empty() || !l.deny.is_empty()
     }
 
+    /// The key of `ip` (IPv4-mapped addresses already turned into IPv4 by `admit`): IPv6
+    /// addresses are grouped by their `ipv6_prefix`.
     fn key(&self, ip: IpAddr) -> IpKey {
         match ip {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpKey(IpAddr::V4(v4)),
-                None => {
-                    let bits = u128::from(v6);
-                    let prefix = u32::from(self.limits.ipv6_prefix);
-                    let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
-                    IpKey(IpAddr::V6(Ipv6Addr::from(bits & mask)))
-                }
-            },
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let prefix = u32::from(self.limits.ipv6_prefix);
+                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                IpKey(IpAddr::V6(Ipv6Addr::from(bits & mask)))
+            }
             v4 => IpKey(v4),
         }
     }

@@ -87,9 +87,6 @@ struct Open {
     tls: bool,
     /// The stream's write side was closed (by the lingering close).
     closed: bool,
-    /// Bytes read and written, reported to metrics once, at the end.
-    #[cfg(feature = "metrics")]
-    bytes: (u64, u64),
 }
 
 /// What the connection task knows of a connection besides its lifecycle.
@@ -126,8 +123,6 @@ impl Conn {
                 life,
                 tls: tls.is_some(),
                 closed: false,
-                #[cfg(feature = "metrics")]
-                bytes: (0, 0),
             }),
             tls: tls.map(Box::new),
         }
@@ -369,7 +364,7 @@ impl Conn {
                 let poll = read(Pin::new(&mut open.io), cx);
                 #[cfg(feature = "metrics")]
                 if let Poll::Ready(Ok(n)) = poll {
-                    open.bytes.0 += n as u64;
+                    open.life.count_read(n);
                 }
                 poll
             },
@@ -396,7 +391,7 @@ impl Conn {
                 let poll = write(Pin::new(&mut open.io), cx);
                 #[cfg(feature = "metrics")]
                 if let Poll::Ready(Ok(n)) = poll {
-                    open.bytes.1 += n as u64;
+                    open.life.count_written(n);
                 }
                 poll
             },
@@ -582,8 +577,6 @@ impl Drop for Open {
             let mut cx = Context::from_waker(std::task::Waker::noop());
             let _ = Pin::new(&mut self.io).poll_close(&mut cx);
         }
-        #[cfg(feature = "metrics")]
-        self.life.set_bytes(self.bytes.0, self.bytes.1);
         // Then the fields drop in order: the socket closes, then the lifecycle finishes.
     }
 }

@@ -203,8 +203,8 @@ async fn via_proxy(
     let read = bounded(
         &core,
         read,
-        "no complete header within the handshake timeout".to_owned(),
-        "server shutting down".to_owned(),
+        || "no complete header within the handshake timeout".to_owned(),
+        || "server shutting down".to_owned(),
     );
     let header = match read.await {
         Ok(header) => header,
@@ -234,21 +234,22 @@ async fn via_proxy(
     }
 }
 
-/// Bounds a step of connection setup by `handshake_timeout` and a forced shutdown.
+/// Bounds a step of connection setup by `handshake_timeout` and a forced shutdown (the
+/// errors are made only when needed).
 async fn bounded<T, E>(
     core: &Core,
     step: impl Future<Output = Result<T, E>>,
-    timed_out: E,
-    forced: E,
+    timed_out: impl FnOnce() -> E,
+    forced: impl FnOnce() -> E,
 ) -> Result<T, E> {
     let timeout = core.config().handshake_timeout;
     let forced = async {
         core.forced().await;
-        Err(forced)
+        Err(forced())
     };
     match crate::runtime::timeout(&**core.runtime(), timeout, step.or(forced)).await {
         Some(result) => result,
-        None => Err(timed_out),
+        None => Err(timed_out()),
     }
 }
 
@@ -289,7 +290,13 @@ async fn handshake<S: ByteStream>(
         }
         crate::tls::handshake(config, core.tls_select(), stream).await
     };
-    let result = bounded(&core, handshake, TlsFailure::Timeout, TlsFailure::Shutdown).await;
+    let result = bounded(
+        &core,
+        handshake,
+        || TlsFailure::Timeout,
+        || TlsFailure::Shutdown,
+    )
+    .await;
     #[cfg(feature = "metrics")]
     crate::metrics::handshake(
         core.runtime().now().saturating_duration_since(started),

@@ -21,7 +21,7 @@ use futures_lite::FutureExt as _;
 
 use crate::error::Error;
 use crate::events::{ConnEvent, ServerEvent};
-use crate::latch::Latch;
+use crate::sync::{Latch, lock, read, until, write};
 
 /// Reports queued for the reporter task at most; beyond this they are dropped and counted.
 const DEFERRED_CAPACITY: usize = 4096;
@@ -59,11 +59,11 @@ struct Deferred {
 
 fn load<T: ?Sized>(slot: &RwLock<Option<Arc<T>>>) -> Option<Arc<T>> {
     // A poisoned lock only means a writer panicked mid-swap of an Arc: the value is fine.
-    slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+    read(slot).clone()
 }
 
 fn store<T: ?Sized>(slot: &RwLock<Option<Arc<T>>>, value: Option<Arc<T>>) {
-    *slot.write().unwrap_or_else(|e| e.into_inner()) = value;
+    *write(slot) = value;
 }
 
 impl Hooks {
@@ -109,7 +109,7 @@ impl Hooks {
     /// Queues `report` for the reporter task (see the module docs); never blocks.
     pub(crate) fn defer(&self, report: Report) {
         let d = &self.deferred;
-        let mut queue = d.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = lock(&d.queue);
         if queue.len() >= DEFERRED_CAPACITY {
             d.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -130,11 +130,7 @@ impl Hooks {
     pub(crate) async fn report_deferred(&self, stopped: &Latch) {
         let d = &self.deferred;
         loop {
-            let next = d
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
+            let next = lock(&d.queue).pop_front();
             match next {
                 Some(report) => {
                     match report {
@@ -161,13 +157,10 @@ impl Hooks {
     /// Waits until every queued report has been reported.
     pub(crate) async fn flushed(&self) {
         let d = &self.deferred;
-        while d.pending.load(Ordering::Acquire) > 0 {
-            let listener = d.idle.listen();
-            if d.pending.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            listener.await;
-        }
+        until(&d.idle, || {
+            (d.pending.load(Ordering::Acquire) == 0).then_some(())
+        })
+        .await
     }
 
     fn call(&self, hook: &'static str, f: impl FnOnce()) {

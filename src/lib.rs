@@ -64,7 +64,6 @@ pub mod fault;
 mod handler;
 mod hooks;
 mod idle;
-mod latch;
 mod lifecycle;
 pub mod limits;
 pub mod listener;
@@ -82,6 +81,7 @@ mod shutdown;
 #[cfg(all(unix, feature = "signal"))]
 pub mod signal;
 mod state;
+mod sync;
 pub mod tls;
 mod unwind;
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]

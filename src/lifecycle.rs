@@ -128,9 +128,16 @@ impl Lifecycle {
         self.phase = Phase::Failed(reason);
     }
 
+    /// Counts `n` bytes read, for the metrics reported at the end.
     #[cfg(feature = "metrics")]
-    pub(crate) fn set_bytes(&mut self, read: u64, written: u64) {
-        self.bytes = (read, written);
+    pub(crate) fn count_read(&mut self, n: usize) {
+        self.bytes.0 += n as u64;
+    }
+
+    /// Counts `n` bytes written, for the metrics reported at the end.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn count_written(&mut self, n: usize) {
+        self.bytes.1 += n as u64;
     }
 
     /// Why a registered connection closed. The first matching cause wins: the server closed

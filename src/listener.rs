@@ -1,10 +1,10 @@
 //! The `Listener` seam: where connections come from.
 //!
-//! The accept loop is generic over [`Listener`], so a stream's type is known statically from
-//! accept through the PROXY header and the TLS handshake. The same server runs over real
-//! TCP and Unix sockets ([`TcpListener`], [`UnixListener`], on async-io's or tokio's reactor,
-//! whichever the runtime has), over turmoil's simulated TCP (the `berth-sim` crate), or over
-//! anything else that yields futures-io streams.
+//! Each accept loop is generic over its [`Listener`]; the stream it accepts is boxed once, as
+//! a [`ByteStream`], so that one connection task serves every listener of a server. The same
+//! server runs over real TCP and Unix sockets ([`TcpListener`], [`UnixListener`], on
+//! async-io's or tokio's reactor, whichever the runtime has), over turmoil's simulated TCP
+//! (the `berth-sim` crate), or over anything else that yields futures-io streams.
 
 use std::future::Future;
 use std::io;

@@ -14,12 +14,13 @@
 //! through a stale handle compares unequal and does nothing.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use atomic_waker::AtomicWaker;
 use slab::Slab;
 
 use crate::events::CloseReason;
+use crate::sync::lock;
 
 /// The close state of a connection, stored in the low byte of a slot's word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,11 +152,6 @@ pub(crate) struct Pool {
 /// The most free slots kept for reuse; beyond this, released slots are freed, so a burst
 /// does not pin its peak memory forever.
 const MAX_FREE: usize = 4096;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // No code path panics while holding these locks; recover rather than cascade if one did.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl Pool {
     /// Takes a free slot (or allocates one), registers it as open and returns it with its

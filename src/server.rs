@@ -198,7 +198,7 @@ impl Builder {
             // `tls_server_config` replaces the first listener's TLS settings.
             let tls = match (index, &spec.tls) {
                 #[cfg(feature = "tls")]
-                (0, _) if self.tls.is_some() => Tls::Ready(self.tls.clone()),
+                (0, _) if self.tls.is_some() => self.configured_tls(),
                 (_, Some(tls)) => Tls::Load(tls.clone()),
                 (_, None) => Tls::Plain,
             };
@@ -239,8 +239,8 @@ impl Builder {
     /// The TLS settings of the first listener: `tls_server_config`, else `config.tls`.
     fn configured_tls(&self) -> Tls {
         #[cfg(feature = "tls")]
-        if self.tls.is_some() {
-            return Tls::Ready(self.tls.clone());
+        if let Some(config) = &self.tls {
+            return Tls::Ready(config.clone());
         }
         match &self.config.tls {
             Some(tls) => Tls::Load(tls.clone()),
@@ -250,55 +250,40 @@ impl Builder {
 
     /// Checks the bound listeners and builds the server, or reports the error.
     fn finish(self, bound: Result<Bound, Error>) -> Result<Server, Error> {
-        let built = bound.and_then(
-            |Bound {
-                 listeners: bound,
-                 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
-                 upgrade,
-             }| {
-                self.config.validate_settings()?;
-                let runtime = self.chosen_runtime()?;
-                let mut listeners = Vec::with_capacity(bound.len());
-                for Listening {
-                    name,
-                    listener,
-                    tls,
-                } in bound
-                {
-                    let addr = listener.local_addr().map_err(|source| Error::Bind {
-                        addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into(),
-                        source,
-                    })?;
-                    let watched = match &tls {
-                        Tls::Load(source) => Some(source.clone()),
-                        _ => None,
-                    };
-                    let tls = self.load_tls(tls)?;
-                    let endpoint = Endpoint::new(name.into(), addr, tls).watching(watched);
-                    listeners.push((Arc::new(endpoint), listener));
-                }
-                #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
-                return Ok((runtime, listeners, upgrade));
-                #[cfg(not(all(unix, any(feature = "async-io", feature = "tokio"))))]
-                Ok((runtime, listeners))
-            },
-        );
-        #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
-        let (runtime, listeners, upgrade) = match built {
+        let built = bound.and_then(|mut bound| {
+            self.config.validate_settings()?;
+            let runtime = self.chosen_runtime()?;
+            let mut listeners = Vec::with_capacity(bound.listeners.len());
+            for Listening {
+                name,
+                listener,
+                tls,
+            } in std::mem::take(&mut bound.listeners)
+            {
+                let addr = listener.local_addr().map_err(|source| Error::Bind {
+                    addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into(),
+                    source,
+                })?;
+                let watched = match &tls {
+                    Tls::Load(source) => Some(source.clone()),
+                    _ => None,
+                };
+                let tls = self.load_tls(tls)?;
+                let endpoint = Endpoint::new(name.into(), addr, tls).watching(watched);
+                listeners.push((Arc::new(endpoint), listener));
+            }
+            Ok((runtime, listeners, bound))
+        });
+        let (runtime, listeners, bound) = match built {
             Ok(built) => built,
             Err(e) => {
                 self.hooks.error(&e);
                 return Err(e);
             }
         };
+        // Without upgrades, nothing else was bound.
         #[cfg(not(all(unix, any(feature = "async-io", feature = "tokio"))))]
-        let (runtime, listeners) = match built {
-            Ok(built) => built,
-            Err(e) => {
-                self.hooks.error(&e);
-                return Err(e);
-            }
-        };
+        drop(bound);
         let endpoints = listeners.iter().map(|(e, _)| e.clone()).collect();
         let core = Core::new(runtime, self.config, self.hooks, endpoints);
         #[cfg(feature = "tls")]
@@ -310,7 +295,7 @@ impl Builder {
             listeners,
             tune: self.tune,
             #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
-            upgrade,
+            upgrade: bound.upgrade,
         })
     }
 
@@ -328,7 +313,7 @@ impl Builder {
     fn load_tls(&self, tls: Tls) -> Result<TlsSetting, Error> {
         match tls {
             Tls::Plain => Ok(None),
-            Tls::Ready(config) => Ok(config),
+            Tls::Ready(config) => Ok(Some(config)),
             Tls::Load(tls) => {
                 let (config, warnings) = tls.load()?;
                 for warning in warnings {
@@ -367,7 +352,7 @@ enum Tls {
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     Load(crate::tls::TlsConfig),
     #[cfg(feature = "tls")]
-    Ready(Option<Arc<rustls::ServerConfig>>),
+    Ready(Arc<rustls::ServerConfig>),
 }
 
 /// Serves a listening socket an upgrade handed over: TCP or Unix, as the socket says.
@@ -669,7 +654,7 @@ impl ServerHandle {
         }
         // The upgrade runs as a task of its own: a caller that stops waiting (a timeout, a
         // select) does not cut it half-way, and the next upgrade is possible once it ends.
-        let done = crate::upgrade::Oneshot::new();
+        let done = crate::sync::Oneshot::new();
         let result = done.clone();
         core.runtime()
             .spawn(Box::pin(run_upgrade(core.clone(), command, done)));
@@ -810,7 +795,7 @@ impl ServerHandle {
 async fn run_upgrade(
     core: Arc<Core>,
     command: std::process::Command,
-    done: crate::upgrade::Oneshot<Result<crate::upgrade::Upgraded, crate::upgrade::UpgradeError>>,
+    done: crate::sync::Oneshot<Result<crate::upgrade::Upgraded, crate::upgrade::UpgradeError>>,
 ) {
     use crate::upgrade::{UpgradeError, Upgraded};
     let handed = async {

@@ -59,7 +59,7 @@ struct Installed {
 static INSTALLED: Mutex<Option<Installed>> = Mutex::new(None);
 
 fn install(hangup: bool) -> std::io::Result<Arc<Received>> {
-    let mut guard = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = crate::sync::lock(&INSTALLED);
     let installed = if let Some(installed) = guard.as_mut() {
         installed
     } else {

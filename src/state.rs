@@ -8,8 +8,8 @@
 //! it depends on a mechanism.
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
@@ -22,10 +22,10 @@ use crate::events::{
     CloseReason, ConnEvent, Count, Counters, PressureLevel, ShutdownReport, Stats,
 };
 use crate::hooks::{Hooks, Report};
-use crate::latch::Latch;
 use crate::limits::RejectReason;
 use crate::pool::{Pool, Slot, SlotState};
 use crate::runtime::Runtime;
+use crate::sync::{Latch, lock, until};
 
 /// Where a server is in its life. It only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -171,10 +171,6 @@ impl std::fmt::Debug for Core {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Core {
     pub(crate) fn new(
         runtime: Arc<dyn Runtime>,
@@ -237,16 +233,7 @@ impl Core {
         let Some(max) = self.config.max_handshakes else {
             return HandshakePlace(None);
         };
-        loop {
-            if let Some(place) = self.try_handshake_place(max) {
-                return place;
-            }
-            let listener = self.handshake_done.listen();
-            if let Some(place) = self.try_handshake_place(max) {
-                return place;
-            }
-            listener.await;
-        }
+        until(&self.handshake_done, || self.try_handshake_place(max)).await
     }
 
     fn try_handshake_place(&self, max: usize) -> Option<HandshakePlace<'_>> {
@@ -372,14 +359,15 @@ impl Core {
     /// were told to stop meanwhile.
     pub(crate) async fn below(&self, max: usize) -> bool {
         use futures_lite::FutureExt as _;
+        // The usual case, on every accept: room, and no listener to register.
+        if self.open_connections() < max {
+            return true;
+        }
         let below = async {
-            while self.open_connections() >= max {
-                let listener = self.conn_closed.listen();
-                if self.open_connections() < max {
-                    break;
-                }
-                listener.await;
-            }
+            until(&self.conn_closed, || {
+                (self.open_connections() < max).then_some(())
+            })
+            .await;
             true
         };
         let stop = async {
@@ -394,18 +382,7 @@ impl Core {
     /// more than `max` between them. `None` if the accept loops were told to stop meanwhile.
     pub(crate) async fn reserve(&self, max: usize) -> Option<Reservation<'_>> {
         use futures_lite::FutureExt as _;
-        let reserve = async {
-            loop {
-                if let Some(reservation) = self.try_reserve(max) {
-                    return Some(reservation);
-                }
-                let listener = self.conn_closed.listen();
-                if let Some(reservation) = self.try_reserve(max) {
-                    return Some(reservation);
-                }
-                listener.await;
-            }
-        };
+        let reserve = async { Some(until(&self.conn_closed, || self.try_reserve(max)).await) };
         let stop = async {
             self.accepting_stopped().await;
             None
@@ -429,13 +406,7 @@ impl Core {
 
     /// Waits until [`all_closed`](Self::all_closed).
     pub(crate) async fn wait_all_closed(&self) {
-        while !self.all_closed() {
-            let listener = self.conn_closed.listen();
-            if self.all_closed() {
-                return;
-            }
-            listener.await;
-        }
+        until(&self.conn_closed, || self.all_closed().then_some(())).await
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -869,7 +840,7 @@ impl Endpoint {
     /// The TLS configuration new connections use, if this listener serves TLS.
     #[cfg(feature = "tls")]
     pub(crate) fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::sync::read(&self.tls).clone()
     }
 
     pub(crate) fn is_tls(&self) -> bool {
@@ -882,7 +853,7 @@ impl Endpoint {
     /// Replaces the TLS configuration of a TLS listener; false for a plain one.
     #[cfg(feature = "tls")]
     pub(crate) fn set_tls(&self, config: Arc<rustls::ServerConfig>) -> bool {
-        let mut current = self.tls.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = crate::sync::write(&self.tls);
         if current.is_none() {
             return false;
         }

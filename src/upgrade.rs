@@ -150,7 +150,7 @@ static HANDED: Mutex<Handed> = Mutex::new(Handed {
 });
 
 fn handed() -> std::sync::MutexGuard<'static, Handed> {
-    HANDED.lock().unwrap_or_else(|e| e.into_inner())
+    crate::sync::lock(&HANDED)
 }
 
 /// Receives the handover, once per process, if an upgrade started this process.
@@ -473,49 +473,13 @@ pub(crate) fn notify_systemd(pid: u32) -> io::Result<bool> {
     Ok(true)
 }
 
-/// A value sent once from one task or thread to another, awaited on any runtime.
-pub(crate) struct Oneshot<T> {
-    slot: std::sync::Arc<(Mutex<Option<T>>, event_listener::Event)>,
-}
-
-impl<T> Clone for Oneshot<T> {
-    fn clone(&self) -> Self {
-        Oneshot {
-            slot: self.slot.clone(),
-        }
-    }
-}
-
-impl<T> Oneshot<T> {
-    pub(crate) fn new() -> Self {
-        Oneshot {
-            slot: std::sync::Arc::new((Mutex::new(None), event_listener::Event::new())),
-        }
-    }
-
-    pub(crate) fn send(&self, value: T) {
-        *self.slot.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
-        self.slot.1.notify(usize::MAX);
-    }
-
-    pub(crate) async fn recv(&self) -> T {
-        loop {
-            let listener = self.slot.1.listen();
-            if let Some(value) = self.slot.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                return value;
-            }
-            listener.await;
-        }
-    }
-}
-
 /// Runs `f` on a thread of its own and completes with its result: blocking work awaited on
 /// any runtime, without a reactor.
 pub(crate) async fn on_thread<R: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> io::Result<R> {
-    let done = Oneshot::new();
+    let done = crate::sync::Oneshot::new();
     let sender = done.clone();
     std::thread::Builder::new()
         .name(name.to_owned())

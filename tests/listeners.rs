@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth::{Builder, Config, Conn, ConnEvent, ListenerConfig, ServerEvent, UnixConfig};
-use common::{Ev, LIMIT, Recorder, Rt, SmolRt, run, within};
+use common::{Ev, LIMIT, Recorder, Rt, SmolRt, TempDir, run, within};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 /// A throwaway CA and a certificate for localhost, as PEM, plus the CA for clients.
@@ -54,7 +54,7 @@ async fn echo_and_listener<S: futures_lite::AsyncRead + futures_lite::AsyncWrite
 
 #[test]
 fn plain_tls_and_unix_listeners_share_one_server() {
-    let dir = tempdir("three");
+    let dir = TempDir::new("listeners", "three");
     let sock = dir.join("s.sock");
     let (cert, key, root) = certificate();
     let mut config = Config::new("127.0.0.1:0");
@@ -192,11 +192,4 @@ fn listener_names_must_be_unique() {
         ),
         "{err}"
     );
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-listeners-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

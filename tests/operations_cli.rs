@@ -12,12 +12,12 @@ mod common;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
+use common::TempDir;
 use common::example::{WAIT, example_bin};
 use common::pki::{Leaf, Pki, relink, replace, revision};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -401,31 +401,6 @@ fn handshake_and_echo(
     Ok(presented)
 }
 
-/// A fresh directory, removed when dropped (also when the test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("berth-ops-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     common::pattern(len, seed)
 }
@@ -437,7 +412,7 @@ const FLOOD: usize = 48;
 const ESTABLISHED: usize = 3;
 
 fn handshake_flood_beside_established_connections(runtime: &str) {
-    let dir = TempDir::new(&format!("flood-{runtime}"));
+    let dir = TempDir::new("ops", &format!("flood-{runtime}"));
     let pki = Pki::new("operations test CA");
     let leaf = pki.leaf(&["localhost"]);
     std::fs::write(dir.join("cert.pem"), &leaf.cert_pem).unwrap();
@@ -569,7 +544,7 @@ fn served_within_two_intervals(addr: &str, client: &Arc<ClientConfig>, want: &Le
 }
 
 fn tls_watch_reloads_replaced_files(runtime: &str) {
-    let dir = TempDir::new(&format!("watch-{runtime}"));
+    let dir = TempDir::new("ops", &format!("watch-{runtime}"));
     let pki = Pki::new("operations test CA");
     let leaves: Vec<Leaf> = (0..5).map(|_| pki.leaf(&["localhost"])).collect();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));

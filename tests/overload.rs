@@ -14,7 +14,6 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -27,8 +26,8 @@ use berth::{
 };
 use common::pki::{Leaf, Pki, relink, replace, revision};
 use common::{
-    Ev, LIMIT, Recorder, Rt, SmolRt, assert_closed_by_server, completes_within, connect, run,
-    within,
+    Ev, LIMIT, Recorder, Rt, SmolRt, TempDir, assert_closed_by_server, completes_within, connect,
+    run, within,
 };
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use rustls::ClientConfig;
@@ -541,10 +540,7 @@ fn pressure_returns_to_normal_after_descriptors_ran_out<R: Rt>() {
 // --- certificates and TLS clients ---------------------------------------------------------------
 
 fn server_config(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
-    TlsConfig::from_pem(leaf.cert_pem.clone(), leaf.key_pem.clone())
-        .load()
-        .unwrap()
-        .0
+    leaf.tls_config().load().unwrap().0
 }
 
 /// A client trusting `ca` that accepts a certificate valid for `name` whatever name it
@@ -642,10 +638,7 @@ fn max_handshakes_makes_the_others_wait<R: Rt>() {
         let pki = Pki::new("overload test CA");
         let own = pki.leaf(&["localhost"]);
         let mut config = common::config();
-        config.tls = Some(TlsConfig::from_pem(
-            own.cert_pem.clone(),
-            own.key_pem.clone(),
-        ));
+        config.tls = Some(own.tls_config());
         config.max_handshakes = Some(1);
         // The handshake of "hold.test" stalls (its hook waits) until the test releases it;
         // the hook runs inside the handshake, so while it waits it holds the place.
@@ -721,10 +714,7 @@ fn a_waiting_handshake_times_out<R: Rt>() {
         let pki = Pki::new("overload test CA");
         let own = pki.leaf(&["localhost"]);
         let mut config = common::config();
-        config.tls = Some(TlsConfig::from_pem(
-            own.cert_pem.clone(),
-            own.key_pem.clone(),
-        ));
+        config.tls = Some(own.tls_config());
         config.max_handshakes = Some(1);
         config.handshake_timeout = TIMEOUT;
         // Every handshake stalls for good once it has the place.
@@ -805,10 +795,7 @@ fn places_freed_together_all_reach_waiters() {
         let pki = Pki::new("overload test CA");
         let own = pki.leaf(&["localhost"]);
         let mut config = common::config();
-        config.tls = Some(TlsConfig::from_pem(
-            own.cert_pem.clone(),
-            own.key_pem.clone(),
-        ));
+        config.tls = Some(own.tls_config());
         config.max_handshakes = Some(2);
         // "hold.test" stalls until `hold` closes, "wait.test" until `wait` closes (the end).
         let (entered_tx, entered) = async_channel::unbounded::<String>();
@@ -917,10 +904,7 @@ fn tls_select_chooses_per_server_name<R: Rt>() {
             }
         };
         let mut config = common::config();
-        config.tls = Some(TlsConfig::from_pem(
-            own.cert_pem.clone(),
-            own.key_pem.clone(),
-        ));
+        config.tls = Some(own.tls_config());
         let (handle, rec, addr) = serve_tls::<R, _, _>(config, Some(select));
 
         // a.test, offering two protocols: its certificate, and its configuration's ALPN.
@@ -996,35 +980,9 @@ fn tls_select_chooses_per_server_name<R: Rt>() {
 
 // --- 6. watched certificate files ------------------------------------------------------------------
 
-/// A fresh directory, removed when dropped (also when the test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("berth-overload-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn watched_certificates_reload<R: Rt>() {
     const WATCH: Duration = Duration::from_millis(100);
-    let dir = TempDir::new(&format!("watch-{}", R::NAME));
+    let dir = TempDir::new("overload", &format!("watch-{}", R::NAME));
     run::<R>(LIMIT, async {
         let pki = Pki::new("overload test CA");
         let leaves: Vec<Leaf> = (0..5).map(|_| pki.leaf(&["localhost"])).collect();

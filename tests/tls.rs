@@ -18,10 +18,6 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
 
-fn tls_of(leaf: &Leaf) -> TlsConfig {
-    TlsConfig::from_pem(leaf.cert_pem.clone(), leaf.key_pem.clone())
-}
-
 fn client(
     ca: CertificateDer<'static>,
     versions: &[&'static SupportedProtocolVersion],
@@ -158,7 +154,7 @@ fn tls13_and_tls12_echo_with_session_info() {
     run::<SmolRt>(LIMIT, async {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
-        let (handle, rec, infos) = start(tls_config(tls_of(&leaf)));
+        let (handle, rec, infos) = start(tls_config(leaf.tls_config()));
         assert!(handle.is_tls());
         assert!(matches!(
             rec.log()[0],
@@ -201,34 +197,38 @@ fn tls13_and_tls12_echo_with_session_info() {
     });
 }
 
+/// A client offering only versions the server does not take is refused with a
+/// `protocol_version` alert, reported as a failed handshake and closed as `TlsFailed`.
+async fn refused_for_its_version(addr: SocketAddr, client: Arc<ClientConfig>, rec: &Recorder) {
+    let refused = try_echo(addr, "localhost", client).await.unwrap_err();
+    assert_eq!(
+        rustls_error(&refused),
+        Some(&rustls::Error::AlertReceived(
+            rustls::AlertDescription::ProtocolVersion
+        )),
+        "a client without the server's versions must be refused: {refused:?}"
+    );
+    let failure = tls_failed(rec).await;
+    assert!(
+        matches!(&failure, TlsFailure::Handshake(e) if e.contains("peer is incompatible")),
+        "{failure:?}"
+    );
+    assert_eq!(rec.closed().await.1, CloseReason::TlsFailed);
+}
+
 #[test]
 fn version_pinning_refuses_other_versions() {
     run::<SmolRt>(LIMIT, async {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
         let tls = {
-            let mut c_tls = tls_of(&leaf);
+            let mut c_tls = leaf.tls_config();
             c_tls.min_version = TlsVersion::Tls13;
             c_tls
         };
         let (handle, rec, _infos) = start(tls_config(tls));
         let addr = handle.local_addr().as_socket_addr().unwrap();
-        let refused = try_echo(addr, "localhost", client(pki.ca_der(), ONLY_12, &[], None))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            rustls_error(&refused),
-            Some(&rustls::Error::AlertReceived(
-                rustls::AlertDescription::ProtocolVersion
-            )),
-            "a TLS 1.2-only client must be refused: {refused:?}"
-        );
-        let failure = tls_failed(&rec).await;
-        assert!(
-            matches!(&failure, TlsFailure::Handshake(e) if e.contains("peer is incompatible")),
-            "{failure:?}"
-        );
-        assert_eq!(rec.closed().await.1, CloseReason::TlsFailed);
+        refused_for_its_version(addr, client(pki.ca_der(), ONLY_12, &[], None), &rec).await;
         try_echo(addr, "localhost", client(pki.ca_der(), ONLY_13, &[], None))
             .await
             .unwrap();
@@ -244,7 +244,7 @@ fn max_version_pins_tls12() {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
         let tls = {
-            let mut c_tls = tls_of(&leaf);
+            let mut c_tls = leaf.tls_config();
             c_tls.max_version = TlsVersion::Tls12;
             c_tls
         };
@@ -269,22 +269,7 @@ fn max_version_pins_tls12() {
         s.close().await.unwrap();
         assert_eq!(rec.closed().await.1, CloseReason::PeerClosed);
 
-        let refused = try_echo(addr, "localhost", client(pki.ca_der(), ONLY_13, &[], None))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            rustls_error(&refused),
-            Some(&rustls::Error::AlertReceived(
-                rustls::AlertDescription::ProtocolVersion
-            )),
-            "{refused:?}"
-        );
-        let failure = tls_failed(&rec).await;
-        assert!(
-            matches!(&failure, TlsFailure::Handshake(e) if e.contains("peer is incompatible")),
-            "{failure:?}"
-        );
-        assert_eq!(rec.closed().await.1, CloseReason::TlsFailed);
+        refused_for_its_version(addr, client(pki.ca_der(), ONLY_13, &[], None), &rec).await;
         assert!(infos.try_recv().is_err(), "the handler never ran");
         assert_eq!(handle.stats().tls_failures, 1);
         handle.close().await;
@@ -322,7 +307,7 @@ fn certificate_chain_with_an_intermediate_verifies() {
         handle.close().await;
 
         // The leaf alone: the client cannot build a path to the root.
-        let (handle, _rec, _infos) = start(tls_config(tls_of(&leaf)));
+        let (handle, _rec, _infos) = start(tls_config(leaf.tls_config()));
         let addr = handle.local_addr().as_socket_addr().unwrap();
         let err = tls_connect(addr, "localhost", client(root.ca_der(), BOTH, &[], None))
             .await
@@ -351,7 +336,7 @@ fn wrong_client_certificate_is_a_tls_failure() {
         let wrong = other_ca.leaf(&["client.test"]);
         for mode in [ClientAuth::Optional, ClientAuth::Required] {
             let tls = {
-                let mut c_tls = tls_of(&leaf);
+                let mut c_tls = leaf.tls_config();
                 c_tls.client_auth = mode;
                 c_tls.client_ca = Some(PemSource::Pem(clients_ca.ca_pem()));
                 c_tls
@@ -478,7 +463,7 @@ fn alpn_is_negotiated_and_visible() {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
         let tls = {
-            let mut c_tls = tls_of(&leaf);
+            let mut c_tls = leaf.tls_config();
             c_tls.alpn = vec!["h2".into(), "http/1.1".into()];
             c_tls
         };
@@ -522,7 +507,7 @@ fn client_auth_none_optional_required() {
         let wrong = other_ca.leaf(&["client.test"]);
         for mode in [ClientAuth::None, ClientAuth::Optional, ClientAuth::Required] {
             let tls = {
-                let mut c_tls = tls_of(&leaf);
+                let mut c_tls = leaf.tls_config();
                 c_tls.client_auth = mode;
                 c_tls.client_ca =
                     (mode != ClientAuth::None).then(|| PemSource::Pem(clients_ca.ca_pem()));
@@ -578,7 +563,7 @@ fn handshake_timeout_drops_silent_and_half_hello_clients() {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
         let config = {
-            let mut c_config = tls_config(tls_of(&leaf));
+            let mut c_config = tls_config(leaf.tls_config());
             c_config.handshake_timeout = Duration::from_millis(300);
             c_config
         };
@@ -613,7 +598,7 @@ fn two_hundred_silent_clients_do_not_delay_a_good_one() {
     run::<SmolRt>(LIMIT, async {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
-        let (handle, rec, _infos) = start(tls_config(tls_of(&leaf))); // 10 s handshake timeout
+        let (handle, rec, _infos) = start(tls_config(leaf.tls_config())); // 10 s handshake timeout
         let addr = handle.local_addr().as_socket_addr().unwrap();
         let mut silent = Vec::new();
         for _ in 0..200 {
@@ -659,7 +644,7 @@ fn garbage_and_plain_text_fail_only_their_connection() {
     run::<SmolRt>(LIMIT, async {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
-        let (handle, rec, _infos) = start(tls_config(tls_of(&leaf)));
+        let (handle, rec, _infos) = start(tls_config(leaf.tls_config()));
         let addr = handle.local_addr().as_socket_addr().unwrap();
         for junk in [
             common::pattern(4096, 1),
@@ -696,7 +681,7 @@ fn reload_changes_the_certificate_for_new_connections_only() {
         let pki = Pki::new("ca");
         let first = pki.leaf(&["localhost"]);
         let second = pki.leaf(&["localhost"]);
-        let (handle, _rec, _infos) = start(tls_config(tls_of(&first)));
+        let (handle, _rec, _infos) = start(tls_config(first.tls_config()));
         let addr = handle.local_addr().as_socket_addr().unwrap();
         let c = || client(pki.ca_der(), BOTH, &[], None);
         let mut established = tls_connect(addr, "localhost", c()).await.unwrap();
@@ -705,7 +690,7 @@ fn reload_changes_the_certificate_for_new_connections_only() {
             first.der
         );
 
-        handle.reload_tls(&tls_of(&second)).unwrap();
+        handle.reload_tls(&second.tls_config()).unwrap();
         assert_eq!(try_echo(addr, "localhost", c()).await.unwrap(), second.der);
         // The established session is unaffected.
         established.write_all(b"ping").await.unwrap();
@@ -736,7 +721,7 @@ fn reload_of_a_plain_server_is_refused() {
         let (handle, _rec, _infos) = start(Config::new("127.0.0.1:0"));
         assert!(!handle.is_tls());
         assert!(matches!(
-            handle.reload_tls(&tls_of(&leaf)),
+            handle.reload_tls(&leaf.tls_config()),
             Err(Error::Tls(berth::tls::TlsError::NotEnabled))
         ));
         handle.close().await;
@@ -748,7 +733,7 @@ fn user_built_rustls_config_is_served() {
     run::<SmolRt>(LIMIT, async {
         let pki = Pki::new("ca");
         let leaf = pki.leaf(&["localhost"]);
-        let (config, _) = tls_of(&leaf).load().unwrap();
+        let (config, _) = leaf.tls_config().load().unwrap();
         let (tx, _rx) = async_channel::unbounded();
         let handle = Builder::new(Config::new("127.0.0.1:0"))
             .runtime(berth::runtime::Smol::global())
@@ -811,14 +796,14 @@ fn tls_configuration_errors_name_the_problem() {
     ));
     assert!(mismatch.contains("does not match"), "{mismatch}");
     let inverted = message({
-        let mut c_tls = tls_of(&leaf);
+        let mut c_tls = leaf.tls_config();
         c_tls.min_version = TlsVersion::Tls13;
         c_tls.max_version = TlsVersion::Tls12;
         c_tls
     });
     assert!(inverted.contains("min_version"), "{inverted}");
     let cipher = message({
-        let mut c_tls = tls_of(&leaf);
+        let mut c_tls = leaf.tls_config();
         c_tls.cipher_suites = vec!["TLS_NOT_A_SUITE".into()];
         c_tls
     });
@@ -827,14 +812,14 @@ fn tls_configuration_errors_name_the_problem() {
         "{cipher}"
     );
     bind({
-        let mut c_tls = tls_of(&leaf);
+        let mut c_tls = leaf.tls_config();
         c_tls.cipher_suites = vec!["TLS13_AES_256_GCM_SHA384".into()];
         c_tls
     })
     .unwrap();
     for ca in [None, Some(PemSource::Pem(String::new()))] {
         let empty_ca = message({
-            let mut c_tls = tls_of(&leaf);
+            let mut c_tls = leaf.tls_config();
             c_tls.client_auth = ClientAuth::Required;
             c_tls.client_ca = ca;
             c_tls
@@ -860,7 +845,7 @@ fn tls_configuration_errors_name_the_problem() {
     ));
     assert!(matches!(
         Builder::new({
-            let mut c_config = tls_config(tls_of(&leaf));
+            let mut c_config = tls_config(leaf.tls_config());
             c_config.handshake_timeout = Duration::ZERO;
             c_config
         })
@@ -881,7 +866,8 @@ fn expired_certificate_is_reported_at_load() {
         let rec = Recorder::new();
         let server = rec
             .attach(
-                Builder::new(tls_config(tls_of(&expired))).runtime(berth::runtime::Smol::global()),
+                Builder::new(tls_config(expired.tls_config()))
+                    .runtime(berth::runtime::Smol::global()),
             )
             .bind()
             .expect("an expired certificate is a warning, not a bind failure");
@@ -925,7 +911,7 @@ fn session_resumption_is_on_by_default_and_can_be_turned_off() {
         let leaf = pki.leaf(&["localhost"]);
         for (resumption, versions) in [(true, ONLY_13), (true, ONLY_12), (false, ONLY_13)] {
             let tls = {
-                let mut c_tls = tls_of(&leaf);
+                let mut c_tls = leaf.tls_config();
                 c_tls.session_resumption = resumption;
                 c_tls
             };
@@ -966,7 +952,7 @@ fn idle_tls_connections_drain_without_being_forced() {
         let handle = rec
             .attach(
                 Builder::new({
-                    let mut c_config = tls_config(tls_of(&leaf));
+                    let mut c_config = tls_config(leaf.tls_config());
                     c_config.linger_timeout = Duration::from_secs(3600);
                     c_config
                 })
@@ -1031,7 +1017,7 @@ fn tls_over_a_unix_socket_keeps_peer_credentials() {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tls.sock");
         let config = {
-            let mut c_config = tls_config(tls_of(&leaf));
+            let mut c_config = tls_config(leaf.tls_config());
             c_config.unix = Some(berth::UnixConfig::new(&path));
             c_config
         };

@@ -329,3 +329,30 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A fresh directory under the system's temporary directory, removed when dropped (also
+/// when the test fails).
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// `berth-{suite}-{pid}-{name}`, emptied if it exists.
+    pub fn new(suite: &str, name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("berth-{suite}-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -21,6 +21,13 @@ pub struct Leaf {
     pub der: CertificateDer<'static>,
 }
 
+impl Leaf {
+    /// The server configuration that serves this certificate.
+    pub fn tls_config(&self) -> berth::tls::TlsConfig {
+        berth::tls::TlsConfig::from_pem(self.cert_pem.clone(), self.key_pem.clone())
+    }
+}
+
 fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
