@@ -412,9 +412,12 @@ impl Config {
 
     /// The names of [`all_listeners`](Self::all_listeners), in order.
     pub fn listener_names(&self) -> Vec<String> {
-        self.all_listeners()
-            .iter()
-            .map(ListenerConfig::name)
+        let first = match &self.unix {
+            Some(unix) => unix.path.display().to_string(),
+            None => self.address.clone(),
+        };
+        std::iter::once(first)
+            .chain(self.listeners.iter().map(ListenerConfig::name))
             .collect()
     }
 
@@ -485,13 +488,12 @@ impl Config {
             unix.validate()?;
         }
         let mut names = std::collections::BTreeSet::new();
-        for (index, listener) in self.all_listeners().iter().enumerate() {
+        for (index, name) in self.listener_names().into_iter().enumerate() {
             // The first is `address`/`unix`, checked above (the address only when binding:
             // a server given its own listener does not use it).
-            if index > 0 {
+            if let Some(listener) = index.checked_sub(1).map(|i| &self.listeners[i]) {
                 listener.validate()?;
             }
-            let name = listener.name();
             if !names.insert(name.clone()) {
                 return Err(ConfigError::DuplicateListenerName(name));
             }

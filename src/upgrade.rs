@@ -329,7 +329,7 @@ fn talk(
         match reader.read_line(&mut line) {
             Ok(0) => {
                 // It closed the channel without a word: it failed, or is failing.
-                let _ = child.wait_timeout_brief();
+                let _ = wait_briefly(child);
                 exited(child)?;
                 return Err(UpgradeError::Exited(
                     "it closed the handover channel before it was ready".into(),
@@ -368,18 +368,12 @@ fn waited(e: &io::Error) -> bool {
 }
 
 /// Waits a moment for a child that closed its end to exit, so its status can be reported.
-trait WaitBriefly {
-    fn wait_timeout_brief(&mut self) -> io::Result<()>;
-}
-
-impl WaitBriefly for Child {
-    fn wait_timeout_brief(&mut self) -> io::Result<()> {
-        let until = Instant::now() + Duration::from_secs(1);
-        while self.try_wait()?.is_none() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
+fn wait_briefly(child: &mut Child) -> io::Result<()> {
+    let until = Instant::now() + Duration::from_secs(1);
+    while child.try_wait()?.is_none() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
     }
+    Ok(())
 }
 
 fn send(stream: &UnixStream, listeners: &[(String, OwnedFd)]) -> io::Result<()> {

@@ -12,24 +12,18 @@ use crate::config::Config;
 use crate::error::Error;
 
 /// The first socket passed by systemd socket activation (`LISTEN_FDS`/`LISTEN_PID`), if
-/// this process was given one, made non-blocking.
+/// this process was given one (registering it makes it non-blocking).
 pub(crate) fn inherited_tcp() -> Result<Option<std::net::TcpListener>, Error> {
-    let err = |source| Error::Bind {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)).into(),
-        source,
-    };
-    let listener = listenfd::ListenFd::from_env()
+    listenfd::ListenFd::from_env()
         .take_tcp_listener(0)
-        .map_err(err)?;
-    if let Some(listener) = &listener {
-        listener.set_nonblocking(true).map_err(err)?;
-    }
-    Ok(listener)
+        .map_err(|source| Error::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)).into(),
+            source,
+        })
 }
 
-/// Validates `config` and returns a bound, listening, non-blocking std listener, with the
-/// address it was bound as (for errors while registering it with a reactor).
-pub(crate) fn bind_tcp(config: &Config) -> Result<(std::net::TcpListener, SocketAddr), Error> {
+/// Validates `config` and returns a bound, listening std listener.
+pub(crate) fn bind_tcp(config: &Config) -> Result<std::net::TcpListener, Error> {
     config.validate()?;
     let addr = config.resolve_address()?;
     let bind_err = |source| Error::Bind {
@@ -51,15 +45,14 @@ pub(crate) fn bind_tcp(config: &Config) -> Result<(std::net::TcpListener, Socket
     }
     socket.bind(&addr.into()).map_err(bind_err)?;
     listen(socket, config.backlog)
-        .map(|listener| (listener.into(), addr))
+        .map(Into::into)
         .map_err(bind_err)
 }
 
-/// Listens with `backlog` (checked by `validate_settings` to fit an i32) and makes the
-/// socket non-blocking.
+/// Listens with `backlog` (checked by `validate_settings` to fit an i32); registering the
+/// socket with a reactor makes it non-blocking.
 pub(crate) fn listen(socket: Socket, backlog: u32) -> io::Result<Socket> {
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    socket.set_nonblocking(true)?;
     Ok(socket)
 }
 

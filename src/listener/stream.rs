@@ -54,6 +54,47 @@ macro_rules! listener_backend {
                 }
             }
         }
+
+        impl Backend {
+            /// Makes a listening socket non-blocking and registers it with `reactor`.
+            fn register(
+                listener: $async_io,
+                reactor: &crate::runtime::Reactor,
+            ) -> std::io::Result<Self> {
+                listener.set_nonblocking(true)?;
+                match reactor {
+                    #[cfg(feature = "async-io")]
+                    crate::runtime::Reactor::AsyncIo => {
+                        Ok(Backend::AsyncIo(async_io::Async::new(listener)?))
+                    }
+                    #[cfg(feature = "tokio")]
+                    crate::runtime::Reactor::Tokio(handle) => {
+                        Ok(Backend::Tokio(super::tokio::register(handle, || {
+                            <$tokio>::from_std(listener)
+                        })?))
+                    }
+                    // Callers check the reactor first (`socket::check_reactor`).
+                    crate::runtime::Reactor::None => Err(std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        crate::error::ConfigError::NoReactor.to_string(),
+                    )),
+                }
+            }
+
+            /// A descriptor of the listening socket of its own, to hand over.
+            #[cfg(unix)]
+            fn dup(&self) -> Option<std::os::fd::OwnedFd> {
+                use std::os::fd::AsFd;
+                self.as_fd().try_clone_to_owned().ok()
+            }
+
+            /// Whether a connection waits to be accepted.
+            #[cfg(unix)]
+            fn has_pending(&self) -> bool {
+                use std::os::fd::AsFd;
+                super::socket::has_pending(self.as_fd())
+            }
+        }
     };
 }
 

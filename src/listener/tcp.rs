@@ -8,7 +8,7 @@ use super::stream::{listener_backend, socket_stream};
 use super::{Accepted, ByteStream, Listener, Socket};
 use crate::addr::Addr;
 use crate::config::Config;
-use crate::error::{ConfigError, Error};
+use crate::error::Error;
 use crate::runtime::Reactor;
 
 /// A TCP listener built from a [`Config`] (address, backlog, reuse_port, nodelay), on the
@@ -42,7 +42,7 @@ impl TcpListener {
     /// address not local).
     pub fn bind(config: &Config, reactor: &Reactor) -> Result<Self, Error> {
         super::socket::check_reactor(reactor)?;
-        let (std, _) = super::socket::bind_tcp(config)?;
+        let std = super::socket::bind_tcp(config)?;
         Self::from_std(std, config.nodelay, reactor)
     }
 
@@ -56,24 +56,14 @@ impl TcpListener {
         nodelay: bool,
         reactor: &Reactor,
     ) -> Result<Self, Error> {
+        super::socket::check_reactor(reactor)?;
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        let bind_err = |source| Error::Bind {
+        let inner = Backend::register(listener, reactor).map_err(|source| Error::Bind {
             addr: addr.into(),
             source,
-        };
-        listener.set_nonblocking(true).map_err(bind_err)?;
-        let inner = match reactor {
-            #[cfg(feature = "async-io")]
-            Reactor::AsyncIo => Backend::AsyncIo(async_io::Async::new(listener).map_err(bind_err)?),
-            #[cfg(feature = "tokio")]
-            Reactor::Tokio(handle) => Backend::Tokio(
-                super::tokio::register(handle, || tokio::net::TcpListener::from_std(listener))
-                    .map_err(bind_err)?,
-            ),
-            Reactor::None => return Err(ConfigError::NoReactor.into()),
-        };
+        })?;
         Ok(TcpListener { inner, nodelay })
     }
 }
@@ -115,15 +105,12 @@ impl Listener for TcpListener {
 
     #[cfg(unix)]
     fn handover(&self) -> Option<super::Handover> {
-        use std::os::fd::AsFd;
-        let fd = self.inner.as_fd().try_clone_to_owned();
-        fd.ok().map(super::Handover::new)
+        self.inner.dup().map(super::Handover::new)
     }
 
     #[cfg(unix)]
     fn has_pending(&self) -> bool {
-        use std::os::fd::AsFd;
-        super::socket::has_pending(self.inner.as_fd())
+        self.inner.has_pending()
     }
 
     fn local_addr(&self) -> io::Result<Addr> {

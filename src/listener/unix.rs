@@ -75,7 +75,7 @@ impl UnixListener {
             set_owner_and_mode(&path, unix)?;
             // Only now can clients connect: before listen() they are refused.
             let socket = super::socket::listen(socket, config.backlog)?;
-            let inner = register(socket.into(), reactor)?;
+            let inner = Backend::register(socket.into(), reactor)?;
             Ok((inner, (created.dev(), created.ino())))
         })();
         match listening {
@@ -104,13 +104,10 @@ impl UnixListener {
             .local_addr()
             .ok()
             .and_then(|a| a.as_pathname().map(Arc::from));
-        let inner = listener
-            .set_nonblocking(true)
-            .and_then(|()| register(listener, reactor))
-            .map_err(|source| Error::Bind {
-                addr: Addr::Unix(path.clone()),
-                source,
-            })?;
+        let inner = Backend::register(listener, reactor).map_err(|source| Error::Bind {
+            addr: Addr::Unix(path.clone()),
+            source,
+        })?;
         Ok(UnixListener {
             inner,
             path,
@@ -136,22 +133,6 @@ impl UnixListener {
                 .then(|| (meta.dev(), meta.ino()))
         });
         Ok(adopted)
-    }
-}
-
-/// Registers a non-blocking listening socket with `reactor` (checked to be a real one).
-fn register(listener: std::os::unix::net::UnixListener, reactor: &Reactor) -> io::Result<Backend> {
-    match reactor {
-        #[cfg(feature = "async-io")]
-        Reactor::AsyncIo => Ok(Backend::AsyncIo(async_io::Async::new(listener)?)),
-        #[cfg(feature = "tokio")]
-        Reactor::Tokio(handle) => Ok(Backend::Tokio(super::tokio::register(handle, || {
-            tokio::net::UnixListener::from_std(listener)
-        })?)),
-        Reactor::None => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            ConfigError::NoReactor.to_string(),
-        )),
     }
 }
 
@@ -241,8 +222,7 @@ impl Listener for UnixListener {
 
     #[cfg(unix)]
     fn has_pending(&self) -> bool {
-        use std::os::fd::AsFd;
-        super::socket::has_pending(self.inner.as_fd())
+        self.inner.has_pending()
     }
 
     fn local_addr(&self) -> io::Result<Addr> {
@@ -250,10 +230,8 @@ impl Listener for UnixListener {
     }
 
     fn handover(&self) -> Option<super::Handover> {
-        use std::os::fd::AsFd;
-        let fd = self.inner.as_fd().try_clone_to_owned();
         Some(super::Handover {
-            fd: fd.ok()?,
+            fd: self.inner.dup()?,
             keep_file: Some(self.keep_file.clone()),
         })
     }

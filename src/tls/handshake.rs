@@ -88,13 +88,13 @@ pub struct ClientHelloInfo {
 
 fn info(conn: &rustls::ServerConnection) -> TlsInfo {
     TlsInfo {
-        version: match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_2) => TlsVersion::Tls12,
-            _ => TlsVersion::Tls13,
-        },
+        version: conn
+            .protocol_version()
+            .map_or(TlsVersion::Tls13, TlsVersion::of),
         cipher_suite: conn
             .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
+            .as_ref()
+            .map(super::suite_name)
             .unwrap_or_default(),
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
         server_name: conn.server_name().map(str::to_owned),

@@ -141,7 +141,7 @@ impl TlsConfig {
     fn provider(&self) -> Result<CryptoProvider, TlsError> {
         let mut provider = rustls::crypto::ring::default_provider();
         if !self.cipher_suites.is_empty() {
-            let name = |s: &rustls::SupportedCipherSuite| format!("{:?}", s.suite());
+            let name = super::suite_name;
             let mut chosen = Vec::new();
             for wanted in &self.cipher_suites {
                 let found = provider
@@ -160,10 +160,7 @@ impl TlsConfig {
                 chosen.push(*found);
             }
             let usable = chosen.iter().any(|s| {
-                let v = match s.version().version {
-                    rustls::ProtocolVersion::TLSv1_2 => TlsVersion::Tls12,
-                    _ => TlsVersion::Tls13,
-                };
+                let v = TlsVersion::of(s.version().version);
                 (self.min_version..=self.max_version).contains(&v)
             });
             if !usable {

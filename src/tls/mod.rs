@@ -55,6 +55,23 @@ impl fmt::Display for TlsVersion {
     }
 }
 
+#[cfg(feature = "tls")]
+impl TlsVersion {
+    /// A rustls version: 1.2, or 1.3 (the only other one berth enables).
+    pub(crate) fn of(version: rustls::ProtocolVersion) -> TlsVersion {
+        match version {
+            rustls::ProtocolVersion::TLSv1_2 => TlsVersion::Tls12,
+            _ => TlsVersion::Tls13,
+        }
+    }
+}
+
+/// A cipher suite's name, as configured (`cipher_suites`) and reported (`TlsInfo`).
+#[cfg(feature = "tls")]
+pub(crate) fn suite_name(suite: &rustls::SupportedCipherSuite) -> String {
+    format!("{:?}", suite.suite())
+}
+
 /// What a TLS connection negotiated, from [`Conn::tls`](crate::Conn::tls).
 ///
 /// Its `Debug` output is for people: ALPN as text and client certificates by subject, not as
