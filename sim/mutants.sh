@@ -40,7 +40,7 @@ drain-no-wake|src/state.rs|starting the drain does not wake handlers waiting in 
 forced-skips-lingering|src/shutdown.rs src/conn.rs|the deadline does not close connections in a lingering close (the sweep skips them and the lingering close ignores the force)|s/if slot\.close\(generation, SlotState::ShutdownForced\) && slot\.flags\(\) & LINGERING != 0 \{/if slot.flags() & LINGERING != 0 || (slot.close(generation, SlotState::ShutdownForced) && false) {/ ;; s/\n\s*\.or\(core\.forced\(\)\)(\s*\.or\(by_server\))/$1/
 first-request-grace-ignored|src/conn.rs|a connection that has sent nothing yet is told to drain at once (no first-request grace)|s/(fn drain_due\(core.*?\{\s*)if slot\.flags\(\) & SAW_DATA != 0 \{/$1if true {/s
 linger-ignores-server-close|src/conn.rs|a lingering close is not ended by a server-side close (idle timeout, ConnHandle)|s/\n\s*\.or\(by_server\)//
-accept-backoff-ignores-shutdown|src/accept.rs|the accept loop's error back-off does not wake for a shutdown|s/core\.accepting_stopped\(\)\s*\.or\(core\.runtime\(\)\.sleep\(delay\)\)\s*\.await;/core.runtime().sleep(delay).await;/
+accept-backoff-ignores-shutdown|src/accept.rs|the accept loop's error back-off does not wake for a shutdown|s/stopped\.as_mut\(\)\.or\(core\.runtime\(\)\.sleep\(delay\)\)\.await;/core.runtime().sleep(delay).await;/
 EOF
 )
 
