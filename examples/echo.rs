@@ -35,6 +35,9 @@ use std::time::Duration;
 use berth::tls::{ClientAuth, PemSource, TlsConfig};
 use berth::{Builder, Config, Conn};
 use clap::Parser;
+
+#[path = "common/self_signed.rs"]
+mod self_signed;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 /// berth's echo server.
@@ -207,7 +210,7 @@ fn run(args: Args) -> Result<(), String> {
         None => None,
     };
     let files = match (&args.self_signed, &args.tls_cert, &args.tls_key) {
-        (Some(dir), _, _) => Some(self_signed(dir)?),
+        (Some(dir), _, _) => Some(self_signed::create(dir, "echo")?),
         (None, Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
         _ => None,
     };
@@ -250,17 +253,8 @@ fn run(args: Args) -> Result<(), String> {
         .map(berth::ListenerConfig::tcp)
         .chain(unix.map(berth::ListenerConfig::unix))
         .collect();
-    // Names identify listeners across upgrades: the same arguments give the same names
-    // (a repeated address gets a `#2`, `#3`... suffix).
-    let mut seen = std::collections::BTreeMap::<String, usize>::new();
-    for listener in &mut listeners {
-        let name = listener.name();
-        let count = seen.entry(name.clone()).or_default();
-        *count += 1;
-        if *count > 1 {
-            listener.name = Some(format!("{name}#{count}"));
-        }
-    }
+    // Names identify listeners across upgrades: berth names each after its address (a
+    // repeated address gets `#2`, `#3`...), so the same arguments give the same names.
     let first = listeners.remove(0);
     let mut config = Config::new(first.address.clone().unwrap_or_default());
     config.unix = first.unix;
@@ -350,32 +344,15 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
 
-    // SIGHUP: upgrade (start this program again, hand it the listeners, then drain here).
-    // SIGTERM or SIGINT: drain (each connection stops after its current chunk) within
-    // --drain-timeout. Then exit.
-    let stopped = futures_lite::future::block_on(async {
-        loop {
-            let signal = futures_lite::FutureExt::or(async { Some(signals.recv().await) }, async {
-                handle.stopped().await;
-                None
-            })
-            .await;
-            if signal != Some(berth::signal::Signal::Hangup) {
-                return handle.shutdown().await;
-            }
-            match handle.upgrade().await {
-                Ok(upgraded) => {
-                    println!(
-                        "upgrade: process {} serves now; draining this one",
-                        upgraded.pid
-                    );
-                    return handle.shutdown().await;
-                }
-                // The message says "upgrade failed: ..."; this process keeps serving.
-                Err(e) => eprintln!("echo: {e}"),
-            }
+    // SIGHUP: upgrade (start this program again, hand it the listeners, then drain here;
+    // a failure goes to the error hook above and this process serves on). SIGTERM or
+    // SIGINT: drain (each connection stops after its current chunk) within --drain-timeout.
+    handle.on_server_event(|event| {
+        if let berth::ServerEvent::Upgraded { pid } = event {
+            println!("upgrade: process {pid} serves now; draining this one");
         }
     });
+    let stopped = futures_lite::future::block_on(handle.run(&signals));
     let summary = match stopped {
         Ok(report) => format!("shutdown complete: {report}"),
         Err(berth::Error::ShutdownTimeout {
@@ -388,42 +365,6 @@ fn run(args: Args) -> Result<(), String> {
     };
     println!("{summary}");
     Ok(())
-}
-
-/// Creates (or reuses) DIR/ca.pem, DIR/cert.pem and DIR/key.pem; returns cert and key paths.
-fn self_signed(dir: &std::path::Path) -> Result<(PathBuf, PathBuf), String> {
-    let (ca, cert, key) = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    if ca.exists() && cert.exists() && key.exists() {
-        return Ok((cert, key));
-    }
-    let generate = || -> Result<(String, String, String), rcgen::Error> {
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "berth echo throwaway CA");
-        let issuer = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
-        let key = rcgen::KeyPair::generate()?;
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
-            .signed_by(&key, &issuer)?;
-        Ok((issuer.pem(), leaf.pem(), key.serialize_pem()))
-    };
-    let (ca_pem, cert_pem, key_pem) =
-        generate().map_err(|e| format!("cannot generate a certificate: {e}"))?;
-    std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&ca, ca_pem))
-        .and_then(|()| std::fs::write(&cert, cert_pem))
-        .and_then(|()| std::fs::write(&key, key_pem))
-        .map_err(|e| format!("cannot write certificates to {}: {e}", dir.display()))?;
-    eprintln!(
-        "echo: wrote a throwaway CA to {} (trust it in clients)",
-        ca.display()
-    );
-    Ok((cert, key))
 }
 
 /// Echoes until the peer closes, I/O fails, or the server drains (after the chunk in hand).

@@ -410,14 +410,28 @@ impl Config {
             .collect()
     }
 
-    /// The names of [`all_listeners`](Self::all_listeners), in order.
+    /// The names of [`all_listeners`](Self::all_listeners), in order. A listener without
+    /// a [`name`](ListenerConfig::name) is named after its address or path, and when that
+    /// repeats an earlier listener's (two `127.0.0.1:0` listeners), it gets `#2`, `#3`...:
+    /// the same configuration gives the same names, which an upgrade matches sockets by.
+    /// Names given explicitly must be unique.
     pub fn listener_names(&self) -> Vec<String> {
         let first = match &self.unix {
             Some(unix) => unix.path.display().to_string(),
             None => self.address.clone(),
         };
-        std::iter::once(first)
-            .chain(self.listeners.iter().map(ListenerConfig::name))
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        std::iter::once((first, false))
+            .chain(self.listeners.iter().map(|l| (l.name(), l.name.is_some())))
+            .map(|(name, explicit)| {
+                let count = seen.entry(name.clone()).or_default();
+                *count += 1;
+                if explicit || *count == 1 {
+                    name
+                } else {
+                    format!("{name}#{count}")
+                }
+            })
             .collect()
     }
 

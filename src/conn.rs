@@ -273,7 +273,34 @@ impl Conn {
             slot: self.slot.clone(),
             generation: self.generation,
             id: self.id,
+            core: self.core.clone(),
         }
+    }
+
+    /// Marks the connection busy until the returned guard is dropped: the idle scanner
+    /// skips it, however long the socket stays quiet, and the guard's drop counts as
+    /// activity. For request/response protocols: hold a guard from the moment a request is
+    /// read until its response is written, and the idle timeout counts only between
+    /// requests (a slow request is never cut by it). Guards nest; any number may be held.
+    /// [`ConnHandle::busy`] makes one from another task.
+    ///
+    /// ```no_run
+    /// # async fn f(mut conn: berth::Conn) {
+    /// # async fn compute(_: &mut berth::Conn) {}
+    /// let busy = conn.busy(); // a request arrived
+    /// compute(&mut conn).await; // may take longer than the idle timeout
+    /// drop(busy); // idle from here on
+    /// # }
+    /// ```
+    pub fn busy(&self) -> Busy {
+        Busy::new(self.slot.clone(), self.generation, self.core.clone())
+    }
+
+    /// The runtime this connection's task runs on: spawn and sleep through it (as
+    /// [`http`](crate::http) does for hyper's executor and timer) and the same code runs on
+    /// smol, tokio, async-std or a simulator.
+    pub fn runtime(&self) -> &Arc<dyn crate::runtime::Runtime> {
+        self.core.runtime()
     }
 
     /// Values scoped to this connection.
@@ -597,11 +624,21 @@ impl std::fmt::Debug for Conn {
 /// Cheap to clone. A handle outlives its connection harmlessly: once the connection has
 /// ended, `is_connected` is false and `close` does nothing, even when the server has reused
 /// the connection's bookkeeping slot for a newer connection.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnHandle {
     slot: Arc<Slot>,
     generation: u64,
     id: u64,
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnHandle")
+            .field("id", &self.id)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnHandle {
@@ -619,6 +656,48 @@ impl ConnHandle {
     /// its handler is cancelled. Returns false if it was already closed or has ended.
     pub fn close(&self) -> bool {
         self.slot.close(self.generation, SlotState::Aborted)
+    }
+
+    /// Marks the connection busy until the guard is dropped: see [`Conn::busy`]. Once the
+    /// connection has ended the guard does nothing.
+    pub fn busy(&self) -> Busy {
+        Busy::new(self.slot.clone(), self.generation, self.core.clone())
+    }
+}
+
+/// A connection marked busy: see [`Conn::busy`]. Dropping it ends the mark and counts as
+/// activity.
+#[must_use = "the connection is busy only while the guard is held"]
+pub struct Busy {
+    slot: Arc<Slot>,
+    generation: u64,
+    core: Arc<Core>,
+    held: bool,
+}
+
+impl Busy {
+    fn new(slot: Arc<Slot>, generation: u64, core: Arc<Core>) -> Busy {
+        let held = slot.enter_busy(generation);
+        Busy {
+            slot,
+            generation,
+            core,
+            held,
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.held {
+            self.slot.leave_busy(self.generation, self.core.stamp());
+        }
+    }
+}
+
+impl std::fmt::Debug for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Busy").field("held", &self.held).finish()
     }
 }
 

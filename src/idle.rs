@@ -14,6 +14,9 @@
 //! (a busy event loop; the runtime's timer jitter, zero under simulation) moves the end of
 //! the period it retires and the sweeps after it: a connection last active in such a period
 //! may then be reaped up to that lateness and one more tick later. Never earlier.
+//!
+//! A connection marked busy (`Conn::busy`: a request in progress) is skipped, whatever its
+//! stamp: the idle timeout counts between units of work, and the end of one is activity.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -68,10 +71,13 @@ pub(crate) async fn scan(core: Arc<Core>, idle_timeout: Option<Duration>) {
         if let Some(timeout) = if high { shrunk } else { idle_timeout } {
             let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
             core.for_each_open(|slot, generation| {
-                let stamp = slot.last_active.load(Ordering::Relaxed);
-                let idle = periods
-                    .latest(stamp)
-                    .is_some_and(|last| now.saturating_sub(last) >= timeout_ns);
+                // Busy first: a unit of work that just ended stamped before it left.
+                let idle = !slot.is_busy() && {
+                    let stamp = slot.last_active.load(Ordering::Relaxed);
+                    periods
+                        .latest(stamp)
+                        .is_some_and(|last| now.saturating_sub(last) >= timeout_ns)
+                };
                 if idle {
                     slot.close(generation, SlotState::IdleTimeout);
                 }

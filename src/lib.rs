@@ -49,7 +49,8 @@
 // 3. mechanisms: idle, shutdown, upgrade, reload, the TLS handshake (tls), the PROXY reader;
 // 4. the connection: lifecycle, conn (the handler's view), connection (the task);
 // 5. the loop: accept;
-// 6. the front: server, handler, and the re-exports below.
+// 6. the front: server, handler, http (hyper on top of a handler), run (the process's
+//    lifecycle), and the re-exports below.
 mod accept;
 mod addr;
 mod admission;
@@ -63,6 +64,8 @@ mod extensions;
 pub mod fault;
 mod handler;
 mod hooks;
+#[cfg(feature = "http")]
+pub mod http;
 mod idle;
 mod lifecycle;
 pub mod limits;
@@ -75,6 +78,8 @@ mod pool;
 mod proxy;
 #[cfg(feature = "tls")]
 mod reload;
+#[cfg(all(unix, feature = "signal", any(feature = "async-io", feature = "tokio")))]
+mod run;
 pub mod runtime;
 mod server;
 mod shutdown;
@@ -89,7 +94,7 @@ pub mod upgrade;
 
 pub use addr::{Addr, PeerCred};
 pub use config::{Config, ListenerConfig, Overload, UnixConfig};
-pub use conn::{Conn, ConnHandle, Draining, Readable};
+pub use conn::{Busy, Conn, ConnHandle, Draining, Readable};
 pub use error::{ConfigError, Error};
 pub use events::{
     CloseReason, ConnEvent, OverloadAction, PressureLevel, ServerEvent, ShutdownReport, Stats,

@@ -84,6 +84,11 @@ pub(crate) struct Slot {
     pub(crate) last_active: AtomicU64,
     /// `SAW_EOF | SAW_ERROR | PANICKED | LINGERING | SAW_DATA`.
     flags: AtomicU8,
+    /// Live [`Busy`](crate::conn::Busy) marks, as `generation << 32 | count` (the low 32
+    /// bits of the generation): while the count is above 0 the connection is in the middle
+    /// of a unit of work (an HTTP request) and is never idle, however quiet its socket. The
+    /// generation keeps a mark that outlives its connection from touching the next one's.
+    busy: AtomicU64,
     /// Key in the registry while open.
     key: AtomicUsize,
     /// The connection's id (for reports about it from outside its task).
@@ -140,6 +145,39 @@ impl Slot {
     pub(crate) fn flags(&self) -> u8 {
         self.flags.load(Ordering::Relaxed)
     }
+
+    /// Marks the connection of `generation` busy (one more unit of work in progress).
+    /// Returns false, changing nothing, once that connection has ended.
+    pub(crate) fn enter_busy(&self, generation: u64) -> bool {
+        self.update_busy(generation, |count| count.checked_add(1))
+    }
+
+    /// Ends one unit of work of the connection of `generation`; its end counts as activity
+    /// at `stamp`. Does nothing once that connection has ended.
+    pub(crate) fn leave_busy(&self, generation: u64, stamp: u64) {
+        self.update_busy(generation, |count| {
+            // Stamp before the count drops (release): a sweep that sees the drop sees it.
+            self.last_active.store(stamp, Ordering::Relaxed);
+            count.checked_sub(1)
+        });
+    }
+
+    fn update_busy(&self, generation: u64, f: impl Fn(u32) -> Option<u32>) -> bool {
+        let tag = (generation as u32 as u64) << 32;
+        self.busy
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |word| {
+                if word & !0xffff_ffff != tag {
+                    return None;
+                }
+                f(word as u32).map(|count| tag | u64::from(count))
+            })
+            .is_ok()
+    }
+
+    /// Whether some unit of work is in progress (see `enter_busy`).
+    pub(crate) fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire) as u32 > 0
+    }
 }
 
 /// The registry of open connections plus the free list.
@@ -163,6 +201,8 @@ impl Pool {
         });
         let generation = slot.generation();
         slot.flags.store(0, Ordering::Relaxed);
+        slot.busy
+            .store((generation as u32 as u64) << 32, Ordering::Relaxed);
         slot.last_active.store(now, Ordering::Relaxed);
         // Wakers left by the previous connection must not be woken for this one.
         drop(slot.read_waker.take());
@@ -201,7 +241,7 @@ impl Pool {
     }
 
     /// The open slot whose last activity is the oldest, if at or before `before`, with its
-    /// generation: one scan of the open slots.
+    /// generation: one scan of the open slots. Busy slots are never the idlest.
     pub(crate) fn idlest(&self, before: u64) -> Option<(Arc<Slot>, u64)> {
         let mut best: Option<(&Arc<Slot>, u64, u64)> = None;
         let open = lock(&self.open);
@@ -209,6 +249,7 @@ impl Pool {
             let word = slot.word.load(Ordering::Acquire);
             let last = slot.last_active.load(Ordering::Relaxed);
             if SlotState::from_bits(word as u8) == SlotState::Open
+                && !slot.is_busy()
                 && last <= before
                 && best.is_none_or(|(_, _, oldest)| last < oldest)
             {
@@ -240,6 +281,32 @@ mod tests {
         assert_eq!(again.state(second), SlotState::Open);
         assert!(again.close(second, SlotState::Aborted));
         assert_eq!(again.state(second), SlotState::Aborted);
+    }
+
+    #[test]
+    fn a_busy_mark_of_an_ended_connection_cannot_touch_the_next() {
+        let pool = Pool::default();
+        let (slot, first) = pool.open(0, || ());
+        assert!(slot.enter_busy(first));
+        assert!(slot.enter_busy(first));
+        slot.leave_busy(first, 7);
+        assert!(slot.is_busy(), "one mark is still held");
+        assert_eq!(slot.last_active.load(Ordering::Relaxed), 7);
+        pool.release(&slot, first);
+        let (again, second) = pool.open(0, || ());
+        assert!(Arc::ptr_eq(&slot, &again));
+        assert!(!again.is_busy(), "a new connection starts idle");
+        // The first connection's last mark ends late: the new connection's count and
+        // activity stay.
+        again.leave_busy(first, 9);
+        assert_eq!(again.last_active.load(Ordering::Relaxed), 0);
+        assert!(!again.enter_busy(first));
+        assert!(!again.is_busy());
+        assert!(again.enter_busy(second));
+        again.leave_busy(first, 9);
+        assert!(again.is_busy());
+        again.leave_busy(second, 9);
+        assert!(!again.is_busy());
     }
 
     #[test]

@@ -186,9 +186,16 @@ impl Builder {
         };
         let mut inherited = crate::listener::inherited_tcp()?;
         let mut bound = Vec::new();
-        for (index, spec) in self.config.all_listeners().into_iter().enumerate() {
+        let names = self.config.listener_names();
+        for (index, (spec, name)) in self
+            .config
+            .all_listeners()
+            .into_iter()
+            .zip(names)
+            .enumerate()
+        {
             #[cfg(unix)]
-            let socket = handed.remove(&spec.name());
+            let socket = handed.remove(&name);
             #[cfg(not(unix))]
             let socket = None;
             let listener = match socket {
@@ -203,7 +210,7 @@ impl Builder {
                 (_, None) => Tls::Plain,
             };
             bound.push(Listening {
-                name: spec.name(),
+                name,
                 listener,
                 tls,
             });
@@ -603,13 +610,34 @@ impl ServerHandle {
     /// println!("{report}");
     /// # Ok(()) }
     /// ```
-    pub async fn shutdown_on(&self, stop: impl Future) -> Result<ShutdownReport, Error> {
+    ///
+    /// A SIGHUP is not a request to stop: when `stop` completes with
+    /// [`Signal::Hangup`](crate::signal::Signal::Hangup) (a receiver made with
+    /// [`Signals::with_hangup`](crate::signal::Signals::with_hangup)), the listeners are
+    /// first handed to a new process ([`upgrade`](Self::upgrade)), so no client is refused;
+    /// should that fail, the error goes to the error hook and the drain proceeds as asked.
+    /// To upgrade on every SIGHUP and stop only on SIGTERM or SIGINT, use
+    /// [`run`](Self::run).
+    pub async fn shutdown_on<T: 'static>(
+        &self,
+        stop: impl Future<Output = T>,
+    ) -> Result<ShutdownReport, Error> {
         use futures_lite::FutureExt as _;
-        async {
-            stop.await;
+        let stopped_by = async { Some(stop.await) }
+            .or(async {
+                self.core.stopped().await;
+                None
+            })
+            .await;
+        #[cfg(all(unix, feature = "signal", any(feature = "async-io", feature = "tokio")))]
+        if stopped_by.as_ref().is_some_and(|by| {
+            (by as &dyn std::any::Any).downcast_ref() == Some(&crate::signal::Signal::Hangup)
+        }) {
+            if let Err(e) = self.upgrade().await {
+                self.report_error(&e);
+            }
         }
-        .or(self.core.stopped())
-        .await;
+        drop(stopped_by);
         self.shutdown().await
     }
 
@@ -692,6 +720,12 @@ impl ServerHandle {
     pub async fn close(&self) -> ShutdownReport {
         let _ = crate::shutdown::stop(&self.core, Duration::ZERO, true).await;
         self.core.stop_report()
+    }
+
+    /// Sends `error` to the error hook.
+    #[cfg(all(unix, feature = "signal", any(feature = "async-io", feature = "tokio")))]
+    pub(crate) fn report_error(&self, error: &Error) {
+        self.core.hooks().error(error);
     }
 
     /// Waits until the server has stopped (after a shutdown or `close`, called anywhere).

@@ -1,0 +1,276 @@
+//! The service berth gives hyper: the user's service, plus per-request bookkeeping (busy
+//! mark, in-flight count, `Connection: close` while draining, the request timeout, metrics
+//! and tracing), and the response body that ends a request when it ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+#[cfg(any(feature = "metrics", feature = "tracing"))]
+use std::time::Instant;
+
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::Service;
+use hyper::{Request, Response, StatusCode, Version, header};
+
+use super::state::Shared;
+use crate::addr::Addr;
+use crate::conn::{Busy, Conn, ConnHandle};
+use crate::runtime::Runtime;
+use crate::tls::TlsInfo;
+
+/// What a request's handler may want of its connection, in every request's extensions
+/// (`req.extensions().get::<Arc<ConnInfo>>()`).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// # fn f(req: hyper::Request<hyper::body::Incoming>) {
+/// if let Some(info) = req.extensions().get::<Arc<berth::http::ConnInfo>>() {
+///     println!("{} asks for {}", info.peer_addr(), req.uri());
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ConnInfo {
+    peer_addr: Addr,
+    local_addr: Addr,
+    listener: Arc<str>,
+    tls: Option<TlsInfo>,
+    rt: Arc<dyn Runtime>,
+    handle: ConnHandle,
+}
+
+impl ConnInfo {
+    pub(super) fn new(conn: &Conn) -> Self {
+        ConnInfo {
+            peer_addr: conn.peer_addr().clone(),
+            local_addr: conn.local_addr().clone(),
+            listener: conn.listener().into(),
+            tls: conn.tls().cloned(),
+            rt: conn.runtime().clone(),
+            handle: conn.handle(),
+        }
+    }
+
+    /// The client's address (behind a trusted PROXY-protocol proxy, the original client's).
+    pub fn peer_addr(&self) -> &Addr {
+        &self.peer_addr
+    }
+
+    /// The server-side address.
+    pub fn local_addr(&self) -> &Addr {
+        &self.local_addr
+    }
+
+    /// The name of the listener that accepted the connection.
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// What TLS negotiated, on a TLS connection.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// The runtime the connection runs on: sleep or spawn through it (see
+    /// [`HyperRuntime`](super::HyperRuntime)) and the service runs on every runtime.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.rt
+    }
+
+    /// The connection: observe it, close it, or mark it busy beyond a response.
+    pub fn handle(&self) -> &ConnHandle {
+        &self.handle
+    }
+}
+
+/// The user's service, with berth's bookkeeping around each request.
+pub(super) struct Svc<S> {
+    pub(super) inner: Arc<S>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) info: Arc<ConnInfo>,
+    pub(super) request_timeout: Option<Duration>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B> Service<Request<Incoming>> for Svc<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let version = req.version();
+        let guard = RequestGuard::start(&self.shared, &self.info, &req);
+        req.extensions_mut().insert(self.info.clone());
+        let future = self.inner.call(req);
+        let timeout = self.request_timeout;
+        let rt = self.info.rt.clone();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let mut guard = guard;
+            let outcome = match timeout {
+                Some(timeout) => crate::runtime::timeout(rt.as_ref(), timeout, future).await,
+                None => Some(future.await),
+            };
+            let mut response = match outcome {
+                Some(result) => result?.map(|body| TrackedBody {
+                    inner: Some(body),
+                    guard: None,
+                }),
+                None => {
+                    let mut response = Response::new(TrackedBody {
+                        inner: None,
+                        guard: None,
+                    });
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    // Whatever the handler left half-done on this connection goes with it.
+                    close_after(&mut response, version);
+                    response
+                }
+            };
+            if shared.is_draining() {
+                close_after(&mut response, version);
+            }
+            guard.status = Some(response.status());
+            response.body_mut().guard = Some(guard);
+            Ok(response)
+        })
+    }
+}
+
+/// Asks an HTTP/1 client to close the connection after this response (hyper closes it
+/// once the response is written). HTTP/2 has GOAWAY for that instead.
+fn close_after<B>(response: &mut Response<B>, version: Version) {
+    if version < Version::HTTP_2 {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+}
+
+/// One request from its head to the end of its response: the connection is busy, the
+/// request counts in flight, and its end is measured.
+pub(super) struct RequestGuard {
+    shared: Arc<Shared>,
+    _busy: Busy,
+    status: Option<StatusCode>,
+    #[cfg(any(feature = "metrics", feature = "tracing"))]
+    started: Instant,
+    #[cfg(any(feature = "metrics", feature = "tracing"))]
+    rt: Arc<dyn Runtime>,
+    #[cfg(feature = "tracing")]
+    method: hyper::Method,
+    #[cfg(feature = "tracing")]
+    id: u64,
+}
+
+impl RequestGuard {
+    fn start(shared: &Arc<Shared>, info: &ConnInfo, req: &Request<Incoming>) -> Self {
+        shared.request_started(req.version() == Version::HTTP_2);
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("berth_http_requests_in_flight").increment(1.0);
+        RequestGuard {
+            shared: shared.clone(),
+            _busy: info.handle.busy(),
+            status: None,
+            #[cfg(any(feature = "metrics", feature = "tracing"))]
+            started: info.rt.now(),
+            #[cfg(any(feature = "metrics", feature = "tracing"))]
+            rt: info.rt.clone(),
+            #[cfg(feature = "tracing")]
+            method: req.method().clone(),
+            #[cfg(feature = "tracing")]
+            id: info.handle.id(),
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.shared.request_finished();
+        #[cfg(any(feature = "metrics", feature = "tracing"))]
+        let took = self.rt.now().saturating_duration_since(self.started);
+        let class = status_class(self.status);
+        #[cfg(feature = "metrics")]
+        {
+            metrics::gauge!("berth_http_requests_in_flight").decrement(1.0);
+            metrics::counter!("berth_http_requests_total", "class" => class).increment(1);
+            metrics::histogram!("berth_http_request_duration_seconds", "class" => class)
+                .record(took.as_secs_f64());
+        }
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            target: "berth::http",
+            conn = self.id,
+            method = %self.method,
+            status = self.status.map_or(0, |s| s.as_u16()),
+            class,
+            took_us = took.as_micros() as u64,
+            "request"
+        );
+        let _ = class;
+    }
+}
+
+/// The label of a response's status: `2xx` ... `5xx`, or `error` when the service failed
+/// or the request was abandoned before its response.
+fn status_class(status: Option<StatusCode>) -> &'static str {
+    match status.map(|s| s.as_u16() / 100) {
+        Some(1) => "1xx",
+        Some(2) => "2xx",
+        Some(3) => "3xx",
+        Some(4) => "4xx",
+        Some(5) => "5xx",
+        _ => "error",
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its request (see `RequestGuard`) when it ends or is
+    /// dropped: a slow download keeps the connection busy, not idle.
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: Option<B>,
+        guard: Option<RequestGuard>,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let poll = match this.inner.as_pin_mut() {
+            Some(inner) => inner.poll_frame(cx),
+            None => Poll::Ready(None),
+        };
+        if let Poll::Ready(None) = poll {
+            this.guard.take();
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}

@@ -1,0 +1,50 @@
+//! One call for a process's life: serve until SIGTERM or SIGINT, upgrade on SIGHUP, drain,
+//! return the report.
+
+use crate::error::Error;
+use crate::events::ShutdownReport;
+use crate::server::ServerHandle;
+use crate::signal::{Signal, Signals};
+
+impl ServerHandle {
+    /// Serves until the process is told to stop, the way a service manager expects:
+    /// - SIGTERM or SIGINT: a graceful shutdown ([`shutdown`](Self::shutdown)), whose
+    ///   report this returns;
+    /// - SIGHUP (when `signals` listens for it, [`Signals::with_hangup`]): a zero-downtime
+    ///   [`upgrade`](Self::upgrade); once the new process serves, this one drains and
+    ///   returns. A failed upgrade goes to the error hook (and `ServerEvent::UpgradeFailed`)
+    ///   and this process serves on;
+    /// - the server stopping by itself (a `close` elsewhere): returns its report.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), berth::Error> {
+    /// let signals = berth::signal::Signals::with_hangup()?; // before binding
+    /// let handle = berth::Server::bind(berth::Config::new("127.0.0.1:7000"))?
+    ///     .serve(|conn: berth::Conn| async move { drop(conn) });
+    /// handle.on_error(|e| eprintln!("{e}")); // e.g. "upgrade failed: ..."
+    /// let report = futures_lite::future::block_on(handle.run(&signals))?;
+    /// println!("shutdown complete: {report}");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Errors: as [`shutdown`](Self::shutdown) (`ShutdownTimeout` when connections had to
+    /// be forced).
+    pub async fn run(&self, signals: &Signals) -> Result<ShutdownReport, Error> {
+        use futures_lite::FutureExt as _;
+        loop {
+            let signal = async { Some(signals.recv().await) }
+                .or(async {
+                    self.stopped().await;
+                    None
+                })
+                .await;
+            if signal != Some(Signal::Hangup) {
+                return self.shutdown().await;
+            }
+            match self.upgrade().await {
+                Ok(_) => return self.shutdown().await,
+                Err(e) => self.report_error(&e),
+            }
+        }
+    }
+}
