@@ -1,0 +1,435 @@
+//! `berth::http` in process, on smol, tokio and async-std: keep-alive, the drain (the next
+//! request answered with `Connection: close`, quiet connections closed after the grace,
+//! requests in flight completed, HTTP/2 GOAWAY), timeouts that know about requests (idle
+//! between requests only, header timeout, request timeout), and `Conn::busy` for any
+//! protocol.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth::http::{ConnInfo, Http};
+use berth::runtime::Runtime as _;
+use berth::{Config, ServerHandle};
+use common::{LIMIT, Rt, connect, ending, run, start, within};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+
+/// Instantiates each generic test on smol, tokio and async-std.
+macro_rules! on_every_runtime {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn smol() {
+                    super::$name::<super::common::SmolRt>()
+                }
+                #[test]
+                fn tokio() {
+                    super::$name::<super::common::TokioRt>()
+                }
+                #[test]
+                fn async_std() {
+                    super::$name::<super::common::AsyncStdRt>()
+                }
+            }
+        )*
+    };
+}
+
+type Reply = Response<Full<Bytes>>;
+
+/// `GET /` → the client's address (from `ConnInfo`); `GET /slow?ms=N` → `slow` after N ms
+/// on the connection's runtime.
+async fn route(req: Request<Incoming>) -> Result<Reply, Infallible> {
+    let info = req
+        .extensions()
+        .get::<Arc<ConnInfo>>()
+        .expect("ConnInfo in every request")
+        .clone();
+    let body = match req.uri().path() {
+        "/slow" => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(0);
+            info.runtime().sleep(Duration::from_millis(ms)).await;
+            "slow".to_string()
+        }
+        "/echo" => {
+            let body = req.into_body().collect().await.expect("body").to_bytes();
+            return Ok(Response::new(Full::new(body)));
+        }
+        _ => info.peer_addr().to_string(),
+    };
+    Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+/// The routes above as a nameable service.
+#[derive(Clone, Copy)]
+struct Routes;
+
+impl hyper::service::Service<Request<Incoming>> for Routes {
+    type Response = Reply;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(route(req))
+    }
+}
+
+fn http() -> Http<Routes> {
+    Http::new(Routes)
+}
+
+fn serve<R: Rt>(config: Config, http: Http<Routes>) -> (ServerHandle, std::net::SocketAddr) {
+    let (handle, _rec) = start::<R>(config, http);
+    let addr = handle.local_addr().as_socket_addr().expect("tcp");
+    (handle, addr)
+}
+
+/// One HTTP/1.1 response as read off the wire.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn get(stream: &mut async_net::TcpStream, path: &str) -> Answer {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: berth\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    read_answer(stream).await
+}
+
+/// Reads one response with a `content-length` body.
+async fn read_answer(stream: &mut async_net::TcpStream) -> Answer {
+    within(LIMIT, "a response", async {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).await.expect("read head");
+            assert_eq!(n, 1, "connection ended inside a response head: {head:?}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).expect("utf-8 head");
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap()[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.trim().to_ascii_lowercase(), v.trim().to_string())
+            })
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; len];
+        stream.read_exact(&mut body).await.expect("read body");
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    })
+    .await
+}
+
+/// Waits until the server is draining (a real state, not a sleep).
+async fn until_draining(handle: &ServerHandle) {
+    within(LIMIT, "the drain to begin", async {
+        while !handle.is_draining() {
+            futures_lite::future::yield_now().await;
+            async_io::Timer::after(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+}
+
+fn keep_alive_requests_share_a_connection_and_see_conn_info<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let (handle, addr) = serve::<R>(common::config(), http());
+        let mut stream = connect(addr).await;
+        let client = stream.local_addr().unwrap().to_string();
+        for _ in 0..3 {
+            let answer = get(&mut stream, "/").await;
+            assert_eq!(answer.status, 200);
+            assert_eq!(String::from_utf8_lossy(&answer.body), client);
+            assert_eq!(answer.header("connection"), None, "keep-alive by default");
+        }
+        assert_eq!(
+            handle.stats().accepted,
+            1,
+            "one connection for three requests"
+        );
+        let body = common::pattern(256 * 1024, 7);
+        let request = format!(
+            "POST /echo HTTP/1.1\r\nHost: berth\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert_eq!(answer.body, body, "POST /echo byte-exact");
+        drop(stream);
+        handle.shutdown().await.expect("clean drain");
+    });
+}
+
+fn idle_timeout_counts_only_between_requests<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let mut config = common::config();
+        let idle = Duration::from_millis(300);
+        config.idle_timeout = Some(idle);
+        let (handle, addr) = serve::<R>(config, http());
+        let mut stream = connect(addr).await;
+        // A request three idle timeouts long is not cut: the connection is busy.
+        let answer = get(&mut stream, "/slow?ms=900").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, b"slow");
+        // Idle from here: closed by the idle timeout, no earlier.
+        let idle_since = Instant::now();
+        assert_eq!(ending(&mut stream).await, common::EOF);
+        assert!(idle_since.elapsed() >= idle, "{:?}", idle_since.elapsed());
+        handle.shutdown().await.expect("clean drain");
+    });
+}
+
+fn a_drain_answers_the_next_request_with_connection_close<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let http = http().drain_grace(Duration::from_secs(20));
+        let (handle, addr) = serve::<R>(common::config(), http);
+        let mut stream = connect(addr).await;
+        assert_eq!(get(&mut stream, "/").await.status, 200);
+        let stopping = handle.clone();
+        let shutdown = async_task_spawn::<R, _>(async move { stopping.shutdown().await });
+        until_draining(&handle).await;
+        // Within the grace, the next request is answered, and told to close.
+        let answer = get(&mut stream, "/").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("connection"), Some("close"));
+        assert_eq!(ending(&mut stream).await, common::EOF);
+        let report = within(LIMIT, "the shutdown", shutdown)
+            .await
+            .expect("clean drain");
+        assert_eq!((report.drained, report.forced), (1, 0), "{report:?}");
+    });
+}
+
+fn a_drain_closes_a_quiet_keep_alive_connection_after_the_grace<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let grace = Duration::from_millis(300);
+        let (handle, addr) = serve::<R>(common::config(), http().drain_grace(grace));
+        let mut stream = connect(addr).await;
+        assert_eq!(get(&mut stream, "/").await.status, 200);
+        let began = Instant::now();
+        let stopping = handle.clone();
+        let shutdown = async_task_spawn::<R, _>(async move { stopping.shutdown().await });
+        assert_eq!(ending(&mut stream).await, common::EOF);
+        assert!(
+            began.elapsed() >= grace,
+            "closed before the grace: {:?}",
+            began.elapsed()
+        );
+        let report = within(LIMIT, "the shutdown", shutdown)
+            .await
+            .expect("clean drain");
+        assert_eq!((report.drained, report.forced), (1, 0), "{report:?}");
+    });
+}
+
+fn a_request_in_flight_completes_through_a_drain<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let (handle, addr) = serve::<R>(common::config(), http());
+        let mut stream = connect(addr).await;
+        stream
+            .write_all(b"GET /slow?ms=500 HTTP/1.1\r\nHost: berth\r\n\r\n")
+            .await
+            .unwrap();
+        // The request is in the service once the connection is busy; a sure sign: the
+        // drain below must not cut it, whenever it lands.
+        let stopping = handle.clone();
+        let shutdown = async_task_spawn::<R, _>(async move { stopping.shutdown().await });
+        let answer = read_answer(&mut stream).await;
+        assert_eq!((answer.status, answer.body.as_slice()), (200, &b"slow"[..]));
+        assert_eq!(answer.header("connection"), Some("close"));
+        assert_eq!(ending(&mut stream).await, common::EOF);
+        let report = within(LIMIT, "the shutdown", shutdown)
+            .await
+            .expect("clean drain");
+        assert_eq!(report.forced, 0, "{report:?}");
+    });
+}
+
+fn the_header_timeout_closes_a_slow_head_while_others_are_served<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let timeout = Duration::from_millis(300);
+        let (handle, addr) = serve::<R>(common::config(), http().header_timeout(Some(timeout)));
+        let began = Instant::now();
+        let mut slow = connect(addr).await;
+        slow.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        // Another client is served meanwhile.
+        let mut good = connect(addr).await;
+        assert_eq!(get(&mut good, "/").await.status, 200);
+        assert!(
+            matches!(
+                ending(&mut slow).await,
+                common::End::Eof { .. } | common::End::Error { .. }
+            ),
+            "the slow head is cut"
+        );
+        assert!(began.elapsed() >= timeout, "{:?}", began.elapsed());
+        // The good connection, idle between requests, is not subject to it.
+        assert_eq!(get(&mut good, "/").await.status, 200);
+        drop(good);
+        handle.close().await;
+    });
+}
+
+fn the_request_timeout_answers_503<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let http = http().request_timeout(Some(Duration::from_millis(200)));
+        let (handle, addr) = serve::<R>(common::config(), http);
+        let mut stream = connect(addr).await;
+        let answer = get(&mut stream, "/slow?ms=5000").await;
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.header("connection"), Some("close"));
+        let mut fast = connect(addr).await;
+        assert_eq!(get(&mut fast, "/slow?ms=1").await.status, 200);
+        drop(fast);
+        handle.close().await;
+    });
+}
+
+/// `Conn::busy` for any protocol: a handler that computes (no I/O) for longer than the
+/// idle timeout keeps its connection.
+fn a_busy_connection_is_not_idle<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let mut config = common::config();
+        let idle = Duration::from_millis(200);
+        config.idle_timeout = Some(idle);
+        let handler = move |mut conn: berth::Conn| async move {
+            let mut byte = [0u8; 1];
+            if conn.read(&mut byte).await.is_err() {
+                return;
+            }
+            {
+                let _busy = conn.busy();
+                conn.runtime().sleep(idle * 4).await;
+            }
+            let _ = conn.write_all(b"done").await;
+            // Idle again: the timeout applies.
+            let _ = conn.read(&mut byte).await;
+        };
+        let (handle, rec) = start::<R>(config, handler);
+        let addr = handle.local_addr().as_socket_addr().unwrap();
+        let mut stream = connect(addr).await;
+        stream.write_all(b"x").await.unwrap();
+        let mut reply = [0u8; 4];
+        within(LIMIT, "the reply", stream.read_exact(&mut reply))
+            .await
+            .expect("not reaped while busy");
+        assert_eq!(&reply, b"done");
+        let (_, reason) = rec.closed().await;
+        assert_eq!(reason, berth::CloseReason::IdleTimeout);
+        handle.close().await;
+    });
+}
+
+/// Spawns on the runtime under test and gives back the output.
+fn async_task_spawn<R: Rt, T: Send + 'static>(
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> impl std::future::Future<Output = T> {
+    let (tx, rx) = async_channel::bounded(1);
+    R::runtime().spawn(Box::pin(async move {
+        let _ = tx.send(future.await).await;
+    }));
+    async move { rx.recv().await.expect("the task ran") }
+}
+
+on_every_runtime!(
+    keep_alive_requests_share_a_connection_and_see_conn_info,
+    idle_timeout_counts_only_between_requests,
+    a_drain_answers_the_next_request_with_connection_close,
+    a_drain_closes_a_quiet_keep_alive_connection_after_the_grace,
+    a_request_in_flight_completes_through_a_drain,
+    the_header_timeout_closes_a_slow_head_while_others_are_served,
+    the_request_timeout_answers_503,
+    a_busy_connection_is_not_idle,
+);
+
+/// HTTP/2 by prior knowledge: streams in flight finish through a drain, and the client is
+/// sent GOAWAY (its connection ends cleanly).
+fn h2_streams_in_flight_finish_and_the_connection_gets_goaway<R: Rt>() {
+    let (handle, addr) = {
+        let rt = common::TokioRt::rt();
+        let _guard = rt.enter();
+        R::block_on(async { serve::<R>(common::config(), http()) })
+    };
+    let client = common::TokioRt::rt();
+    client.block_on(async {
+        tokio::time::timeout(LIMIT, async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, connection) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .expect("h2 handshake");
+            let connection = tokio::spawn(connection);
+            let first = sender
+                .send_request(
+                    Request::get("http://berth/")
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap(),
+                )
+                .await
+                .expect("h2 request");
+            assert_eq!(first.status(), StatusCode::OK);
+            assert_eq!(first.version(), hyper::Version::HTTP_2);
+            let slow = sender.send_request(
+                Request::get("http://berth/slow?ms=500")
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap(),
+            );
+            let slow = tokio::spawn(slow);
+            // Wait until the slow stream is in the service (it marks the connection busy),
+            // then drain.
+            let stopping = handle.clone();
+            let shutdown = tokio::spawn(async move { stopping.shutdown().await });
+            let slow = slow.await.unwrap().expect("the stream in flight finishes");
+            assert_eq!(slow.status(), StatusCode::OK);
+            let body = slow.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"slow");
+            connection
+                .await
+                .unwrap()
+                .expect("GOAWAY ends the connection cleanly");
+            let report = shutdown.await.unwrap().expect("clean drain");
+            assert_eq!(report.forced, 0, "{report:?}");
+        })
+        .await
+        .expect("test timed out");
+    });
+}
+
+on_smol_and_tokio!(h2_streams_in_flight_finish_and_the_connection_gets_goaway);
