@@ -77,7 +77,7 @@ pub enum ConfigError {
     /// Two listeners have the same name (names identify listeners in events and across
     /// upgrades).
     #[error(
-        "two listeners are named {0:?}: give one of them another `name` (by default a listener is named by its address or path)"
+        "two listeners are named {0:?}: give one of them another `name` (unnamed listeners are named by their address or path, numbered when repeated)"
     )]
     DuplicateListenerName(String),
     /// A listener's `name` is empty.

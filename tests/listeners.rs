@@ -178,9 +178,21 @@ fn plain_tls_and_unix_listeners_share_one_server() {
 }
 
 #[test]
-fn listener_names_must_be_unique() {
+fn repeated_addresses_get_numbered_names_and_explicit_names_must_be_unique() {
     let mut config = Config::new("127.0.0.1:0");
     config.listeners.push(ListenerConfig::tcp("127.0.0.1:0"));
+    config.listeners.push(ListenerConfig::tcp("127.0.0.1:0"));
+    let server = Builder::new(config.clone())
+        .runtime(SmolRt::runtime())
+        .bind()
+        .expect("unnamed listeners on one address are numbered");
+    let names: Vec<String> = server.listeners().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["127.0.0.1:0", "127.0.0.1:0#2", "127.0.0.1:0#3"]);
+    drop(server);
+
+    let mut named = ListenerConfig::tcp("127.0.0.1:0");
+    named.name = Some("api".into());
+    config.listeners = vec![named.clone(), named];
     let err = Builder::new(config)
         .runtime(SmolRt::runtime())
         .bind()
@@ -188,7 +200,7 @@ fn listener_names_must_be_unique() {
     assert!(
         matches!(
             &err,
-            berth::Error::Config(berth::ConfigError::DuplicateListenerName(name)) if name == "127.0.0.1:0"
+            berth::Error::Config(berth::ConfigError::DuplicateListenerName(name)) if name == "api"
         ),
         "{err}"
     );
