@@ -86,13 +86,14 @@ async fn client(me: String, ops: u32, think: Duration, seen: Arc<Mutex<Seen>>) {
             };
             match tokio::time::timeout(Duration::from_secs(20), answer).await {
                 Ok(Ok((bytes, close))) => {
-                    let mut s = seen.lock().unwrap();
-                    if bytes == body {
-                        s.answered.push(id);
-                    } else {
-                        s.wrong.push(id);
+                    {
+                        let mut s = seen.lock().unwrap();
+                        if bytes == body {
+                            s.answered.push(id);
+                        } else {
+                            s.wrong.push(id);
+                        }
                     }
-                    drop(s);
                     if close {
                         tokio::time::sleep(think).await;
                         continue 'connect;
