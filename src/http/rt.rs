@@ -18,8 +18,8 @@ use crate::runtime::{BoxFuture, Runtime};
 /// ```no_run
 /// # async fn f(conn: berth::Conn) {
 /// let rt = berth::http::HyperRuntime::new(conn.runtime().clone());
-/// let builder = hyper::server::conn::http2::Builder::new(rt.clone()).timer(rt);
-/// # drop(builder);
+/// let mut builder = hyper::server::conn::http2::Builder::new(rt.clone());
+/// builder.timer(rt);
 /// # }
 /// ```
 #[derive(Clone, Debug)]
