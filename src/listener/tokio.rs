@@ -11,7 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 pub(crate) trait TokioSocket: AsyncRead + AsyncWrite + Unpin {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
-    fn peek_one(&self) -> io::Result<usize>;
+    /// One read without waiting (`try_read`).
+    fn recv_now(&self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
 macro_rules! tokio_socket {
@@ -27,8 +28,8 @@ macro_rules! tokio_socket {
             ) -> io::Result<R> {
                 <$ty>::try_io(self, interest, f)
             }
-            fn peek_one(&self) -> io::Result<usize> {
-                super::stream::peek_one(self)
+            fn recv_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+                <$ty>::try_read(self, buf)
             }
         }
     };
@@ -38,25 +39,49 @@ tokio_socket!(tokio::net::TcpStream);
 #[cfg(unix)]
 tokio_socket!(tokio::net::UnixStream);
 
+/// Bytes read ahead per readiness confirmation at most; also each thread's scratch size.
+const READ_AHEAD: usize = 16 * 1024;
+
+thread_local! {
+    /// Where a confirming read lands before it is copied, at its length, into the stream's
+    /// read-ahead: zeroed once per thread, not per read.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_AHEAD].into_boxed_slice());
+}
+
 /// A tokio socket as a futures-io stream (what tokio-util's `Compat` does, plus `close` as
 /// a write shutdown), with readiness berth can trust.
 ///
 /// tokio caches read readiness: it reports a freshly accepted socket as readable before
 /// anything arrived, and readiness set by an event that came in while a read was emptying
-/// the socket survives that read. Trusted as is, `Conn::readable` would return for an idle
-/// connection, whose handler then waits in a read, holding its buffer and deaf to the
-/// server draining. So readiness is confirmed with a one-byte peek (`MSG_PEEK`), which also
-/// clears it when it was stale. Even readiness that arrives after tokio said "not yet" is
-/// peeked at: on a multi-threaded runtime the reactor may deliver, late, the event of data a
-/// read already took. (async-io needs a peek only after a read, see `AsyncIoStream`.)
+/// the socket survives that read (on a multi-threaded runtime the reactor may also deliver,
+/// late, the event of data a read already took). Trusted as is, `Conn::readable` would
+/// return for an idle connection, whose handler then waits in a read, holding its buffer
+/// and deaf to the server draining.
+///
+/// So readiness is confirmed by reading: `poll_readable` reads what is there into a
+/// read-ahead buffer, sized to the data, which the next read returns without a system call.
+/// The confirmation costs no system call of its own (the handler's read would have made
+/// that one), where a one-byte peek cost one per request. A read that finds nothing clears
+/// the stale readiness (tokio's `try_io`), and so does one that comes back short (the socket
+/// is drained: the next wait is for new data, as tokio's own `poll_read` does). An idle
+/// connection holds no buffer: the read-ahead is freed once read.
+/// (async-io needs no such care after a wait, see `AsyncIoStream`.)
 #[derive(Debug)]
 pub(crate) struct TokioStream<T> {
     inner: T,
+    /// Bytes read by `poll_readable` and not yet returned, from `ahead_pos`.
+    ahead: Vec<u8>,
+    ahead_pos: usize,
 }
 
 impl<T: TokioSocket> TokioStream<T> {
     pub(crate) fn new(inner: T) -> Self {
-        TokioStream { inner }
+        TokioStream {
+            inner,
+            ahead: Vec::new(),
+            ahead_pos: 0,
+        }
     }
 
     pub(crate) fn get_ref(&self) -> &T {
@@ -64,11 +89,33 @@ impl<T: TokioSocket> TokioStream<T> {
     }
 
     pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.ahead_pos < self.ahead.len() {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             ready!(self.inner.poll_read_ready(cx))?;
             let inner = &self.inner;
-            match inner.try_io(Interest::READABLE, || inner.peek_one()) {
-                // Data, or end of file (0): a read would make progress.
+            let mut got = None;
+            let read = inner.try_io(Interest::READABLE, || {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let n = inner.recv_now(scratch)?;
+                    if n > 0 {
+                        got = Some(scratch[..n].to_vec());
+                    }
+                    if n > 0 && n < scratch.len() {
+                        // Drained: have tokio clear the readiness this read used up.
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(n)
+                })
+            });
+            if let Some(data) = got {
+                self.ahead = data;
+                self.ahead_pos = 0;
+                return Poll::Ready(Ok(()));
+            }
+            match read {
+                // End of file: a read returns it too.
                 Ok(_) => return Poll::Ready(Ok(())),
                 // try_io cleared the stale readiness: wait for the real thing.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -84,8 +131,20 @@ impl<T: TokioSocket> futures_io::AsyncRead for TokioStream<T> {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.ahead_pos < this.ahead.len() {
+            let ahead = &this.ahead[this.ahead_pos..];
+            let n = ahead.len().min(buf.len());
+            buf[..n].copy_from_slice(&ahead[..n]);
+            this.ahead_pos += n;
+            if this.ahead_pos == this.ahead.len() {
+                this.ahead = Vec::new();
+                this.ahead_pos = 0;
+            }
+            return Poll::Ready(Ok(n));
+        }
         let mut read_buf = ReadBuf::new(buf);
-        let poll = Pin::new(&mut self.inner).poll_read(cx, &mut read_buf);
+        let poll = Pin::new(&mut this.inner).poll_read(cx, &mut read_buf);
         let n = read_buf.filled().len();
         poll.map_ok(|()| n)
     }
