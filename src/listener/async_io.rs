@@ -86,7 +86,7 @@ impl<T: std::os::fd::AsFd> AsyncIoStream<T> {
                 // Stale: the event of data the last (short) read took. Loop to register.
                 continue;
             }
-            match super::stream::peek_one(self.io.get_ref()) {
+            match peek_one(self.io.get_ref()) {
                 // Data, or end of file (0): a read would make progress.
                 Ok(_) => return Poll::Ready(Ok(())),
                 // The event was for data a read took: wait (async-io re-registers).
@@ -95,6 +95,16 @@ impl<T: std::os::fd::AsFd> AsyncIoStream<T> {
             }
         }
     }
+}
+
+/// `recv(MSG_PEEK)` of one byte: whether the socket has something to read (data, or 0 for
+/// end of file), consuming nothing; `WouldBlock` when it has not.
+#[cfg(unix)]
+fn peek_one(socket: &impl std::os::fd::AsFd) -> io::Result<usize> {
+    let mut byte = [0u8; 1];
+    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    let (_, n) = rustix::net::recv(socket, &mut byte[..], flags)?;
+    Ok(n)
 }
 
 #[cfg(not(unix))]

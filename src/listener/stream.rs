@@ -1,22 +1,6 @@
 //! The stream types of berth's own listeners: one type per socket family, whichever reactor
 //! the socket is registered with. A `match` per call is all the reactor choice costs.
 
-/// `recv(MSG_PEEK)` of one byte: whether the socket has something to read (data, or 0 for
-/// end of file), consuming nothing; `WouldBlock` when it has not.
-#[cfg(unix)]
-pub(super) fn peek_one(socket: &impl std::os::fd::AsFd) -> std::io::Result<usize> {
-    let mut byte = [0u8; 1];
-    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-    let (_, n) = rustix::net::recv(socket, &mut byte[..], flags)?;
-    Ok(n)
-}
-
-/// Elsewhere the reactor's readiness is taken as it is.
-#[cfg(not(unix))]
-pub(super) fn peek_one<T>(_: &T) -> std::io::Result<usize> {
-    Ok(1)
-}
-
 /// `match` over a stream's reactor, binding the stream to `$s` in `$body` (expanded where
 /// `Inner` is the local stream enum).
 macro_rules! each {
