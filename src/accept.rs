@@ -231,7 +231,10 @@ async fn accept_loop<L: Listener>(
                 if let Some(min) = evict.filter(|_| listener.has_pending()) {
                     let closed = core.closed_listener();
                     if evicted(&core, min) {
-                        crate::runtime::timeout(&**core.runtime(), BACKOFF_MAX, closed).await;
+                        // Until its descriptor is free, or the server stops accepting.
+                        let freed_or_stopped = closed.or(stopped.as_mut());
+                        crate::runtime::timeout(&**core.runtime(), BACKOFF_MAX, freed_or_stopped)
+                            .await;
                         continue;
                     }
                     if backoff.is_none() {

@@ -41,13 +41,17 @@ impl Bucket {
     }
 
     fn take(&mut self, rate: Rate, now: u64) -> bool {
-        self.refill(rate, now);
-        if self.tokens >= 1.0 {
+        let has = self.has_token(rate, now);
+        if has {
             self.tokens -= 1.0;
-            true
-        } else {
-            false
         }
+        has
+    }
+
+    /// Refills, then whether a token is there (without taking it).
+    fn has_token(&mut self, rate: Rate, now: u64) -> bool {
+        self.refill(rate, now);
+        self.tokens >= 1.0
     }
 }
 
@@ -142,16 +146,8 @@ impl Limiter {
                 return Err(RejectReason::NotAllowed);
             }
         }
-        if let Some(rate) = l.accept_rate {
-            let mut global = lock(&self.global);
-            if !global
-                .get_or_insert_with(|| Bucket::full(rate, now))
-                .take(rate, now)
-            {
-                return Err(RejectReason::AcceptRate);
-            }
-        }
         let Some(ip) = ip.filter(|_| l.per_ip()) else {
+            self.take_global(now)?;
             return Ok(None);
         };
         let key = self.key(ip);
@@ -163,6 +159,7 @@ impl Limiter {
             return Err(RejectReason::TooManyAddresses);
         }
         let Table { entries, idle } = &mut *table;
+        let new = !entries.contains_key(&key);
         let entry = entries.entry(key).or_insert_with(|| Entry {
             active: 0,
             bucket: l.rate_per_ip.map(|r| Bucket::full(r, now)),
@@ -171,17 +168,42 @@ impl Limiter {
         if l.max_per_ip.is_some_and(|max| entry.active >= max) {
             return Err(RejectReason::PerIpConnections);
         }
+        // A refused entry keeps its drained bucket: forgetting it would reset the rate.
         if let (Some(rate), Some(bucket)) = (l.rate_per_ip, entry.bucket.as_mut()) {
-            // A refused entry keeps its drained bucket: forgetting it would reset the rate.
-            if !bucket.take(rate, now) {
+            if !bucket.has_token(rate, now) {
                 return Err(RejectReason::PerIpRate);
             }
+        }
+        // The server-wide rate last: a client refused by its own limits must not use up
+        // everyone's tokens.
+        if let Err(reason) = self.take_global(now) {
+            if new {
+                entries.remove(&key);
+            }
+            return Err(reason);
+        }
+        if let Some(bucket) = entry.bucket.as_mut() {
+            bucket.tokens -= 1.0;
         }
         if let Some(since) = entry.idle_since.take() {
             idle.remove(&(since, key));
         }
         entry.active += 1;
         Ok(Some(key))
+    }
+
+    /// Takes a token of the server-wide accept rate, if one is set.
+    fn take_global(&self, now: u64) -> Result<(), RejectReason> {
+        if let Some(rate) = self.limits.accept_rate {
+            let mut global = lock(&self.global);
+            if !global
+                .get_or_insert_with(|| Bucket::full(rate, now))
+                .take(rate, now)
+            {
+                return Err(RejectReason::AcceptRate);
+            }
+        }
+        Ok(())
     }
 
     /// A connection admitted under `key` has ended.
@@ -251,6 +273,42 @@ mod tests {
         assert!(
             l.admit(ip("10.0.0.1"), 0).is_ok(),
             "a closed connection frees its place"
+        );
+    }
+
+    #[test]
+    fn a_client_refused_by_its_own_limits_takes_no_server_wide_token() {
+        let l = Limiter::new(Limits {
+            max_per_ip: Some(1),
+            rate_per_ip: Some(Rate {
+                per_second: 0.001,
+                burst: 1,
+            }),
+            accept_rate: Some(Rate {
+                per_second: 0.001,
+                burst: 2,
+            }),
+            ..Limits::default()
+        });
+        let a = l.admit(ip("10.0.0.1"), 0).unwrap().unwrap();
+        // Refused by its own connection cap, then (once that frees) by its own rate.
+        for _ in 0..10 {
+            assert_eq!(
+                l.admit(ip("10.0.0.1"), 0),
+                Err(RejectReason::PerIpConnections)
+            );
+        }
+        l.release(a, 0);
+        for _ in 0..10 {
+            assert_eq!(l.admit(ip("10.0.0.1"), 0), Err(RejectReason::PerIpRate));
+        }
+        // The server-wide rate has one token left, for someone else.
+        assert!(l.admit(ip("10.0.0.2"), 0).is_ok());
+        assert_eq!(l.admit(ip("10.0.0.3"), 0), Err(RejectReason::AcceptRate));
+        assert_eq!(
+            l.tracked(),
+            2,
+            "the refused newcomer leaves no entry behind"
         );
     }
 

@@ -195,7 +195,7 @@ impl Conn {
 
     /// Whether a drain applies to this connection yet (see `is_draining`).
     fn drain_due(&self) -> bool {
-        drain_due(&self.core, &self.slot, self.opened_at())
+        drain_due(&self.core, &self.slot, self.generation, self.opened_at())
     }
 
     fn opened_at(&self) -> Option<std::time::Instant> {
@@ -231,6 +231,7 @@ impl Conn {
         Draining {
             core: self.core.clone(),
             slot: self.slot.clone(),
+            generation: self.generation,
             opened_at: self.opened_at(),
             listener: None,
         }
@@ -367,8 +368,17 @@ impl Conn {
 
 /// Whether a drain applies to a connection yet: it has sent something, or it has been
 /// served for its first request's grace.
-fn drain_due(core: &Core, slot: &Slot, opened_at: Option<std::time::Instant>) -> bool {
-    if slot.flags() & SAW_DATA != 0 {
+fn drain_due(
+    core: &Core,
+    slot: &Slot,
+    generation: u64,
+    opened_at: Option<std::time::Instant>,
+) -> bool {
+    let saw_data = slot.flags() & SAW_DATA != 0;
+    // The flags are the connection's only while the slot is still its own: once it has
+    // ended (the slot may serve a newer one), the drain is due.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+    if saw_data || slot.state(generation) == SlotState::Finished {
         return true;
     }
     let grace = core.config().first_request_grace;
@@ -735,6 +745,7 @@ impl Future for Readable<'_> {
 pub struct Draining {
     core: Arc<Core>,
     slot: Arc<Slot>,
+    generation: u64,
     opened_at: Option<std::time::Instant>,
     listener: Option<EventListener>,
 }
@@ -746,7 +757,7 @@ impl Future for Draining {
         let this = self.get_mut();
         loop {
             let draining = this.core.is_draining();
-            if draining && drain_due(&this.core, &this.slot, this.opened_at) {
+            if draining && drain_due(&this.core, &this.slot, this.generation, this.opened_at) {
                 this.listener = None;
                 return Poll::Ready(());
             }

@@ -240,6 +240,15 @@ impl Pool {
         }
     }
 
+    /// Runs `f` on every registered slot (open, or closed by the server while its task has
+    /// not ended yet) with its generation and state, under the registry lock.
+    pub(crate) fn for_each_registered(&self, mut f: impl FnMut(&Slot, u64, SlotState)) {
+        for (_, slot) in lock(&self.open).iter() {
+            let word = slot.word.load(Ordering::Acquire);
+            f(slot, word >> STATE_BITS, SlotState::from_bits(word as u8));
+        }
+    }
+
     /// The open slot whose last activity is the oldest, if at or before `before`, with its
     /// generation: one scan of the open slots. Busy slots are never the idlest.
     pub(crate) fn idlest(&self, before: u64) -> Option<(Arc<Slot>, u64)> {

@@ -4,6 +4,9 @@
 //! established ones keep their session). A broken set is reported once (when it is still
 //! there an interval later) and the old configuration stays.
 //!
+//! The files are read, and the configuration built, on a thread of its own each time (the
+//! runtime only times the checks), so a slow or network file system stalls no connection.
+//!
 //! Contents are compared, not modification times: an atomic rename over a file and a
 //! symlink swap (Kubernetes secrets flip a `..data` link) both change what a read returns,
 //! and the time is the runtime's (so the watch runs under simulation too).
@@ -61,7 +64,8 @@ pub(crate) async fn watch(
     tls: TlsConfig,
     interval: Duration,
 ) {
-    let mut seen = snapshot(&tls);
+    let tls = Arc::new(tls);
+    let mut seen = Arc::new(snapshot(&tls));
     let mut broken = None;
     loop {
         let stopped = async {
@@ -75,28 +79,39 @@ pub(crate) async fn watch(
         if stopped.or(slept).await {
             return;
         }
-        let now = snapshot(&tls);
+        // Reading files and building a configuration block: a thread of its own does it,
+        // so a slow (network) file system never stalls the runtime's other tasks.
+        let (tls_, seen_) = (tls.clone(), seen.clone());
+        let checked = crate::sync::on_thread("berth-tls-watch", move || {
+            let now = snapshot(&tls_);
+            let loaded = (now != *seen_).then(|| load(&tls_, &now));
+            (now, loaded)
+        })
+        .await;
+        let Ok((now, loaded)) = checked else {
+            continue; // no thread to be had now: look again at the next interval
+        };
         let listener = endpoint.name().clone();
-        if now == seen {
-            if let Some(e) = broken.take() {
-                let reason = crate::tls::TlsError::to_string(&e);
-                core.hooks().error(&Error::Tls(e));
-                core.hooks()
-                    .server(ServerEvent::TlsReloadFailed { listener, reason });
+        match loaded {
+            None => {
+                if let Some(e) = broken.take() {
+                    let reason = crate::tls::TlsError::to_string(&e);
+                    core.hooks().error(&Error::Tls(e));
+                    core.hooks()
+                        .server(ServerEvent::TlsReloadFailed { listener, reason });
+                }
+                continue;
             }
-            continue;
-        }
-        broken = None;
-        match load(&tls, &now) {
-            Ok((config, warnings)) => {
+            Some(Ok((config, warnings))) => {
+                broken = None;
                 endpoint.set_tls(config);
                 for warning in warnings {
                     core.hooks().error(&Error::CertificateNotValid(warning));
                 }
                 core.hooks().server(ServerEvent::TlsReloaded { listener });
             }
-            Err(e) => broken = Some(e),
+            Some(Err(e)) => broken = Some(e),
         }
-        seen = now;
+        seen = Arc::new(now);
     }
 }

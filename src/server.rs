@@ -589,7 +589,9 @@ impl ServerHandle {
     /// connection to drain ([`Conn::draining`](crate::Conn::draining) resolves), and wait
     /// for handlers to finish. Returns as soon as no connection is open. When `grace` passes
     /// first, the remaining connections are force-closed and [`Error::ShutdownTimeout`]
-    /// says how many ("timeout on stopping socket").
+    /// says how many ("timeout on stopping socket"): the caller bounded the drain and learns
+    /// that the bound was hit. A program that stops on a signal and should exit 0 all the
+    /// same uses [`run`](Self::run), which returns the forced count in its report instead.
     ///
     /// Before `serve`, this does nothing and returns `Ok`. Concurrent and repeated calls wait
     /// for the first one and return its result.
@@ -722,6 +724,12 @@ impl ServerHandle {
         self.core.stop_report()
     }
 
+    /// The report of the shutdown that stopped the server (default before one finished).
+    #[cfg(all(unix, feature = "signal", any(feature = "async-io", feature = "tokio")))]
+    pub(crate) fn stop_report(&self) -> ShutdownReport {
+        self.core.stop_report()
+    }
+
     /// Sends `error` to the error hook.
     #[cfg(all(unix, feature = "signal", any(feature = "async-io", feature = "tokio")))]
     pub(crate) fn report_error(&self, error: &Error) {
@@ -836,7 +844,7 @@ async fn run_upgrade(
         let sockets = core.handover_sockets().map_err(UpgradeError::Channel)?;
         let names: Vec<String> = sockets.iter().map(|(name, _)| name.clone()).collect();
         let timeout = core.config().upgrade_timeout;
-        let (pid, child) = crate::upgrade::on_thread("berth-upgrade", move || {
+        let (pid, child) = crate::sync::on_thread("berth-upgrade", move || {
             crate::upgrade::hand_over(command, &sockets, timeout)
         })
         .await

@@ -84,15 +84,22 @@ pub(crate) async fn stop(
     // and close themselves); except lingering connections, whose handler already finished.
     // Snapshot before forcing: the accept loops have stopped, so nothing joins after this,
     // and a connection that closes itself on seeing the latch is still counted.
+    // Not forced either: connections the server had already closed (idle timeout, eviction,
+    // a handle) whose task has not ended yet.
     let open_at_deadline = core.open_connections();
     core.start_forcing();
-    let mut lingering = 0;
-    core.for_each_open(|slot, generation| {
-        if slot.close(generation, SlotState::ShutdownForced) && slot.flags() & LINGERING != 0 {
-            lingering += 1;
+    let mut not_forced = 0;
+    core.for_each_registered(|slot, generation, state| {
+        if state != SlotState::Open {
+            if state.close_reason().is_some() {
+                not_forced += 1;
+            }
+        } else if slot.close(generation, SlotState::ShutdownForced) && slot.flags() & LINGERING != 0
+        {
+            not_forced += 1;
         }
     });
-    let forced = open_at_deadline.saturating_sub(lingering);
+    let forced = open_at_deadline.saturating_sub(not_forced);
     // Wait (bounded) for everything the sweep cut, lingering ones included, to be closed.
     crate::runtime::timeout(&*rt, FORCED_DROP_WAIT, core.wait_all_closed()).await;
     let report = ShutdownReport {

@@ -507,6 +507,11 @@ impl Core {
         self.pool.for_each_open(f);
     }
 
+    /// Runs `f` on every registered slot with its generation and state (see `Pool`).
+    pub(crate) fn for_each_registered(&self, f: impl FnMut(&Slot, u64, SlotState)) {
+        self.pool.for_each_registered(f);
+    }
+
     // --- the coarse clock -----------------------------------------------------------------
 
     /// The activity stamp for now (see `idle`).

@@ -39,7 +39,10 @@ impl Latch {
 
 /// A value sent once from one task or thread to another, awaited on any runtime.
 #[cfg_attr(
-    not(all(unix, any(feature = "async-io", feature = "tokio"))),
+    not(any(
+        feature = "tls",
+        all(unix, any(feature = "async-io", feature = "tokio"))
+    )),
     allow(dead_code)
 )]
 pub(crate) struct Oneshot<T> {
@@ -55,7 +58,10 @@ impl<T> Clone for Oneshot<T> {
 }
 
 #[cfg_attr(
-    not(all(unix, any(feature = "async-io", feature = "tokio"))),
+    not(any(
+        feature = "tls",
+        all(unix, any(feature = "async-io", feature = "tokio"))
+    )),
     allow(dead_code)
 )]
 impl<T> Oneshot<T> {
@@ -107,4 +113,25 @@ pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// Writes `l`, recovering from a poisoning.
 pub(crate) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on a thread of its own and completes with its result: blocking work awaited on
+/// any runtime, without a reactor.
+#[cfg_attr(
+    not(any(
+        feature = "tls",
+        all(unix, any(feature = "async-io", feature = "tokio"))
+    )),
+    allow(dead_code)
+)]
+pub(crate) async fn on_thread<R: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> std::io::Result<R> {
+    let done = crate::sync::Oneshot::new();
+    let sender = done.clone();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || sender.send(f()))?;
+    Ok(done.recv().await)
 }

@@ -467,20 +467,6 @@ pub(crate) fn notify_systemd(pid: u32) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Runs `f` on a thread of its own and completes with its result: blocking work awaited on
-/// any runtime, without a reactor.
-pub(crate) async fn on_thread<R: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> io::Result<R> {
-    let done = crate::sync::Oneshot::new();
-    let sender = done.clone();
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || sender.send(f()))?;
-    Ok(done.recv().await)
-}
-
 /// Checks a name for a socket handed over: not empty, one line of printable text.
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.chars().any(char::is_control)

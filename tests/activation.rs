@@ -36,7 +36,15 @@ fn from_std_serves_an_already_bound_listener() {
     let mut back = [0u8; 9];
     c.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"inherited");
-    async_io::block_on(handle.close());
+    // Bounded: a close that never returns fails the test instead of hanging the suite.
+    let closed = async_io::block_on(futures_lite::future::or(
+        async { Some(handle.close().await) },
+        async {
+            async_io::Timer::after(WAIT).await;
+            None
+        },
+    ));
+    assert!(closed.is_some(), "close() did not return within {WAIT:?}");
 }
 
 #[test]

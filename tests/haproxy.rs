@@ -130,7 +130,7 @@ fn haproxy_send_proxy_v1_and_v2_reach_berth_with_the_client_address() {
             "HAProxy's connection is a different one"
         );
     }
-    async_io::block_on(handle.close());
+    close_within_bound(&handle);
 }
 
 /// HAProxy on the same host speaking to berth over a Unix socket (`server ... /path
@@ -201,6 +201,18 @@ fn haproxy_over_a_unix_socket_with_trusted_unix_peers() {
             break;
         }
     }
-    async_io::block_on(handle.close());
+    close_within_bound(&handle);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `close()`, failing the test if it does not return within a bound.
+fn close_within_bound(handle: &berth::ServerHandle) {
+    let closed = async_io::block_on(futures_lite::future::or(
+        async { Some(handle.close().await) },
+        async {
+            async_io::Timer::after(std::time::Duration::from_secs(20)).await;
+            None
+        },
+    ));
+    assert!(closed.is_some(), "close() did not return within 20 s");
 }

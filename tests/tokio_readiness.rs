@@ -112,7 +112,8 @@ fn stale_readable_returns(unix: bool) -> usize {
     for c in clients {
         c.join().unwrap();
     }
-    rt.block_on(handle.close());
+    rt.block_on(async { tokio::time::timeout(WAIT, handle.close()).await })
+        .expect("close() returns");
     if unix {
         let _ = std::fs::remove_dir_all(&dir);
     }

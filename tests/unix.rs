@@ -319,8 +319,15 @@ fn file_mode_decides_which_users_may_connect() {
         );
         return;
     }
+    use std::os::unix::fs::PermissionsExt;
     let dir = Dir::new("mode");
     let path = dir.sock();
+    // The other user runs a copy of this test binary from the temporary directory: the
+    // checkout may sit in a directory only root can enter (a `mktemp -d`, /root).
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let helper = dir.0.join("unix-client-helper");
+    std::fs::copy(std::env::current_exe().unwrap(), &helper).unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
     for (mode, expect) in [(0o600, "denied"), (0o666, "allowed")] {
         let mut config = unix_config(&path);
         config.unix.as_mut().unwrap().mode = Some(mode);
@@ -329,7 +336,7 @@ fn file_mode_decides_which_users_may_connect() {
             .bind()
             .unwrap();
         let handle = server.serve(echo);
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
+        let status = std::process::Command::new(&helper)
             .args(["--exact", "unix_client_helper", "--ignored", "--quiet"])
             .env("BERTH_UNIX_CLIENT", &path)
             .env("BERTH_UNIX_EXPECT", expect)
