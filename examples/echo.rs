@@ -8,7 +8,7 @@
 //!      [--max-per-ip N] [--rate-per-ip R] [--burst N] [--allow CIDR]... [--deny CIDR]...
 //!      [--proxy-protocol [--trusted-proxy CIDR]...]
 //!      [--unix PATH [--unix-mode 660] [--unix-group GID]]
-//!      [--evict-idle] [--max-handshakes N] [--tls-watch INTERVAL]
+//!      [--evict-idle] [--max-handshakes N] [--tls-watch INTERVAL] [--lame-duck D]
 //! ```
 //!
 //! Prints `listening on ADDR` once bound, echoes every byte back, and on SIGTERM or SIGINT
@@ -129,6 +129,10 @@ struct Args {
     /// (e.g. 1s).
     #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration, requires = "tls_cert")]
     tls_watch: Option<Duration>,
+    /// On SIGTERM/SIGINT, first serve on this long while /readyz says 503 (so load balancers
+    /// stop sending clients), then drain; a second signal ends it early.
+    #[arg(long, value_name = "D", value_parser = humantime::parse_duration)]
+    lame_duck: Option<Duration>,
 }
 
 /// Which runtime adapter serves.
@@ -205,8 +209,10 @@ fn run(args: Args) -> Result<(), String> {
     }
     // The metrics port: bound here, or handed over by the process this one replaces (an
     // upgrade), which still holds it.
+    // It answers /healthz and /readyz too, from the server's handle once there is one.
+    let serving = Arc::new(std::sync::OnceLock::<berth::ServerHandle>::new());
     let metrics = match args.metrics_addr {
-        Some(addr) => Some(metrics::serve(addr)?),
+        Some(addr) => Some(metrics::serve(addr, serving.clone())?),
         None => None,
     };
     let files = match (&args.self_signed, &args.tls_cert, &args.tls_key) {
@@ -276,6 +282,7 @@ fn run(args: Args) -> Result<(), String> {
     config.max_connections = args.max_connections;
     config.reuse_port = args.reuse_port;
     config.max_handshakes = args.max_handshakes;
+    config.lame_duck = args.lame_duck;
     if args.evict_idle {
         config.overload.evict_idle_after = Some(Duration::from_secs(1));
     }
@@ -338,6 +345,7 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(stdout);
     let handle = server.serve(echo);
+    let _ = serving.set(handle.clone());
     if let Some(socket) = metrics {
         handle
             .hand_over_too("metrics", socket)
@@ -395,13 +403,18 @@ mod metrics {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::os::fd::OwnedFd;
+    use std::sync::{Arc, OnceLock};
     use std::time::Duration;
 
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-    /// Installs the recorder and serves it on `addr`; returns a duplicate of the socket,
-    /// for the next upgrade.
-    pub fn serve(addr: SocketAddr) -> Result<OwnedFd, String> {
+    /// The server whose health and readiness the endpoints report.
+    type Serving = Arc<OnceLock<berth::ServerHandle>>;
+
+    /// Installs the recorder and serves it on `addr` (`GET /metrics`), with `GET /healthz`
+    /// (200 while the process runs) and `GET /readyz` (200 while the server is ready, else
+    /// 503 with the reasons); returns a duplicate of the socket, for the next upgrade.
+    pub fn serve(addr: SocketAddr, serving: Serving) -> Result<OwnedFd, String> {
         let recorder = PrometheusBuilder::new()
             .install_recorder()
             .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
@@ -424,14 +437,18 @@ mod metrics {
         });
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let _ = answer(client, &recorder);
+                let _ = answer(client, &recorder, &serving);
             }
         });
         Ok(socket.into())
     }
 
-    /// Reads one request (its head) and answers with the metrics.
-    fn answer(mut client: TcpStream, recorder: &PrometheusHandle) -> std::io::Result<()> {
+    /// Reads one request (its head) and answers it.
+    fn answer(
+        mut client: TcpStream,
+        recorder: &PrometheusHandle,
+        serving: &Serving,
+    ) -> std::io::Result<()> {
         client.set_read_timeout(Some(Duration::from_secs(2)))?;
         let mut head = Vec::new();
         let mut chunk = [0u8; 1024];
@@ -442,10 +459,27 @@ mod metrics {
             }
             head.extend_from_slice(&chunk[..n]);
         }
-        let body = recorder.render();
+        let path = std::str::from_utf8(&head)
+            .ok()
+            .and_then(|head| head.split_whitespace().nth(1))
+            .unwrap_or("/");
+        let (status, kind, body) = match path {
+            "/metrics" => ("200 OK", "text/plain; version=0.0.4", recorder.render()),
+            "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+            "/readyz" => match serving.get().map(|h| h.not_ready_reasons()) {
+                Some(reasons) if reasons.is_empty() => ("200 OK", "text/plain", "ready\n".into()),
+                Some(reasons) => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("not ready: {}\n", reasons.join(", ")),
+                ),
+                None => ("503 Service Unavailable", "text/plain", "starting\n".into()),
+            },
+            _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        };
         write!(
             client,
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         )
     }

@@ -31,6 +31,7 @@ use crate::error::ConfigError;
 /// | `upgrade_timeout` | `30s`              | how long an upgrade waits for the new process to be ready       |
 /// | `overload`        | all off            | staged actions under pressure, see [`Overload`]                 |
 /// | `first_request_grace` | `1s`           | in a drain, time for a connection that sent nothing yet to send |
+/// | `lame_duck`       | unset (off)        | before a graceful shutdown, keep serving this long while not ready |
 ///
 /// Durations are written the human way in TOML/JSON/YAML: `"30s"`, `"5m"`, `"250ms"`.
 /// New fields may be added in minor releases, so build one with [`Config::new`] (or
@@ -109,6 +110,14 @@ pub struct Config {
     /// (Go's net/http spares new connections the same way, for 5 s). `0s`: no grace.
     #[serde(with = "humantime_serde")]
     pub first_request_grace: Duration,
+    /// Lame duck: on a graceful shutdown ([`ServerHandle::shutdown`](crate::ServerHandle::shutdown),
+    /// [`ServerHandle::run`](crate::ServerHandle::run) on SIGTERM), first keep accepting and
+    /// serving this long while reporting not ready
+    /// ([`ServerHandle::is_ready`](crate::ServerHandle::is_ready), `/readyz`), so load
+    /// balancers stop sending new clients before the listener closes; then drain. A second
+    /// shutdown call or signal, or `shutdown_within`, ends it early. Unset: off.
+    #[serde(with = "humantime_serde")]
+    pub lame_duck: Option<Duration>,
     /// Staged actions under pressure (descriptors, connections, event-loop lag): shrink the
     /// idle timeout, evict the connections idle the longest; all off by default. See
     /// [`Overload`].
@@ -368,6 +377,7 @@ impl Default for Config {
             tls: None,
             unix: None,
             first_request_grace: Duration::from_secs(1),
+            lame_duck: None,
             overload: Overload::default(),
             upgrade_timeout: Duration::from_secs(30),
             listeners: Vec::new(),
@@ -469,6 +479,7 @@ impl Config {
             ("handshake_timeout", Some(self.handshake_timeout)),
             ("upgrade_timeout", Some(self.upgrade_timeout)),
             ("first_request_grace", Some(self.first_request_grace)),
+            ("lame_duck", self.lame_duck),
         ] {
             if let Some(value) = value.filter(|v| *v > Self::MAX_TIMEOUT) {
                 return Err(ConfigError::TimeoutTooLarge {

@@ -207,6 +207,10 @@ pub enum Error {
     /// Signal handlers could not be installed (see [`Signals`](crate::signal::Signals)).
     #[error("cannot install handlers for SIGTERM and SIGINT: {0}")]
     Signal(#[source] io::Error),
+    /// A message to systemd (`NOTIFY_SOCKET`: `READY=1`, `WATCHDOG=1`, `STOPPING=1`...)
+    /// could not be sent; the server serves on. Check the socket systemd passed.
+    #[error("cannot notify systemd through NOTIFY_SOCKET: {0}")]
+    Notify(#[source] io::Error),
     /// Graceful shutdown hit its deadline and force-closed the connections still open.
     ///
     /// Its message starts with golib's "timeout on stopping socket".
@@ -310,6 +314,7 @@ impl Error {
                 .field("grace", grace)
                 .finish(),
             Error::Signal(e) => f.debug_tuple("Signal").field(e).finish(),
+            Error::Notify(e) => f.debug_tuple("Notify").field(e).finish(),
             #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
             Error::Upgrade(e) => f.debug_tuple("Upgrade").field(e).finish(),
         }

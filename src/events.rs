@@ -178,6 +178,12 @@ pub enum ServerEvent {
         /// Why.
         reason: String,
     },
+    /// A graceful shutdown began with a lame duck (`Config::lame_duck`): the server serves
+    /// on for `duration` (or until a second signal), reporting not ready, then drains.
+    LameDuck {
+        /// How long it lasts at most.
+        duration: std::time::Duration,
+    },
     /// Shutdown began: the listener is closed and every connection was told to drain.
     Draining {
         /// Connections open when draining began.

@@ -241,6 +241,9 @@ mod trace {
             ServerEvent::UpgradeFailed { reason } => {
                 tracing::warn!(target: "berth", %reason, "upgrade failed")
             }
+            ServerEvent::LameDuck { duration } => {
+                tracing::info!(target: "berth", ?duration, "lame duck: serving on, not ready")
+            }
             ServerEvent::Draining { open_connections } => {
                 tracing::info!(target: "berth", open_connections, "draining")
             }

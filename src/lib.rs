@@ -76,6 +76,7 @@ mod metrics;
 mod micro;
 mod pool;
 mod proxy;
+mod readiness;
 #[cfg(feature = "tls")]
 mod reload;
 #[cfg(all(unix, feature = "signal", any(feature = "async-io", feature = "tokio")))]
@@ -87,10 +88,14 @@ mod shutdown;
 pub mod signal;
 mod state;
 mod sync;
+#[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+mod systemd;
 pub mod tls;
 mod unwind;
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
 pub mod upgrade;
+#[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+mod watchdog;
 
 pub use addr::{Addr, PeerCred};
 pub use config::{Config, ListenerConfig, Overload, UnixConfig};

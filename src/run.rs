@@ -9,7 +9,8 @@ use crate::signal::{Signal, Signals};
 impl ServerHandle {
     /// Serves until the process is told to stop, the way a service manager expects:
     /// - SIGTERM or SIGINT: a graceful shutdown ([`shutdown`](Self::shutdown)), whose
-    ///   report this returns;
+    ///   report this returns; with [`Config::lame_duck`](crate::Config::lame_duck) it
+    ///   begins with the lame duck, which a second SIGTERM or SIGINT ends;
     /// - SIGHUP (when `signals` listens for it, [`Signals::with_hangup`]): a zero-downtime
     ///   [`upgrade`](Self::upgrade); once the new process serves, this one drains and
     ///   returns. A failed upgrade goes to the error hook (and `ServerEvent::UpgradeFailed`)
@@ -46,7 +47,15 @@ impl ServerHandle {
                 })
                 .await;
             if signal != Some(Signal::Hangup) {
-                return self.stop().await;
+                // A second SIGTERM or SIGINT ends a lame duck at once.
+                let skip = async {
+                    loop {
+                        if signals.recv().await != Signal::Hangup {
+                            self.end_lame_duck();
+                        }
+                    }
+                };
+                return self.stop().or(skip).await;
             }
             match self.upgrade().await {
                 Ok(_) => return self.stop().await,

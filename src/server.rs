@@ -559,6 +559,8 @@ impl Server {
         // Every listener accepts (the loops are spawned; connects queue until they run):
         // the process this one replaces may stop now.
         #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+        crate::watchdog::serving(&core, self.upgrade.is_none());
+        #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
         if let Some(upgrade) = self.upgrade {
             if let Err(e) = upgrade.ready() {
                 core.hooks()
@@ -581,8 +583,88 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Graceful shutdown with the config's `drain_timeout` as grace period: see
     /// [`shutdown_within`](Self::shutdown_within).
+    ///
+    /// With [`Config::lame_duck`](crate::Config::lame_duck) set, the server first serves on
+    /// for that long, reporting not ready ([`is_ready`](Self::is_ready)); a second call
+    /// ends the lame duck at once.
     pub async fn shutdown(&self) -> Result<ShutdownReport, Error> {
+        if let Some(duration) = self.core.config().lame_duck {
+            self.lame_duck(duration).await;
+        }
         self.shutdown_within(self.core.config().drain_timeout).await
+    }
+
+    /// The lame duck: serving on, reported not ready, for `duration` or until skipped.
+    async fn lame_duck(&self, duration: Duration) {
+        use futures_lite::FutureExt as _;
+        let core = &self.core;
+        if core.state() != State::Running || core.stop_accepting_requested() {
+            return;
+        }
+        let readiness = core.readiness();
+        if !readiness.begin_lame_duck() {
+            readiness.skip_lame_duck(); // a second shutdown: no more waiting
+            return;
+        }
+        core.hooks().server(ServerEvent::LameDuck { duration });
+        #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+        crate::watchdog::stopping(core);
+        core.runtime()
+            .sleep(duration)
+            .or(readiness.lame_duck_skipped())
+            .or(core.stopped())
+            .await;
+    }
+
+    /// Ends a lame duck in progress at once (the drain follows).
+    pub fn end_lame_duck(&self) {
+        self.core.readiness().skip_lame_duck();
+    }
+
+    /// Whether this server wants new clients, as a load balancer's readiness check should
+    /// say: it is running, not in a lame duck, has not handed its listeners to a new process,
+    /// and every condition set with [`set_ready_condition`](Self::set_ready_condition) holds.
+    pub fn is_ready(&self) -> bool {
+        self.not_ready_reasons().is_empty()
+    }
+
+    /// Why the server is not ready (empty when it is): `"not serving yet"`, `"lame duck"`,
+    /// `"draining"`, `"stopped"`, `"handed over to a new process"`, or the name of a
+    /// condition of yours that does not hold.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let core = &self.core;
+        let readiness = core.readiness();
+        let mut reasons = Vec::new();
+        match core.state() {
+            State::Created => reasons.push("not serving yet".to_owned()),
+            State::Running if readiness.in_lame_duck() => reasons.push("lame duck".to_owned()),
+            State::Running => {}
+            State::Draining => reasons.push("draining".to_owned()),
+            State::Stopped => reasons.push("stopped".to_owned()),
+        }
+        if readiness.is_handed_over() {
+            reasons.push("handed over to a new process".to_owned());
+        }
+        reasons.extend(readiness.failing());
+        reasons
+    }
+
+    /// Sets a readiness condition of yours (e.g. `"database"`): while any is `false`, the
+    /// server is not ready ([`is_ready`](Self::is_ready)) though it serves on. Setting it
+    /// again replaces it.
+    ///
+    /// ```no_run
+    /// # fn f(handle: berth::ServerHandle, db_up: bool) {
+    /// handle.set_ready_condition("database", db_up);
+    /// # }
+    /// ```
+    pub fn set_ready_condition(&self, name: impl Into<String>, ready: bool) {
+        self.core.readiness().set_condition(name.into(), ready);
+    }
+
+    /// Removes a readiness condition set with [`set_ready_condition`](Self::set_ready_condition).
+    pub fn clear_ready_condition(&self, name: &str) {
+        self.core.readiness().clear_condition(name);
     }
 
     /// Graceful shutdown: stop accepting at once (new clients are refused), tell every
@@ -840,6 +922,9 @@ async fn run_upgrade(
     done: crate::sync::Oneshot<Result<crate::upgrade::Upgraded, crate::upgrade::UpgradeError>>,
 ) {
     use crate::upgrade::{UpgradeError, Upgraded};
+    if let Err(e) = crate::systemd::reloading() {
+        core.hooks().error(&Error::Notify(e));
+    }
     let handed = async {
         let sockets = core.handover_sockets().map_err(UpgradeError::Channel)?;
         let names: Vec<String> = sockets.iter().map(|(name, _)| name.clone()).collect();
@@ -867,9 +952,10 @@ async fn run_upgrade(
     let result = handed.await;
     match &result {
         Ok(upgraded) => {
-            if let Err(e) = crate::upgrade::notify_systemd(upgraded.pid) {
-                core.hooks()
-                    .error(&Error::Upgrade(UpgradeError::Channel(e)));
+            core.readiness().set_handed_over();
+            let announced = format!("MAINPID={}\nREADY=1\n", upgraded.pid);
+            if let Err(e) = crate::systemd::notify(&announced) {
+                core.hooks().error(&Error::Notify(e));
             }
             core.hooks()
                 .server(ServerEvent::Upgraded { pid: upgraded.pid });
@@ -881,6 +967,10 @@ async fn run_upgrade(
         }
         Err(e) => {
             core.end_upgrade();
+            // The reload is over: this process serves on.
+            if let Err(e) = crate::systemd::notify("READY=1\n") {
+                core.hooks().error(&Error::Notify(e));
+            }
             core.hooks().server(ServerEvent::UpgradeFailed {
                 reason: e.to_string(),
             });

@@ -52,7 +52,10 @@ pub(crate) async fn stop(
     crate::runtime::timeout(&*rt, FORCED_DROP_WAIT, core.hooks().flushed()).await;
 
     let open_at_drain = core.open_connections();
+    core.readiness().skip_lame_duck();
     core.start_draining();
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    crate::watchdog::stopping(core);
     core.hooks().server(ServerEvent::Draining {
         open_connections: open_at_drain,
     });

@@ -160,6 +160,8 @@ pub(crate) struct Core {
         allow(dead_code)
     )]
     upgrading: AtomicBool,
+    /// Lame duck, hand-over and the user's conditions (see `ServerHandle::is_ready`).
+    readiness: crate::readiness::Readiness,
 }
 
 impl std::fmt::Debug for Core {
@@ -201,6 +203,7 @@ impl Core {
             #[cfg(unix)]
             handovers: Mutex::new(Vec::new()),
             upgrading: AtomicBool::new(false),
+            readiness: Default::default(),
             fd_baseline: AtomicUsize::new(0),
             fd_limit: AtomicUsize::new(0),
             out_of_descriptors: AtomicBool::new(false),
@@ -763,6 +766,11 @@ impl Core {
                 keep.store(false, Ordering::Release);
             }
         }
+    }
+
+    /// Lame duck, hand-over and the user's readiness conditions.
+    pub(crate) fn readiness(&self) -> &crate::readiness::Readiness {
+        &self.readiness
     }
 
     /// Claims the one upgrade that may run at a time; false if one is under way.

@@ -24,7 +24,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -437,34 +437,6 @@ impl Drop for Channel {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-// --- systemd --------------------------------------------------------------------------------
-
-/// Tells systemd (when it started us with `NOTIFY_SOCKET`) that `pid` is the service's main
-/// process now and is ready, so a `Type=notify` service follows the new process.
-pub(crate) fn notify_systemd(pid: u32) -> io::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(false);
-    };
-    let socket = std::os::unix::net::UnixDatagram::unbound()?;
-    let message = format!("MAINPID={pid}\nREADY=1\n");
-    let path = Path::new(&path);
-    match path.as_os_str().as_encoded_bytes().strip_prefix(b"@") {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        Some(abstract_name) => {
-            #[cfg(target_os = "android")]
-            use std::os::android::net::SocketAddrExt;
-            #[cfg(target_os = "linux")]
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
-            socket.send_to_addr(message.as_bytes(), &addr)?;
-        }
-        _ => {
-            socket.send_to(message.as_bytes(), path)?;
-        }
-    }
-    Ok(true)
 }
 
 /// Checks a name for a socket handed over: not empty, one line of printable text.
