@@ -396,6 +396,21 @@ fn h2_streams_in_flight_finish_and_the_connection_gets_goaway<R: Rt>() {
             .await
             .expect("h2 handshake");
             let connection = tokio::spawn(connection);
+            // A second HTTP/2 connection that never sends a request: known as HTTP/2 by its
+            // preface, it gets GOAWAY at the drain too (no wait for a request that will not
+            // come, no force at the deadline).
+            let idle_tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (_idle_sender, idle_connection) = hyper::client::conn::http2::handshake::<
+                _,
+                _,
+                http_body_util::Empty<Bytes>,
+            >(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(idle_tcp),
+            )
+            .await
+            .expect("h2 handshake");
+            let idle_connection = tokio::spawn(idle_connection);
             let first = sender
                 .send_request(
                     Request::get("http://berth/")
@@ -424,8 +439,12 @@ fn h2_streams_in_flight_finish_and_the_connection_gets_goaway<R: Rt>() {
                 .await
                 .unwrap()
                 .expect("GOAWAY ends the connection cleanly");
+            idle_connection
+                .await
+                .unwrap()
+                .expect("GOAWAY ends the idle connection cleanly");
             let report = shutdown.await.unwrap().expect("clean drain");
-            assert_eq!(report.forced, 0, "{report:?}");
+            assert_eq!((report.drained, report.forced), (2, 0), "{report:?}");
         })
         .await
         .expect("test timed out");

@@ -26,11 +26,20 @@ thread_local! {
 pub(super) struct HyperIo {
     conn: Conn,
     shared: Arc<Shared>,
+    /// Nothing read yet: the first bytes tell HTTP/2 (its preface) from HTTP/1.
+    first: bool,
 }
+
+/// How an HTTP/2 connection begins (RFC 9113, 3.4); no HTTP/1 request starts with `PRI`.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl HyperIo {
     pub(super) fn new(conn: Conn, shared: Arc<Shared>) -> Self {
-        HyperIo { conn, shared }
+        HyperIo {
+            conn,
+            shared,
+            first: true,
+        }
     }
 }
 
@@ -48,6 +57,13 @@ impl hyper::rt::Read for HyperIo {
         let n = SCRATCH_BUF.with_borrow_mut(|scratch| {
             let scratch = &mut scratch[..want];
             let n = ready!(Pin::new(&mut this.conn).poll_read(cx, scratch))?;
+            if this.first && n > 0 {
+                this.first = false;
+                let seen = &scratch[..n.min(H2_PREFACE.len())];
+                if seen.len() >= 3 && H2_PREFACE.starts_with(seen) {
+                    this.shared.set_h2();
+                }
+            }
             buf.put_slice(&scratch[..n]);
             Poll::Ready(Ok::<_, io::Error>(n))
         });

@@ -261,7 +261,7 @@ struct Driver {
     shut: bool,
     /// The quiet period being timed during a drain: its key (responses finished when it
     /// began) and its timer.
-    grace: Option<(u64, BoxFuture)>,
+    grace: Option<((u64, u64), BoxFuture)>,
     /// The request head being timed: its key and its timer.
     header: Option<(u64, BoxFuture)>,
 }

@@ -18,8 +18,6 @@ pub(super) struct Shared {
     /// When the current request head began, in nanoseconds after `base` plus one; 0 while no
     /// head is awaited with bytes (between requests: the idle timeout's time).
     head_since: AtomicU64,
-    /// Bytes of a request head not yet complete have arrived.
-    head_bytes: AtomicBool,
     h2: AtomicBool,
     draining: AtomicBool,
 }
@@ -32,7 +30,6 @@ impl Shared {
             in_flight: AtomicUsize::new(0),
             finished: AtomicU64::new(0),
             head_since: AtomicU64::new(1),
-            head_bytes: AtomicBool::new(false),
             h2: AtomicBool::new(h2),
             draining: AtomicBool::new(false),
         }
@@ -42,9 +39,6 @@ impl Shared {
     pub(super) fn bytes_read(&self, rt: &dyn Runtime) {
         if self.in_flight.load(Ordering::Acquire) > 0 || self.h2.load(Ordering::Relaxed) {
             return;
-        }
-        if !self.head_bytes.load(Ordering::Relaxed) {
-            self.head_bytes.store(true, Ordering::Relaxed);
         }
         if self.head_since.load(Ordering::Relaxed) == 0 {
             let since = rt.now().saturating_duration_since(self.base).as_nanos();
@@ -59,7 +53,6 @@ impl Shared {
             self.h2.store(true, Ordering::Relaxed);
         }
         self.head_since.store(0, Ordering::Relaxed);
-        self.head_bytes.store(false, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -79,13 +72,22 @@ impl Shared {
         Some((since, self.base + Duration::from_nanos(since - 1)))
     }
 
-    /// Whether the connection is between requests with nothing of the next one received:
-    /// closing it now loses nothing the server has seen. Also the key of the quiet period
-    /// (the number of responses finished).
-    pub(super) fn quiet(&self) -> Option<u64> {
-        let quiet =
-            self.in_flight.load(Ordering::Acquire) == 0 && !self.head_bytes.load(Ordering::Relaxed);
-        quiet.then(|| self.finished.load(Ordering::Relaxed))
+    /// Whether no request is in progress; if so, the key of this quiet period: it changes
+    /// when a response finishes and when bytes of a next request head begin to arrive, so
+    /// a drain's grace counts from the later of the two (a head on its way gets a whole
+    /// grace to complete).
+    pub(super) fn quiet(&self) -> Option<(u64, u64)> {
+        (self.in_flight.load(Ordering::Acquire) == 0).then(|| {
+            (
+                self.finished.load(Ordering::Relaxed),
+                self.head_since.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// The connection speaks HTTP/2 (its first bytes were the HTTP/2 preface).
+    pub(super) fn set_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
     }
 
     pub(super) fn is_h2(&self) -> bool {
