@@ -54,8 +54,11 @@ pub(crate) async fn stop(
     let open_at_drain = core.open_connections();
     core.readiness().skip_lame_duck();
     core.start_draining();
+    // (A lame duck told systemd already.)
     #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
-    crate::watchdog::stopping(core);
+    if !core.readiness().in_lame_duck() {
+        crate::watchdog::stopping(core);
+    }
     core.hooks().server(ServerEvent::Draining {
         open_connections: open_at_drain,
     });

@@ -40,8 +40,8 @@ pub(crate) fn reloading() -> io::Result<bool> {
 }
 
 /// The watchdog interval systemd asks for (`WATCHDOG_USEC`), when it is meant for this
-/// process: `WATCHDOG_PID` unset, ours, or our parent's (the process that upgraded to us:
-/// systemd follows the main process through `MAINPID=`).
+/// process: `WATCHDOG_PID` unset, ours, or our parent's (the process that upgraded to us
+/// sets it to its own pid: systemd follows the main process through `MAINPID=`).
 pub(crate) fn watchdog_interval() -> Option<Duration> {
     std::env::var_os("NOTIFY_SOCKET")?;
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;

@@ -274,6 +274,11 @@ pub(crate) fn hand_over(
         ENV,
         format!("{}:{}", std::process::id(), dir.socket().display()),
     );
+    // systemd's watchdog follows the main process: the new one answers for this one (it
+    // accepts a WATCHDOG_PID of its parent), generation after generation.
+    if std::env::var_os("WATCHDOG_PID").is_some() {
+        command.env("WATCHDOG_PID", std::process::id().to_string());
+    }
     let program = command.get_program().to_string_lossy().into_owned();
     let mut child = command
         .spawn()
