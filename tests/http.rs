@@ -400,16 +400,13 @@ fn h2_streams_in_flight_finish_and_the_connection_gets_goaway<R: Rt>() {
             // preface, it gets GOAWAY at the drain too (no wait for a request that will not
             // come, no force at the deadline).
             let idle_tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (_idle_sender, idle_connection) = hyper::client::conn::http2::handshake::<
-                _,
-                _,
-                http_body_util::Empty<Bytes>,
-            >(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(idle_tcp),
-            )
-            .await
-            .expect("h2 handshake");
+            let (_idle_sender, idle_connection) =
+                hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<Bytes>>(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(idle_tcp),
+                )
+                .await
+                .expect("h2 handshake");
             let idle_connection = tokio::spawn(idle_connection);
             let first = sender
                 .send_request(
