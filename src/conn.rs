@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use event_listener::EventListener;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::io::{ReadHalf, WriteHalf};
 
@@ -27,6 +26,7 @@ use crate::lifecycle::Lifecycle;
 use crate::listener::ByteStream;
 use crate::pool::{LINGERING, PANICKED, SAW_DATA, SAW_EOF, SAW_ERROR, Slot, SlotState};
 use crate::state::{Core, Endpoint};
+use crate::sync::EventListener;
 use crate::tls::TlsInfo;
 
 /// One client connection, as the handler sees it.
@@ -298,7 +298,7 @@ impl Conn {
     }
 
     /// The runtime this connection's task runs on: spawn and sleep through it (as
-    /// [`http`](crate::http) does for hyper's executor and timer) and the same code runs on
+    /// `berth::http` does for hyper's executor and timer) and the same code runs on
     /// smol, tokio, async-std or a simulator.
     pub fn runtime(&self) -> &Arc<dyn crate::runtime::Runtime> {
         self.core.runtime()

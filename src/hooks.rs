@@ -16,12 +16,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use event_listener::Event;
 use futures_lite::FutureExt as _;
 
 use crate::error::Error;
 use crate::events::{ConnEvent, ServerEvent};
-use crate::sync::{Latch, lock, read, until, write};
+use crate::sync::{Event, Latch, lock, read, until, write};
 
 /// Reports queued for the reporter task at most; beyond this they are dropped and counted.
 const DEFERRED_CAPACITY: usize = 4096;

@@ -45,7 +45,7 @@
 // The layers, bottom up (a module imports only from layers below it, or its own):
 // 1. vocabulary: addr, error, config, limits, proxy, tls, events, latch, runtime, listener,
 //    signal, fault;
-// 2. shared state: pool, hooks, admission, state (the server's `Core`);
+// 2. shared state: pool, capacity, hooks, admission, state (the server's `Core`);
 // 3. mechanisms: idle, shutdown, upgrade, reload, the TLS handshake (tls), the PROXY reader;
 // 4. the connection: lifecycle, conn (the handler's view), connection (the task);
 // 5. the loop: accept;
@@ -54,6 +54,7 @@
 mod accept;
 mod addr;
 mod admission;
+mod capacity;
 mod config;
 mod conn;
 mod connection;

@@ -13,14 +13,14 @@
 //! connection ends the generation is bumped before the slot is reused, so any operation
 //! through a stale handle compares unequal and does nothing.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use atomic_waker::AtomicWaker;
 use slab::Slab;
 
 use crate::events::CloseReason;
-use crate::sync::lock;
+use crate::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{Mutex, lock};
 
 /// The close state of a connection, stored in the low byte of a slot's word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +157,11 @@ impl Slot {
     pub(crate) fn leave_busy(&self, generation: u64, stamp: u64) {
         self.update_busy(generation, |count| {
             // Stamp before the count drops (release): a sweep that sees the drop sees it.
-            self.last_active.store(stamp, Ordering::Relaxed);
+            // The slot may be reused between the generation check and this store: the
+            // maximum keeps a late stamp of an ended connection from making the next one
+            // look idle since before it opened (the clock only moves forward, so a late
+            // stamp above the next connection's is from after its opening began).
+            self.last_active.fetch_max(stamp, Ordering::Relaxed);
             count.checked_sub(1)
         });
     }
@@ -327,5 +331,134 @@ mod tests {
         let mut n = 0;
         pool.for_each_open(|_, _| n += 1);
         assert_eq!(n, 1);
+    }
+}
+
+/// Loom models of the generation protocol (see `sync` and `.ci/run`).
+#[cfg(all(test, berth_loom))]
+mod loom_models {
+    use loom::thread;
+
+    use super::*;
+    use crate::sync::loom_models::explore;
+
+    /// A connection's busy mark ends and the idle scanner closes it, both late: through the
+    /// first generation while the slot is released and reused for the next connection,
+    /// which marks itself busy at once. The stale stamp is older than the next connection's
+    /// open stamp: the case that would make it look idle too soon.
+    #[test]
+    fn a_stale_close_or_busy_mark_never_reaches_the_next_connection() {
+        explore(
+            "pool: stale close + busy end vs release + reopen",
+            None,
+            || {
+                const STALE: u64 = 2;
+                const OPENED: u64 = 3;
+                let pool = Pool::default();
+                let (slot, first) = pool.open(1, || ());
+                assert!(slot.enter_busy(first));
+                let stale = {
+                    let slot = slot.clone();
+                    thread::spawn(move || {
+                        let closed = slot.close(first, SlotState::IdleTimeout);
+                        slot.leave_busy(first, STALE);
+                        closed
+                    })
+                };
+                let ended = pool.release(&slot, first);
+                let (next, second) = pool.open(OPENED, || ());
+                assert!(Arc::ptr_eq(&slot, &next), "the slot is reused");
+                assert!(next.enter_busy(second));
+                let closed = stale.join().unwrap();
+                assert_eq!(
+                    closed,
+                    ended == SlotState::IdleTimeout,
+                    "a close succeeds exactly when the connection it was meant for sees it"
+                );
+                assert_eq!(next.state(second), SlotState::Open);
+                assert_eq!(
+                    next.busy.load(Ordering::Relaxed) as u32,
+                    1,
+                    "its own mark only"
+                );
+                assert_eq!(next.last_active.load(Ordering::Relaxed), OPENED);
+            },
+        );
+    }
+
+    /// A busy mark made through the first generation while the slot is released and reused
+    /// (a request that outlives its connection), held on: it never counts for the next
+    /// connection.
+    #[test]
+    fn a_stale_busy_mark_never_counts_for_the_next_connection() {
+        explore("pool: stale busy mark vs release + reopen", None, || {
+            let pool = Pool::default();
+            let (slot, first) = pool.open(1, || ());
+            let stale = {
+                let slot = slot.clone();
+                thread::spawn(move || slot.enter_busy(first))
+            };
+            pool.release(&slot, first);
+            let (next, second) = pool.open(3, || ());
+            stale.join().unwrap();
+            assert!(!next.is_busy(), "a new connection starts idle");
+            assert_eq!(next.state(second), SlotState::Open);
+        });
+    }
+
+    /// Two closes of one connection at once (the idle scanner and a forced shutdown):
+    /// exactly one wins, and its reason is what the connection ends with.
+    #[test]
+    fn of_two_closes_exactly_one_wins() {
+        explore("pool: close vs close", None, || {
+            let pool = Pool::default();
+            let (slot, generation) = pool.open(0, || ());
+            let other = {
+                let slot = slot.clone();
+                thread::spawn(move || slot.close(generation, SlotState::ShutdownForced))
+            };
+            let mine = slot.close(generation, SlotState::IdleTimeout);
+            let theirs = other.join().unwrap();
+            assert!(mine != theirs, "exactly one close wins");
+            let won = if mine {
+                SlotState::IdleTimeout
+            } else {
+                SlotState::ShutdownForced
+            };
+            assert_eq!(slot.state(generation), won);
+            assert_eq!(pool.release(&slot, generation), won);
+        });
+    }
+
+    /// The idle scanner looks at a busy mark as it ends: if it sees the mark gone, it sees
+    /// the stamp of its end (never the older one, which would close the connection). Both
+    /// what the scanner can see are reached (loom explores the race, see `sync::model`).
+    #[test]
+    fn a_sweep_that_sees_a_busy_mark_end_sees_its_stamp() {
+        let seen = Arc::new([(); 2].map(|()| std::sync::atomic::AtomicUsize::new(0)));
+        let counted = seen.clone();
+        explore("pool: busy end vs sweep", None, move || {
+            let pool = Pool::default();
+            let (slot, generation) = pool.open(1, || ());
+            assert!(slot.enter_busy(generation));
+            let worker = {
+                let slot = slot.clone();
+                thread::spawn(move || slot.leave_busy(generation, 5))
+            };
+            // As `idle` looks: busy first, then the stamp.
+            let busy = slot.is_busy();
+            if !busy {
+                assert_eq!(slot.last_active.load(Ordering::Relaxed), 5);
+            }
+            counted[usize::from(busy)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            worker.join().unwrap();
+        });
+        for (i, seen) in seen.iter().enumerate() {
+            let what = ["the mark gone", "the mark held"][i];
+            assert!(
+                seen.load(std::sync::atomic::Ordering::Relaxed) > 0,
+                "no execution saw {what}"
+            );
+        }
     }
 }

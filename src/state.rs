@@ -12,10 +12,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use event_listener::Event;
-
 use crate::addr::Addr;
 use crate::admission::{IpKey, Limiter};
+use crate::capacity::Capacity;
+pub(crate) use crate::capacity::{HandshakePlace, Reservation};
 use crate::config::Config;
 use crate::error::Error;
 use crate::events::{
@@ -25,7 +25,7 @@ use crate::hooks::{Hooks, Report};
 use crate::limits::RejectReason;
 use crate::pool::{Pool, Slot, SlotState};
 use crate::runtime::Runtime;
-use crate::sync::{Latch, lock, until};
+use crate::sync::{Event, Latch, lock, until};
 
 /// Where a server is in its life. It only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,18 +41,6 @@ pub enum State {
     Stopped = 3,
 }
 
-/// A place under `max_connections` held by an accept loop (see [`Core::reserve`]). The
-/// connection accepted with it is counted before the place is given back, so the two never
-/// add up to less than what is in use.
-pub(crate) struct Reservation<'a>(&'a Core);
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.0.reserved.fetch_sub(1, Ordering::AcqRel);
-        self.0.conn_closed.notify(usize::MAX);
-    }
-}
-
 /// Descriptors this process has open, and its soft limit (0 where unknown).
 fn descriptors() -> (usize, usize) {
     let used = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count());
@@ -64,21 +52,6 @@ fn descriptors() -> (usize, usize) {
     #[cfg(not(all(unix, any(feature = "async-io", feature = "tokio"))))]
     let limit = 0;
     (used, limit)
-}
-
-/// One of the `max_handshakes` places, held while a handshake runs.
-pub(crate) struct HandshakePlace<'a>(Option<&'a Core>);
-
-impl Drop for HandshakePlace<'_> {
-    fn drop(&mut self) {
-        if let Some(core) = self.0 {
-            core.handshakes.fetch_sub(1, Ordering::AcqRel);
-            // `additional`: a waiter already notified but not yet running does not count,
-            // or two places freed in a row could wake one waiter only.
-            core.handshake_done
-                .notify(event_listener::IntoNotification::additional(1));
-        }
-    }
 }
 
 /// The TLS configuration new connections use, swapped whole by a reload.
@@ -111,14 +84,11 @@ pub(crate) struct Core {
     runtime: Arc<dyn Runtime>,
     config: Config,
     state: AtomicU8,
-    /// Connections counted as open: from accept until their socket is closed.
-    open: AtomicUsize,
-    /// Places under `max_connections` held by accept loops waiting in `accept`.
-    reserved: AtomicUsize,
+    /// The open count, the `max_connections` reservations and the `max_handshakes`
+    /// places; its `closed` event is also notified when a `Closed` report finished.
+    capacity: Capacity,
     /// `Closed` events being reported (shutdown waits for them too).
     reports_in_flight: AtomicUsize,
-    /// The open count went down, or a `Closed` report finished.
-    conn_closed: Event,
     /// A drain tick (see `drain_tick`).
     drain_ticked: Event,
     accept_loops: AtomicUsize,
@@ -138,9 +108,6 @@ pub(crate) struct Core {
     /// accepting stops (so clients are refused after a shutdown, not left in a backlog).
     #[cfg(unix)]
     handovers: Mutex<Vec<(Arc<str>, crate::listener::Handover)>>,
-    /// TLS handshakes under way, and the event their ends notify (`max_handshakes`).
-    handshakes: AtomicUsize,
-    handshake_done: Event,
     /// Chooses a connection's TLS configuration from its ClientHello.
     #[cfg(feature = "tls")]
     tls_select: Option<crate::tls::Select>,
@@ -186,10 +153,8 @@ impl Core {
             runtime,
             config,
             state: AtomicU8::new(State::Created as u8),
-            open: AtomicUsize::new(0),
-            reserved: AtomicUsize::new(0),
+            capacity: Capacity::default(),
             reports_in_flight: AtomicUsize::new(0),
-            conn_closed: Event::new(),
             drain_ticked: Event::new(),
             accept_loops: AtomicUsize::new(0),
             latches: Latches::default(),
@@ -208,8 +173,6 @@ impl Core {
             fd_limit: AtomicUsize::new(0),
             out_of_descriptors: AtomicBool::new(false),
             pressure_level: AtomicU8::new(0),
-            handshakes: AtomicUsize::new(0),
-            handshake_done: Event::new(),
             #[cfg(feature = "tls")]
             tls_select: None,
             #[cfg(feature = "fault")]
@@ -234,18 +197,9 @@ impl Core {
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) async fn handshake_place(&self) -> HandshakePlace<'_> {
         let Some(max) = self.config.max_handshakes else {
-            return HandshakePlace(None);
+            return HandshakePlace::unlimited();
         };
-        until(&self.handshake_done, || self.try_handshake_place(max)).await
-    }
-
-    fn try_handshake_place(&self, max: usize) -> Option<HandshakePlace<'_>> {
-        self.handshakes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| HandshakePlace(Some(self)))
+        self.capacity.handshake_place(max).await
     }
 
     /// Injects faults at berth's fault points (simulation).
@@ -341,7 +295,7 @@ impl Core {
 
     /// Connections open now: counted from accept until their socket is closed.
     pub(crate) fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.capacity.open()
     }
 
     /// Counts a connection as open. Every call is matched by one [`report_closed`] or
@@ -350,12 +304,11 @@ impl Core {
     /// [`report_closed`]: Self::report_closed
     /// [`report_rejected`]: Self::report_rejected
     pub(crate) fn count_open(&self) {
-        self.open.fetch_add(1, Ordering::AcqRel);
+        self.capacity.count_open();
     }
 
     fn count_down(&self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        self.conn_closed.notify(usize::MAX);
+        self.capacity.count_down();
     }
 
     /// Waits until fewer than `max` connections are open. Returns false if the accept loops
@@ -367,10 +320,7 @@ impl Core {
             return true;
         }
         let below = async {
-            until(&self.conn_closed, || {
-                (self.open_connections() < max).then_some(())
-            })
-            .await;
+            self.capacity.below(max).await;
             true
         };
         let stop = async {
@@ -385,7 +335,7 @@ impl Core {
     /// more than `max` between them. `None` if the accept loops were told to stop meanwhile.
     pub(crate) async fn reserve(&self, max: usize) -> Option<Reservation<'_>> {
         use futures_lite::FutureExt as _;
-        let reserve = async { Some(until(&self.conn_closed, || self.try_reserve(max)).await) };
+        let reserve = async { Some(self.capacity.reserve(max).await) };
         let stop = async {
             self.accepting_stopped().await;
             None
@@ -394,12 +344,7 @@ impl Core {
     }
 
     pub(crate) fn try_reserve(&self, max: usize) -> Option<Reservation<'_>> {
-        let reserved = self.reserved.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.open_connections() + reserved <= max {
-            return Some(Reservation(self));
-        }
-        self.reserved.fetch_sub(1, Ordering::AcqRel);
-        None
+        self.capacity.try_reserve(max)
     }
 
     /// Whether no connection is open and every `Closed` event has fired.
@@ -409,7 +354,7 @@ impl Core {
 
     /// Waits until [`all_closed`](Self::all_closed).
     pub(crate) async fn wait_all_closed(&self) {
-        until(&self.conn_closed, || self.all_closed().then_some(())).await
+        until(self.capacity.closed(), || self.all_closed().then_some(())).await
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -439,7 +384,7 @@ impl Core {
             duration: self.runtime.now().saturating_duration_since(opened_at),
         });
         self.reports_in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.conn_closed.notify(usize::MAX);
+        self.capacity.closed().notify(usize::MAX);
     }
 
     /// The end of a connection refused after it was counted (a bad PROXY header, admission
@@ -672,7 +617,7 @@ impl Core {
         if self.out_of_descriptors.load(Ordering::Relaxed) {
             return 1.0;
         }
-        let open = self.open_connections() + self.reserved.load(Ordering::Relaxed);
+        let open = self.capacity.in_use();
         let mut pressure: f64 = 0.0;
         let limit = self.fd_limit.load(Ordering::Relaxed);
         if limit > 0 {
@@ -711,8 +656,8 @@ impl Core {
     }
 
     /// Completes when a connection closes (after this call).
-    pub(crate) fn closed_listener(&self) -> event_listener::EventListener {
-        self.conn_closed.listen()
+    pub(crate) fn closed_listener(&self) -> crate::sync::EventListener {
+        self.capacity.closed().listen()
     }
 
     // --- upgrades -------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 //!   FIFO) stalled the runtime's thread, and every connection on it;
 //! - after an eviction at the descriptor limit, the accept loop waited up to 1 s for a close
 //!   without watching for the stop, delaying a shutdown by that much.
+//!
 //! (The per-IP/global rate ordering is tested where it lives, in `src/admission.rs`.)
 
 mod common;
@@ -56,7 +57,6 @@ fn a_drain_waiter_of_an_ended_connection_is_not_fooled_by_the_next<R: Rt>() {
                 if let Ok(1) = conn.read(&mut byte).await {
                     // The first connection: hand out its drain waiter, and end.
                     let _ = tx.send(conn.draining()).await;
-                    return;
                 }
                 // The second (silent) one stays until the drain is forced.
             }
