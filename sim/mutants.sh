@@ -3,7 +3,7 @@
 # copy of the repository, one at a time, runs `cargo test -p berth-sim` on each, and prints
 # which the suite caught ("caught N of M").
 #
-#   sim/mutants.sh                      # every mutant
+#   sim/mutants.sh                      # every mutant (21; the last 9 need the campaign's limits)
 #   MUTANTS=no-linger,stale-generation sim/mutants.sh
 #   sim/mutants.sh --list               # names and descriptions
 #   sim/mutants.sh --check              # only checks that every mutant applies and builds
@@ -11,7 +11,9 @@
 # The working tree is never touched: the repository (as it is on disk, without target/ and
 # .git/) is copied to a temporary directory, and each mutant patches that copy's src/ and
 # restores it afterwards. Builds share one target directory (CARGO_TARGET_DIR, default
-# /tmp/berth-mutants-target), so each mutant recompiles only berth and berth-sim. turmoil
+# /tmp/berth-mutants-target), so each mutant recompiles only berth and berth-sim. Give the
+# script a target directory of its own: the last mutant's build of berth stays in it, and
+# cargo may take it as up to date for a checkout whose sources are older. turmoil
 # and tokio are compiled with optimizations there (MUTANTS_OPT=0 turns that off): the suite
 # runs several times faster and tests the same thing. BERTH_SIM_FAIL_FAST=1 makes the
 # campaign stop at its first failing seed.
@@ -37,10 +39,19 @@ rejected-not-counted|src/state.rs|a connection rejected after it was counted (ba
 idle-close-not-counted|src/state.rs|a connection closed by the idle timeout is not taken off the open count|s/(fn report_closed\(.*?)self\.count_down\(\);/$1if reason != CloseReason::IdleTimeout { self.count_down(); }/s
 tls-failure-no-closed|src/lifecycle.rs|a failed TLS handshake leaves the count but reports no Closed event|s/Phase::Failed\(reason\) => \*reason,/Phase::Failed(CloseReason::TlsFailed) => return self.core.report_abandoned(),\n            Phase::Failed(reason) => *reason,/
 drain-no-wake|src/state.rs|starting the drain does not wake handlers waiting in Conn::readable|s/(fn start_draining\(&self\) \{.*?)\n\s*self\.pool\.for_each_open\(\|slot, _\| slot\.read_waker\.wake\(\)\);/$1/s
-forced-skips-lingering|src/shutdown.rs src/conn.rs|the deadline does not close connections in a lingering close (the sweep skips them and the lingering close ignores the force)|s/if slot\.close\(generation, SlotState::ShutdownForced\) && slot\.flags\(\) & LINGERING != 0 \{/if slot.flags() & LINGERING != 0 || (slot.close(generation, SlotState::ShutdownForced) && false) {/ ;; s/\n\s*\.or\(core\.forced\(\)\)(\s*\.or\(by_server\))/$1/
-first-request-grace-ignored|src/conn.rs|a connection that has sent nothing yet is told to drain at once (no first-request grace)|s/(fn drain_due\(core.*?\{\s*)if slot\.flags\(\) & SAW_DATA != 0 \{/$1if true {/s
+forced-skips-lingering|src/shutdown.rs src/conn.rs|the deadline does not close connections in a lingering close (the sweep skips them and the lingering close ignores the force)|s/if slot\.close\(generation, SlotState::ShutdownForced\) && slot\.flags\(\) & LINGERING != 0(\s*)\{/if slot.flags() & LINGERING != 0 || (slot.close(generation, SlotState::ShutdownForced) \&\& false)${1}{/ ;; s/\n\s*\.or\(core\.forced\(\)\)(\s*\.or\(by_server\))/$1/
+first-request-grace-ignored|src/conn.rs|a connection that has sent nothing yet is told to drain at once (no first-request grace)|s/(fn drain_due\(core.*?\{\s*)if slot\.flags\(\) & SAW_DATA != 0 \{/$1if true {/s; s/let saw_data = slot\.flags\(\) & SAW_DATA != 0;/let saw_data = true;/
 linger-ignores-server-close|src/conn.rs|a lingering close is not ended by a server-side close (idle timeout, ConnHandle)|s/\n\s*\.or\(by_server\)//
 accept-backoff-ignores-shutdown|src/accept.rs|the accept loop's error back-off does not wake for a shutdown|s/stopped\.as_mut\(\)\.or\(core\.runtime\(\)\.sleep\(delay\)\)\.await;/core.runtime().sleep(delay).await;/
+loop-refusal-counted|src/state.rs|a client refused on the accept loop is counted as open and never taken off|s/(pub\(crate\) fn reject_on_loop\(&self, peer_addr: Addr, reason: RejectReason\) \{)/$1\n        self.count_open();/
+loop-refusal-reported-twice|src/accept.rs|a client refused on the accept loop is reported (and counted) twice|s/core\.reject_on_loop\(peer_addr, reason\);/core.reject_on_loop(peer_addr.clone(), reason.clone());\n                            core.reject_on_loop(peer_addr, reason);/
+per-ip-not-released|src/admission.rs|a connection that closes does not give its place under max_per_ip back|s/entry\.active = entry\.active\.saturating_sub\(1\);/entry.active = entry.active.saturating_sub(0);/
+per-ip-off-by-one|src/admission.rs|max_per_ip lets one more connection in per address|s/entry\.active >= max\)/entry.active > max)/
+rate-never-refuses|src/admission.rs|a per-IP rate token is taken, but an empty bucket never refuses|s/if !bucket\.(take|has_token)\(rate, now\) \{/if !bucket.$1(rate, now) \&\& false {/
+max-connections-off-by-one|src/accept.rs|the accept loop lets max_connections + 1 connections in|s/let max = core\.config\(\)\.max_connections;/let max = core.config().max_connections.map(|max| max + 1);/
+evict-not-idle|src/accept.rs|at max_connections a newcomer evicts the connection idle the longest, however briefly idle|s/if !evicted\(core, min\) \{/if !evicted(core, Duration::ZERO) {/
+handshake-place-kept-on-failure|src/connection.rs|a failed TLS handshake never gives its max_handshakes place back|s/(\n\s*)crate::tls::handshake\(config, core\.tls_select\(\), stream\)\.await/${1}let result = crate::tls::handshake(config, core.tls_select(), stream).await;${1}if result.is_err() { std::mem::forget(_place); }${1}result/
+handshake-limit-off-by-one|src/capacity.rs|one TLS handshake more than max_handshakes runs at once|s/\(n < max\)\.then_some\(n \+ 1\)/(n <= max).then_some(n + 1)/
 EOF
 )
 

@@ -68,7 +68,11 @@ pub(crate) async fn scan(core: Arc<Core>, idle_timeout: Option<Duration>) {
         let now = core.now_ns();
         let periods = core.advance_clock(now, keep);
         let high = overload.is_active() && watch_pressure(&core, &overload, shrunk, lag);
-        if let Some(timeout) = if high { shrunk } else { idle_timeout } {
+        if let Some(timeout) = if high {
+            shrunk.or(idle_timeout)
+        } else {
+            idle_timeout
+        } {
             let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
             core.for_each_open(|slot, generation| {
                 // Busy first: a unit of work that just ended stamped before it left.

@@ -131,6 +131,18 @@
 //! stuck clients, crashing hosts), network faults, fault points and a shutdown at a random
 //! moment, judged session by session.
 //!
+//! It also tests the limits: about two seeds in five draw, each on its own,
+//! `max_connections`, `max_per_ip`, `rate_per_ip`, `max_handshakes` (TLS seeds) and eviction
+//! of idle connections, and add crowd hosts that open several connections at once from one
+//! address (or behind PROXY headers claiming one), mostly more than allowed, then come back
+//! once theirs have closed; TLS seeds with `max_handshakes` end with a probe, a failed
+//! handshake then fresh ones. The [`Recorder`]'s events judge them: never more open than
+//! `max_connections`, nor from one address than `max_per_ip`, nor admitted faster than the
+//! rate; each refusal one `Rejected`, counted once, and the open count back to 0; the
+//! comeback admitted (the per-IP count came back); never more handshakes at once than allowed,
+//! and the probe's fresh handshakes succeed (every place given back); every eviction of a
+//! connection idle long enough, reported once.
+//!
 //! Facts about turmoil 0.7 worth knowing (measured): its TCP has no retransmission, so a
 //! partition loses data silently and a repaired connection stays wedged (only an idle timeout
 //! frees the server side); a crashed host's peers see end of file; new connects to a crashed

@@ -3,6 +3,34 @@
 //! moment with a random deadline; then every session's ending, every handler's drain, every
 //! connection's idleness and the shutdown are judged against berth's contract.
 //!
+//! Limits (`LimitPlan`): about 2 seeds in 5 (none with a server bounce) also draw, each on
+//! its own, `max_connections` (2-6), `max_per_ip` (1-3), `rate_per_ip`, `max_handshakes` (1 or
+//! 2, TLS seeds) and eviction of idle connections (`overload.evict_idle_after`, with
+//! `max_connections`), and run 1-3 crowd hosts: each opens several connections at once from
+//! one address (its own, or the one its PROXY header claims), most often more than the
+//! per-IP limits allow, holds them idle a while, and once all have ended opens as many as the
+//! limits allow again. TLS seeds with `max_handshakes` add a probe host: just before the
+//! shutdown, one handshake in plain text (it fails), then `max_handshakes` fresh ones at once.
+//! Judged per seed, from berth's events, its counters and what the clients saw:
+//! - never more than `max_connections` open at once (the events' lives, and the open count
+//!   sampled every 10 ms), one more only once accepting has stopped;
+//! - never more than `max_per_ip` open at once from one address, and no more admissions from
+//!   one address than its `rate_per_ip` bucket holds;
+//! - a refused connection is refused once (one `Rejected`, counted once in the stats, never
+//!   also `Accepted`), for a limit the seed has, and gets no echo; the open count is 0 at the
+//!   end, every life closed;
+//! - after an address's connections have closed (and its rate has refilled), the crowd's
+//!   comeback is admitted: the per-IP count and bucket came back;
+//! - with `max_handshakes` and `tls_select` watching ClientHellos (their ALPN names the
+//!   connection), never more handshakes at once than allowed; after failed handshakes, the
+//!   probe's fresh ones succeed: every place was given back;
+//! - every eviction: configured, of a connection idle at least `evict_idle_after` (by its
+//!   handler's record), reported once (`ServerEvent::Overload`), closed as `Evicted`;
+//! - the coverage check asserts that the default campaign reaches each limit, refuses for
+//!   each, evicts, admits comebacks and runs the probe at `max_handshakes = 1`.
+//!
+//! `KNOWN_BUGS` lists the seeds that show a bug not fixed yet; the default campaign skips them.
+//!
 //! - `cargo test -p berth-sim --test campaign` runs the default campaign (1,000 seeds, a
 //!   sample of them twice for determinism) on all cores;
 //! - `BERTH_SIM_SEED=N cargo test -p berth-sim --test campaign -- --nocapture` replays seed N
@@ -146,6 +174,108 @@ struct Plan {
     /// The server host is crashed at `.0` and restarted `.1` later.
     bounce: Option<(Duration, Duration)>,
     clients: Vec<ClientPlan>,
+    /// (Limit seeds) The limits configured, and the crowds and probe that press on them.
+    limits: LimitPlan,
+}
+
+/// A seed's limits (each drawn or not, swarm style), and the extra hosts that test them.
+/// Drawn from a stream of its own, so the rest of a seed's plan is the same with or without.
+#[derive(Debug, Clone, Default)]
+struct LimitPlan {
+    max_connections: Option<usize>,
+    max_per_ip: Option<usize>,
+    rate_per_ip: Option<berth::limits::Rate>,
+    /// (TLS seeds) At most this many handshakes at once.
+    max_handshakes: Option<usize>,
+    /// (With `max_connections`) At the limit, evict a connection idle this long.
+    evict_after: Option<Duration>,
+    /// Watch handshakes through `tls_select`: the server notes each ClientHello, whose ALPN
+    /// names the connection (its peer address), so the judge can count handshakes at once.
+    watch_hellos: bool,
+    /// Hosts that open several connections at once from one address.
+    crowds: Vec<Crowd>,
+    /// (With `max_handshakes`) Before the shutdown, one failing handshake, then
+    /// `max_handshakes` fresh ones at once, which must succeed: every place came back.
+    probe: bool,
+}
+
+/// One host with several connections from one address (its own, or the one its PROXY
+/// headers claim): a first wave of `size` at once, each echoing once and holding its
+/// connection idle for `hold`; once all have ended, `refill` later, a comeback of
+/// `comeback` at once, which the per-IP limits must admit again.
+#[derive(Debug, Clone)]
+struct Crowd {
+    start: Duration,
+    size: usize,
+    hold: Duration,
+    refill: Duration,
+    comeback: usize,
+}
+
+impl LimitPlan {
+    /// A limit seed about 2 in 5 (never with a server bounce: a connection the crashed server
+    /// accepted may come back as a ghost of its client and count against its address).
+    fn draw(seed: u64, idle: Duration, tls: bool, bounce: bool) -> LimitPlan {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x0011_4175_EED5);
+        if bounce || !rng.random_bool(0.4) {
+            return LimitPlan::default();
+        }
+        let max_connections = rng.random_bool(0.5).then(|| rng.random_range(2..=6usize));
+        let max_per_ip = rng.random_bool(0.5).then(|| rng.random_range(1..=3usize));
+        let rate_per_ip = rng.random_bool(0.4).then(|| berth::limits::Rate {
+            per_second: rng.random_range(2.0..20.0),
+            burst: rng.random_range(1..=4),
+        });
+        let max_handshakes =
+            (tls && rng.random_bool(0.7)).then(|| if rng.random_bool(0.7) { 1 } else { 2 });
+        let evict_after = (max_connections.is_some() && rng.random_bool(0.5)).then(|| {
+            Duration::from_millis(
+                rng.random_range(idle.as_millis() as u64 / 8..=idle.as_millis() as u64 / 2),
+            )
+        });
+        let watch_hellos = max_handshakes.is_some() && rng.random_bool(0.7);
+        // What one address may have at once, and what it may open at once after a pause.
+        let cap = max_per_ip
+            .unwrap_or(usize::MAX)
+            .min(rate_per_ip.map_or(usize::MAX, |r| r.burst as usize));
+        let crowds = (0..rng.random_range(1..=3))
+            .map(|_| {
+                let size = if cap < 8 && rng.random_bool(0.7) {
+                    cap + rng.random_range(1..=3) // over the per-IP limits
+                } else {
+                    rng.random_range(2..=5)
+                };
+                let comeback = cap.min(3);
+                Crowd {
+                    start: Duration::from_millis(rng.random_range(0..1200)),
+                    size,
+                    hold: Duration::from_millis(
+                        rng.random_range(50..=(idle / 2).as_millis() as u64),
+                    ),
+                    // Time for the rate to give `comeback` tokens again.
+                    refill: rate_per_ip.map_or(Duration::from_millis(10), |r| {
+                        Duration::from_secs_f64(comeback as f64 / r.per_second)
+                            + Duration::from_millis(30)
+                    }),
+                    comeback,
+                }
+            })
+            .collect();
+        LimitPlan {
+            max_connections,
+            max_per_ip,
+            rate_per_ip,
+            max_handshakes,
+            evict_after,
+            watch_hellos,
+            crowds,
+            probe: max_handshakes.is_some(),
+        }
+    }
+
+    fn is_on(&self) -> bool {
+        !self.crowds.is_empty()
+    }
 }
 
 impl Plan {
@@ -251,7 +381,7 @@ impl Plan {
                 }
             })
             .collect();
-        Plan {
+        let mut plan = Plan {
             seed,
             max_latency,
             idle,
@@ -283,7 +413,10 @@ impl Plan {
                 },
             ),
             clients,
-        }
+            limits: LimitPlan::default(),
+        };
+        plan.limits = LimitPlan::draw(seed, idle, tls, plan.bounce.is_some());
+        plan
     }
 
     /// The idle scanner's sweep interval (berth's `idle::tick_for`: an eighth of the timeout
@@ -399,21 +532,64 @@ struct Observed {
     faults: Option<SwarmFaults>,
     /// The shuffling runtimes of the server's instances (`Plan::shuffle`).
     shuffles: Shared<Vec<Shuffle>>,
+    /// (Limit seeds) The crowds' and the probe's connections: host, wave, log.
+    extras: Vec<(String, Wave, Shared<ClientLog>)>,
+    /// Set by the server when the probe may start.
+    probe_go: Arc<AtomicBool>,
+    /// The server's stats and open count once every client has finished.
+    at_end: Shared<Option<(berth::Stats, usize)>>,
 }
 
 impl Observed {
-    fn new(clients: usize) -> Self {
+    fn new(plan: &Plan) -> Self {
+        let mut extras = Vec::new();
+        for (h, crowd) in plan.limits.crowds.iter().enumerate() {
+            for (wave, n) in [(Wave::First, crowd.size), (Wave::Comeback, crowd.comeback)] {
+                for _ in 0..n {
+                    extras.push((format!("crowd{h}"), wave, Shared::default()));
+                }
+            }
+        }
+        if plan.limits.probe {
+            extras.push(("probe".to_owned(), Wave::BadProbe, Shared::default()));
+            for _ in 0..plan.limits.max_handshakes.unwrap_or(1) {
+                extras.push(("probe".to_owned(), Wave::Probe, Shared::default()));
+            }
+        }
         Observed {
-            clients: (0..clients).map(|_| Shared::default()).collect(),
+            clients: (0..plan.clients.len()).map(|_| Shared::default()).collect(),
+            extras,
             ..Observed::default()
         }
     }
 
+    /// The extra connections of `host` in `wave`.
+    fn extras_of(&self, host: &str, wave: Wave) -> Vec<Shared<ClientLog>> {
+        self.extras
+            .iter()
+            .filter(|(h, w, _)| h == host && *w == wave)
+            .map(|(_, _, log)| log.clone())
+            .collect()
+    }
+
     /// Everything, as text: the trace compared between two runs of a seed.
     fn full_trace(&self) -> String {
-        let mut out = self.rec.trace();
+        // (A pressure of 0 connections is the descriptors' share, which depends on the
+        // process: only the level goes in the trace.)
+        let mut out: String = self
+            .rec
+            .trace()
+            .lines()
+            .map(|line| match line.find(", pressure: ") {
+                Some(at) if line.contains("Pressure {") => format!("{} }})\n", &line[..at]),
+                _ => format!("{line}\n"),
+            })
+            .collect();
         for (i, c) in self.clients.iter().enumerate() {
             out.push_str(&format!("client{i}: {:?}\n", lock(c)));
+        }
+        for (host, wave, log) in &self.extras {
+            out.push_str(&format!("{host} {wave:?}: {:?}\n", lock(log)));
         }
         for h in lock(&self.handlers).iter() {
             out.push_str(&format!("handler: {:?}\n", lock(h)));
@@ -656,6 +832,9 @@ impl End {
 struct ClientLog {
     /// Each connect attempt: when it began, and the local port when it connected.
     attempts: Vec<(Duration, Option<u16>)>,
+    /// When the last attempt connected (the server accepted it: turmoil completes a connect
+    /// in `accept`).
+    connected: Option<Duration>,
     /// The address the server sees: the socket's, or the one its PROXY header claims.
     peer: Option<std::net::SocketAddr>,
     /// The socket's own address.
@@ -796,6 +975,8 @@ struct ClientCtx {
     stall: Duration,
     proxy: bool,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Offer the peer address as ALPN (`LimitPlan::watch_hellos`).
+    alpn: bool,
     /// Connect attempts give up after this and try again (a bounce seed: connects to a
     /// crashed host hang).
     connect_timeout: Option<Duration>,
@@ -820,7 +1001,9 @@ async fn connect(ctx: &ClientCtx) -> Result<turmoil::net::TcpStream, End> {
         return match result {
             Ok(s) => {
                 let port = s.local_addr().map(|a| a.port()).unwrap_or_default();
-                if let Some(last) = lock(&ctx.log).attempts.last_mut() {
+                let mut log = lock(&ctx.log);
+                log.connected = Some(sim_now());
+                if let Some(last) = log.attempts.last_mut() {
                     last.1 = Some(port);
                 }
                 Ok(s)
@@ -903,8 +1086,13 @@ async fn client(ctx: ClientCtx) -> End {
             }
         }
         (Some(config), _) => {
+            let config = if ctx.alpn {
+                named(config, peer)
+            } else {
+                config.clone()
+            };
             let name = rustls::pki_types::ServerName::try_from("server").unwrap();
-            match futures_rustls::TlsConnector::from(config.clone())
+            match futures_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
             {
@@ -1029,35 +1217,7 @@ async fn session(ctx: &ClientCtx, io: Box<dyn Duplex>, prefix: Option<Vec<u8>>) 
     .await;
     let end = match result {
         Ok(true) => End::Partitioned { at: sim_now() },
-        Ok(false) => {
-            // Done: close our side, then wait for the server to close its side.
-            match s.io.close().await {
-                Err(e) => End::Reset {
-                    at: sim_now(),
-                    error: format!("closing: {:?}: {e}", e.kind()),
-                },
-                Ok(()) => match tokio::time::timeout(ctx.stall, s.until_closed())
-                    .await
-                    .unwrap_or(Stop::Stalled)
-                {
-                    Stop::Eof => End::Completed {
-                        at: sim_now(),
-                        truncated: false,
-                    },
-                    Stop::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        End::Completed {
-                            at: sim_now(),
-                            truncated: true,
-                        }
-                    }
-                    Stop::Io(e) => End::Reset {
-                        at: sim_now(),
-                        error: format!("after closing: {:?}: {e}", e.kind()),
-                    },
-                    stop => ended_by(stop),
-                },
-            }
-        }
+        Ok(false) => close_and_wait(&mut s).await,
         Err(stop) => ended_by(stop),
     };
     lock(&ctx.log).end.get_or_insert(end.clone());
@@ -1067,6 +1227,195 @@ async fn session(ctx: &ClientCtx, io: Box<dyn Duplex>, prefix: Option<Vec<u8>>) 
     }
     drop(s);
     end
+}
+
+/// Done: closes our side, then waits (at most `s.stall`) for the server to close its side.
+async fn close_and_wait(s: &mut Session) -> End {
+    match s.io.close().await {
+        Err(e) => End::Reset {
+            at: sim_now(),
+            error: format!("closing: {:?}: {e}", e.kind()),
+        },
+        Ok(()) => match tokio::time::timeout(s.stall, s.until_closed())
+            .await
+            .unwrap_or(Stop::Stalled)
+        {
+            Stop::Eof => End::Completed {
+                at: sim_now(),
+                truncated: false,
+            },
+            Stop::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => End::Completed {
+                at: sim_now(),
+                truncated: true,
+            },
+            Stop::Io(e) => End::Reset {
+                at: sim_now(),
+                error: format!("after closing: {:?}: {e}", e.kind()),
+            },
+            stop => ended_by(stop),
+        },
+    }
+}
+
+/// `config`, offering the connection's peer address (as the server will see it) as its only
+/// ALPN protocol: the server's `tls_select` notes it with the ClientHello, which names the
+/// connection for the judge (a server with no ALPN protocols of its own ignores the offer).
+fn named(
+    config: &Arc<rustls::ClientConfig>,
+    peer: std::net::SocketAddr,
+) -> Arc<rustls::ClientConfig> {
+    let mut named = (**config).clone();
+    named.alpn_protocols = vec![peer.to_string().into_bytes()];
+    Arc::new(named)
+}
+
+/// What a crowd's or the probe's connection is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Wave {
+    /// A crowd's first connections, all at once.
+    First,
+    /// A crowd's connections once the first wave has ended.
+    Comeback,
+    /// The probe's plain text to the TLS listener (a failed handshake).
+    BadProbe,
+    /// The probe's fresh handshakes.
+    Probe,
+}
+
+/// One connection of a crowd or of the probe.
+#[derive(Clone)]
+struct Extra {
+    host: String,
+    wave: Wave,
+    /// The address its PROXY header claims (PROXY seeds).
+    source: Option<std::net::Ipv4Addr>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Offer the peer address as ALPN (`LimitPlan::watch_hellos`).
+    alpn: bool,
+    /// How long it keeps its connection after its echo.
+    hold: Duration,
+    stall: Duration,
+    log: Shared<ClientLog>,
+}
+
+fn crowd_source(h: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 2, h as u8, 1)
+}
+
+fn probe_source() -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 3, 0, 1)
+}
+
+/// One extra connection: connect (waiting in the backlog while the server is at
+/// `max_connections`), the PROXY header, the TLS handshake, one echo, `hold`, close.
+async fn extra(x: Extra) -> End {
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+    lock(&x.log).attempts.push((sim_now(), None));
+    let tcp = match turmoil::net::TcpStream::connect("server:7000").await {
+        Ok(tcp) => tcp,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return End::Refused { at: sim_now() };
+        }
+        Err(e) => {
+            return End::ConnectFailed {
+                at: sim_now(),
+                error: e.to_string(),
+            };
+        }
+    };
+    let local = tcp.local_addr().expect("local address");
+    let peer = x
+        .source
+        .map_or(local, |ip| std::net::SocketAddr::from((ip, local.port())));
+    {
+        let mut log = lock(&x.log);
+        log.connected = Some(sim_now());
+        if let Some(last) = log.attempts.last_mut() {
+            last.1 = Some(local.port());
+        }
+        log.local = Some(local);
+        log.peer = Some(peer);
+    }
+    let mut tcp = tcp.compat();
+    if x.source.is_some() {
+        let header = format!(
+            "PROXY TCP4 {} 192.168.0.1 {} 7000\r\n",
+            peer.ip(),
+            peer.port()
+        );
+        if let Err(e) = tcp.write_all(header.as_bytes()).await {
+            return ended_by(Stop::Io(e));
+        }
+    }
+    let io: Box<dyn Duplex> = match &x.tls {
+        Some(_) if x.wave == Wave::BadProbe => {
+            let _ = tcp.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+            let mut buf = [0u8; 256];
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) => {
+                        return End::Eof {
+                            at: sim_now(),
+                            truncated: false,
+                        };
+                    }
+                    Ok(_) => {}
+                    Err(e) => return ended_by(Stop::Io(e)),
+                }
+            }
+        }
+        Some(config) => {
+            let config = if x.alpn {
+                named(config, peer)
+            } else {
+                config.clone()
+            };
+            let name = rustls::pki_types::ServerName::try_from("server").unwrap();
+            match futures_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+            {
+                Ok(tls) => Box::new(tls),
+                Err(e) => return ended_by(Stop::Io(e)),
+            }
+        }
+        None => Box::new(tcp),
+    };
+    let mut s = Session {
+        io,
+        log: x.log.clone(),
+        sent: Vec::new(),
+        received: 0,
+        stall: x.stall,
+    };
+    let message = format!("{} {:?} {}", x.host, x.wave, local.port());
+    if let Err(stop) = s.roundtrip(message.as_bytes()).await {
+        return ended_by(stop);
+    }
+    tokio::time::sleep(x.hold).await;
+    close_and_wait(&mut s).await
+}
+
+/// Runs `x` (bounded by the session limit) and notes its end.
+async fn extra_logged(x: Extra) {
+    let log = x.log.clone();
+    let end = tokio::time::timeout(SESSION_LIMIT, extra(x))
+        .await
+        .unwrap_or_else(|_| End::Hung { at: sim_now() });
+    let mut log = lock(&log);
+    log.end.get_or_insert(end);
+    log.finished = true;
+}
+
+/// Runs connections at once on the current host, until all have ended.
+async fn all_at_once(connections: Vec<Extra>) {
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|x| tokio::task::spawn_local(extra_logged(x)))
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
 }
 
 // --- one run ---------------------------------------------------------------------------------
@@ -1092,8 +1441,25 @@ fn config(plan: &Plan) -> Config {
             "192.168.0.0/16".parse().unwrap(),
         ]));
     }
+    let limits = &plan.limits;
+    config.max_connections = limits.max_connections;
+    config.limits.max_per_ip = limits.max_per_ip;
+    config.limits.rate_per_ip = limits.rate_per_ip;
+    config.overload.evict_idle_after = limits.evict_after;
+    if limits.max_handshakes.is_some() {
+        config.max_handshakes = limits.max_handshakes;
+        // Room for a queue of handshakes (each takes about two trips) at one place.
+        config.handshake_timeout = HANDSHAKE_QUEUE_TIMEOUT;
+    }
     config
 }
+
+/// The handshake timeout of `max_handshakes` seeds.
+const HANDSHAKE_QUEUE_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long the server waits for its crowds after its planned shutdown moment.
+const CROWD_WAIT: Duration = Duration::from_secs(2);
+/// How long the server waits for the probe.
+const PROBE_WAIT: Duration = Duration::from_secs(9);
 
 /// Runs seed `plan.seed`, filling `obs`; panics only if the simulation itself fails.
 fn run(plan: &Plan, obs: &mut Observed) {
@@ -1114,7 +1480,27 @@ fn run(plan: &Plan, obs: &mut Observed) {
         move || logs.iter().all(|l| lock(l).end.is_some())
     };
     let all_finished = {
-        let logs = obs.clients.clone();
+        let mut logs = obs.clients.clone();
+        logs.extend(obs.extras.iter().map(|(_, _, log)| log.clone()));
+        move || logs.iter().all(|l| lock(l).finished)
+    };
+    // The crowds are done, and the probe is.
+    let crowds_done = {
+        let logs: Vec<_> = obs
+            .extras
+            .iter()
+            .filter(|(_, wave, _)| matches!(wave, Wave::First | Wave::Comeback))
+            .map(|(_, _, log)| log.clone())
+            .collect();
+        move || logs.iter().all(|l| lock(l).finished)
+    };
+    let probe_done = {
+        let logs: Vec<_> = obs
+            .extras
+            .iter()
+            .filter(|(_, wave, _)| matches!(wave, Wave::BadProbe | Wave::Probe))
+            .map(|(_, _, log)| log.clone())
+            .collect();
         move || logs.iter().all(|l| lock(l).finished)
     };
     let count_mismatch: Shared<Option<String>> = Shared::default();
@@ -1129,6 +1515,8 @@ fn run(plan: &Plan, obs: &mut Observed) {
         let shuffles = obs.shuffles.clone();
         let (quiet, mismatch) = (quiet.clone(), count_mismatch.clone());
         let (all_ended, all_finished) = (all_ended.clone(), all_finished.clone());
+        let (crowds_done, probe_done) = (crowds_done.clone(), probe_done.clone());
+        let (probe_go, at_end) = (obs.probe_go.clone(), obs.at_end.clone());
         let faults = faults.clone();
         sim.host("server", move || {
             let instance = instances.fetch_add(1, Ordering::SeqCst);
@@ -1150,8 +1538,23 @@ fn run(plan: &Plan, obs: &mut Observed) {
             let (quiet, mismatch, faults) = (quiet.clone(), mismatch.clone(), faults.clone());
             let shuffles = shuffles.clone();
             let (all_ended, all_finished) = (all_ended.clone(), all_finished.clone());
+            let (crowds_done, probe_done) = (crowds_done.clone(), probe_done.clone());
+            let (probe_go, at_end) = (probe_go.clone(), at_end.clone());
             async move {
-                let builder = rec.attach(Builder::new(config(&plan))).faults(faults);
+                let mut builder = rec.attach(Builder::new(config(&plan))).faults(faults);
+                if plan.limits.watch_hellos {
+                    // Notes each ClientHello (inside the handshake's place): its ALPN names
+                    // the connection. Chooses nothing: the listener's configuration serves.
+                    let notes = rec.clone();
+                    builder = builder.tls_select(move |hello: berth::tls::ClientHelloInfo| {
+                        let name = hello
+                            .alpn
+                            .first()
+                            .map(|p| String::from_utf8_lossy(p).into_owned());
+                        notes.note(format!("hello {}", name.unwrap_or_default()));
+                        std::future::ready(None)
+                    });
+                }
                 let handler = move |conn: Conn| campaign_handler(conn, ctx.clone());
                 let h = match plan.shuffle {
                     Some(p) => {
@@ -1167,7 +1570,11 @@ fn run(plan: &Plan, obs: &mut Observed) {
                 let last = plan.bounce.is_none() || instance > 0;
                 loop {
                     let now = sim_now();
-                    if last && (now >= plan.shutdown_at || all_ended()) {
+                    // (Limit seeds: and the crowds are done, or have had their time.)
+                    if last
+                        && (now >= plan.shutdown_at || all_ended())
+                        && (crowds_done() || now >= plan.shutdown_at + CROWD_WAIT)
+                    {
                         break;
                     }
                     if instance == 0 && lock(&crashed).is_some() {
@@ -1183,6 +1590,7 @@ fn run(plan: &Plan, obs: &mut Observed) {
                         &handles,
                         &quiet,
                         &mismatch,
+                        (&plan.limits, false),
                     );
                     abort_due(
                         &plan,
@@ -1195,6 +1603,28 @@ fn run(plan: &Plan, obs: &mut Observed) {
                     );
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+                if plan.limits.probe {
+                    // The probe's handshakes, before the shutdown (bounded: it may wait in
+                    // the backlog at max_connections).
+                    rec.note("probe");
+                    probe_go.store(true, Ordering::SeqCst);
+                    let until = sim_now() + PROBE_WAIT;
+                    while !probe_done() && sim_now() < until {
+                        audit(
+                            &h,
+                            instance,
+                            &rec,
+                            &mut followed,
+                            &handlers,
+                            &handles,
+                            &quiet,
+                            &mismatch,
+                            (&plan.limits, false),
+                        );
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                rec.note("shutdown");
                 let called = sim_now();
                 let result = match h.shutdown_within(plan.grace).await {
                     Ok(report) => Ok(report),
@@ -1224,9 +1654,11 @@ fn run(plan: &Plan, obs: &mut Observed) {
                         &handles,
                         &quiet,
                         &mismatch,
+                        (&plan.limits, true),
                     );
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+                *lock(&at_end) = Some((h.stats(), h.open_connections()));
                 Ok(())
             }
         });
@@ -1240,6 +1672,7 @@ fn run(plan: &Plan, obs: &mut Observed) {
             stall: plan.partition_wait(),
             proxy: plan.proxy,
             tls: plan.tls.then(|| tls_pair().1.clone()),
+            alpn: plan.limits.watch_hellos,
             connect_timeout: plan.bounce.map(|_| Duration::from_millis(400)),
             log: obs.clients[i].clone(),
         };
@@ -1259,6 +1692,84 @@ fn run(plan: &Plan, obs: &mut Observed) {
                 std::future::pending::<()>().await;
                 Ok(())
             }
+        });
+    }
+    let extra_of = |host: String,
+                    wave: Wave,
+                    source: Option<std::net::Ipv4Addr>,
+                    hold: Duration,
+                    log: Shared<ClientLog>| Extra {
+        host,
+        wave,
+        source: source.filter(|_| plan.proxy),
+        tls: plan.tls.then(|| tls_pair().1.clone()),
+        alpn: plan.limits.watch_hellos,
+        hold,
+        stall: plan.partition_wait(),
+        log,
+    };
+    // The extra hosts, started by the driver when their time comes (a crowd at its start,
+    // the probe when the server lets it go); their software ends with their last connection,
+    // and turmoil stops running them.
+    let mut extra_hosts: Vec<ExtraHost> = Vec::new();
+    for (h, crowd) in plan.limits.crowds.iter().enumerate() {
+        let host = format!("crowd{h}");
+        let wave = |wave| -> Vec<Extra> {
+            obs.extras_of(&host, wave)
+                .into_iter()
+                .map(|log| {
+                    let hold = if wave == Wave::First {
+                        crowd.hold
+                    } else {
+                        Duration::ZERO
+                    };
+                    extra_of(host.clone(), wave, Some(crowd_source(h)), hold, log)
+                })
+                .collect()
+        };
+        extra_hosts.push(ExtraHost {
+            name: host.clone(),
+            start: Some(crowd.start),
+            // All at once; once all have ended (and the rate has refilled), all at once again.
+            waves: vec![wave(Wave::First), wave(Wave::Comeback)],
+            pause: crowd.refill,
+            logs: obs
+                .extras_of(&host, Wave::First)
+                .into_iter()
+                .chain(obs.extras_of(&host, Wave::Comeback))
+                .collect(),
+            started: false,
+            done: None,
+        });
+    }
+    if plan.limits.probe {
+        let wave = |wave| -> Vec<Extra> {
+            obs.extras_of("probe", wave)
+                .into_iter()
+                .map(|log| {
+                    extra_of(
+                        "probe".into(),
+                        wave,
+                        Some(probe_source()),
+                        Duration::ZERO,
+                        log,
+                    )
+                })
+                .collect()
+        };
+        extra_hosts.push(ExtraHost {
+            name: "probe".into(),
+            start: None,
+            // A failed handshake first, then `max_handshakes` fresh ones at once.
+            waves: vec![wave(Wave::BadProbe), wave(Wave::Probe)],
+            pause: Duration::ZERO,
+            logs: obs
+                .extras_of("probe", Wave::BadProbe)
+                .into_iter()
+                .chain(obs.extras_of("probe", Wave::Probe))
+                .collect(),
+            started: false,
+            done: None,
         });
     }
     let server_ip = sim.lookup("server");
@@ -1313,13 +1824,33 @@ fn run(plan: &Plan, obs: &mut Observed) {
             obs.rec.note_at(now, "restart server");
             sim.bounce("server");
         }
+        for x in &mut extra_hosts {
+            let due = x
+                .start
+                .map_or(obs.probe_go.load(Ordering::SeqCst), |at| now >= at);
+            if due && !x.started {
+                x.started = true;
+                x.start(&mut sim);
+            }
+            if x.started && x.done.is_none() && x.logs.iter().all(|l| lock(l).finished) {
+                x.done = Some((now, sim.lookup(x.name.as_str())));
+            }
+        }
+        // A host whose software has ended is no longer run: what the server sends it stays
+        // on the link. Once what it sent has arrived, its link no longer counts.
+        let gone: Vec<std::net::IpAddr> = extra_hosts
+            .iter()
+            .filter_map(|x| x.done)
+            .filter(|(at, _)| now > *at + plan.max_latency + TICK * 2)
+            .map(|(_, ip)| ip)
+            .collect();
         // Quiet: nothing in flight to or from the server as this step starts, so what the
         // server's tick sees of its sockets has settled.
         let mut busy = false;
         sim.links(|links| {
             for link in links {
                 let (a, b) = link.pair();
-                if a == server_ip || b == server_ip {
+                if (a == server_ip || b == server_ip) && !gone.contains(&a) && !gone.contains(&b) {
                     busy |= link.count() > 0;
                 }
             }
@@ -1328,7 +1859,7 @@ fn run(plan: &Plan, obs: &mut Observed) {
         if let Err(e) = sim.step() {
             panic!("the simulation failed: {e}");
         }
-        if lock(&obs.shutdown).is_some() && all_finished() {
+        if lock(&obs.at_end).is_some() {
             break;
         }
     }
@@ -1337,9 +1868,45 @@ fn run(plan: &Plan, obs: &mut Observed) {
     }
 }
 
+/// A crowd's or the probe's host, started by the driver.
+struct ExtraHost {
+    name: String,
+    /// When it starts; `None`: when the server lets the probe go.
+    start: Option<Duration>,
+    /// Connections run all at once, one wave after the other.
+    waves: Vec<Vec<Extra>>,
+    /// The pause between waves.
+    pause: Duration,
+    logs: Vec<Shared<ClientLog>>,
+    started: bool,
+    /// When its last connection ended, and its address.
+    done: Option<(Duration, std::net::IpAddr)>,
+}
+
+impl ExtraHost {
+    fn start(&mut self, sim: &mut turmoil::Sim<'_>) {
+        let once = Arc::new(Mutex::new(Some(std::mem::take(&mut self.waves))));
+        let pause = self.pause;
+        sim.host(self.name.as_str(), move || {
+            let waves = lock(&once).take().unwrap_or_default();
+            async move {
+                for (n, wave) in waves.into_iter().enumerate() {
+                    if n > 0 {
+                        tokio::time::sleep(pause).await;
+                    }
+                    all_at_once(wave).await;
+                }
+                Ok(())
+            }
+        });
+    }
+}
+
 /// Checks, on the server host every 10 ms: berth's open count against turmoil's (when the
-/// network is quiet), and that a `ConnHandle` of a connection that has closed neither says it
-/// is connected nor closes anything (its slot may serve a newer connection by now).
+/// network is quiet) and against `max_connections` (before the shutdown: once accepting
+/// stops, a connection waiting for a place is served all the same), and that a `ConnHandle`
+/// of a connection that has closed neither says it is connected nor closes anything (its slot
+/// may serve a newer connection by now).
 #[allow(clippy::too_many_arguments)]
 fn audit(
     h: &berth::ServerHandle,
@@ -1350,10 +1917,26 @@ fn audit(
     handles: &Shared<Vec<(usize, u64, ConnHandle)>>,
     quiet: &AtomicBool,
     mismatch: &Shared<Option<String>>,
+    (limits, shutting_down): (&LimitPlan, bool),
 ) {
+    if let Some(max) = limits.max_connections.filter(|_| !shutting_down) {
+        let open = h.open_connections();
+        if open > max {
+            lock(mismatch).get_or_insert(format!(
+                "at {:?} berth counts {open} open connections, over max_connections {max}",
+                sim_now()
+            ));
+        }
+    }
     if quiet.load(Ordering::SeqCst) {
         let berth = h.open_connections();
         let turmoil = turmoil::established_tcp_stream_count_on("server");
+        // With eviction on, a client accepted at the limit waits (uncounted) for the place
+        // its eviction frees.
+        let waiting = match (limits.evict_after, limits.max_connections) {
+            (Some(_), Some(max)) => usize::from(berth + 1 >= max),
+            _ => 0,
+        };
         // turmoil does not wake a writer blocked on a full link when the peer resets the
         // connection (a real kernel does): until the idle timeout frees it, berth still
         // holds a socket turmoil has dropped.
@@ -1364,10 +1947,11 @@ fn audit(
                 r.instance == instance && r.end.is_none() && r.writing
             })
             .count();
-        if berth < turmoil || berth > turmoil + blocked_writers {
+        if berth + waiting < turmoil || berth > turmoil + blocked_writers {
             lock(mismatch).get_or_insert(format!(
                 "at {:?} with the network quiet, berth counts {berth} open connections, \
-                 turmoil {turmoil} ({blocked_writers} handlers blocked writing)",
+                 turmoil {turmoil} ({blocked_writers} handlers blocked writing, {waiting} \
+                 waiting for a place)",
                 sim_now()
             ));
         }
@@ -1730,6 +2314,7 @@ fn judge(plan: &Plan, obs: &Observed) -> Result<Vec<(usize, &'static str)>, Stri
             let owned = obs
                 .clients
                 .iter()
+                .chain(obs.extras.iter().map(|(_, _, log)| log))
                 .any(|c| lock(c).peer.is_some() && l.peer.as_socket_addr() == lock(c).peer);
             if !owned && plan.bounce.is_none() {
                 return Err(format!(
@@ -1739,7 +2324,390 @@ fn judge(plan: &Plan, obs: &Observed) -> Result<Vec<(usize, &'static str)>, Stri
             }
         }
     }
+    verdicts.extend(judge_limits(plan, obs, &instances, times)?);
     Ok(verdicts)
+}
+
+/// The limits, over the whole run: every refusal (all seeds without a bounce), and on limit
+/// seeds the open counts against `max_connections` and `max_per_ip`, the admissions against
+/// `rate_per_ip`, the handshakes at once against `max_handshakes`, every eviction, and every
+/// crowd's and the probe's connection. Returns the verdicts of the extra connections and
+/// which limits the run reached.
+fn judge_limits(
+    plan: &Plan,
+    obs: &Observed,
+    instances: &[Vec<Life>],
+    t: Times,
+) -> Result<Vec<(usize, &'static str)>, String> {
+    use berth::limits::RejectReason;
+    let l = &plan.limits;
+    let mut verdicts = Vec::new();
+    if plan.bounce.is_some() {
+        return Ok(verdicts);
+    }
+    let records = obs.rec.records();
+    let lives = &instances[0];
+    let ip_of = |a: &Addr| a.ip().map(|ip| ip.to_string()).unwrap_or_default();
+    let connected_at = |a: &Addr| {
+        obs.clients
+            .iter()
+            .chain(obs.extras.iter().map(|(_, _, log)| log))
+            .map(|log| lock(log))
+            .find(|log| log.peer.is_some() && log.peer == a.as_socket_addr())
+            .and_then(|log| log.connected)
+    };
+
+    // Every refused connection is refused once, never also served, for a limit the seed
+    // has; berth counts each refusal once, and its open count is back to 0.
+    let rejected: Vec<(Duration, Addr, RejectReason)> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Conn(ConnEvent::Rejected { peer_addr, reason }) => {
+                Some((r.at, peer_addr.clone(), reason.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut refused_peers = std::collections::BTreeSet::new();
+    for (at, peer, reason) in &rejected {
+        if !refused_peers.insert(peer.to_string()) {
+            return Err(format!("{peer} was refused twice (at {at:?}: {reason:?})"));
+        }
+        if lives.iter().any(|life| life.peer == *peer) {
+            return Err(format!("{peer} was refused ({reason:?}) and also served"));
+        }
+        let allowed = match reason {
+            RejectReason::PerIpConnections => l.max_per_ip.is_some(),
+            RejectReason::PerIpRate => l.rate_per_ip.is_some(),
+            RejectReason::ProxyHeader(_) => plan.proxy,
+            _ => false,
+        };
+        if !allowed {
+            return Err(format!(
+                "{peer} refused at {at:?} for {reason:?}, a limit not set"
+            ));
+        }
+    }
+    let (stats, open_at_end) = lock(&obs.at_end).clone().ok_or("no final stats")?;
+    if stats.rejected != rejected.len() as u64 {
+        return Err(format!(
+            "stats count {} refused connections, the events {}",
+            stats.rejected,
+            rejected.len()
+        ));
+    }
+    if open_at_end != 0 {
+        return Err(format!(
+            "at the end berth counts {open_at_end} open connections"
+        ));
+    }
+    if !l.is_on() {
+        return Ok(verdicts);
+    }
+
+    // Connections open at once, in all and by address; handshakes at once.
+    let mut open: BTreeMap<u64, String> = BTreeMap::new();
+    let mut by_ip: BTreeMap<String, usize> = BTreeMap::new();
+    let mut ids: BTreeMap<std::net::SocketAddr, u64> = BTreeMap::new();
+    let mut handshaking = std::collections::BTreeSet::new();
+    let mut admitted: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    let mut shutting_down = false;
+    let (mut peak, mut peak_ip, mut peak_handshakes) = (0, 0, 0);
+    for r in &records {
+        match &r.event {
+            Event::Note(n) if n == "shutdown" => shutting_down = true,
+            Event::Note(n) if n.starts_with("hello ") => {
+                let id = n["hello ".len()..]
+                    .parse()
+                    .ok()
+                    .and_then(|peer: std::net::SocketAddr| ids.get(&peer))
+                    .ok_or_else(|| format!("at {:?}, a ClientHello of no connection: {n}", r.at))?;
+                handshaking.insert(*id);
+                peak_handshakes = peak_handshakes.max(handshaking.len());
+                if let Some(max) = l.max_handshakes.filter(|max| handshaking.len() > *max) {
+                    return Err(format!(
+                        "at {:?}, {} handshakes at once ({handshaking:?}), over max_handshakes {max}",
+                        r.at,
+                        handshaking.len()
+                    ));
+                }
+            }
+            Event::Conn(ConnEvent::Accepted { id, peer_addr, .. }) => {
+                let ip = ip_of(peer_addr);
+                if let Some(a) = peer_addr.as_socket_addr() {
+                    ids.insert(a, *id);
+                }
+                // When it was admitted: behind a proxy, as its header was read (`Accepted`
+                // follows at once); else on the accept loop, when its client connected (it
+                // may wait uncounted for a place, or start late, before `Accepted`).
+                let admitted_at = if plan.proxy {
+                    Some(r.at)
+                } else {
+                    connected_at(peer_addr)
+                };
+                admitted
+                    .entry(ip.clone())
+                    .or_default()
+                    .push(admitted_at.ok_or_else(|| format!("{peer_addr}: no client connected"))?);
+                let n = by_ip.entry(ip.clone()).or_default();
+                *n += 1;
+                let n = *n;
+                open.insert(*id, ip.clone());
+                if let Some(max) = l.max_connections {
+                    // (Once accepting stops, a connection waiting for a place is served.)
+                    let over = open.len() > max + usize::from(shutting_down);
+                    if over {
+                        return Err(format!(
+                            "at {:?}, {} connections open at once, over max_connections {max}: {open:?}",
+                            r.at,
+                            open.len()
+                        ));
+                    }
+                    if !shutting_down {
+                        peak = peak.max(open.len());
+                    }
+                }
+                if let Some(max) = l.max_per_ip {
+                    if n > max {
+                        return Err(format!(
+                            "at {:?}, {n} connections open at once from {ip}, over max_per_ip {max}",
+                            r.at
+                        ));
+                    }
+                    peak_ip = peak_ip.max(n);
+                }
+            }
+            Event::Conn(ConnEvent::Closed { id, .. }) => {
+                handshaking.remove(id);
+                if let Some(ip) = open.remove(id) {
+                    if let Some(n) = by_ip.get_mut(&ip) {
+                        *n -= 1;
+                    }
+                }
+            }
+            Event::Conn(ConnEvent::TlsEstablished { id, .. } | ConnEvent::TlsFailed { id, .. }) => {
+                handshaking.remove(id);
+            }
+            _ => {}
+        }
+    }
+    if l.max_connections.is_some_and(|max| peak >= max) {
+        verdicts.push((usize::MAX, "limit: max_connections reached"));
+    }
+    if l.max_per_ip.is_some_and(|max| peak_ip >= max) {
+        verdicts.push((usize::MAX, "limit: max_per_ip reached"));
+    }
+    if l.watch_hellos && l.max_handshakes.is_some_and(|max| peak_handshakes >= max) {
+        verdicts.push((usize::MAX, "limit: max_handshakes reached"));
+    }
+    // A token bucket admits at most `burst + per_second * span` in any span (a client sees
+    // its connect complete up to a step after its accept).
+    if let Some(rate) = l.rate_per_ip {
+        let late = EPS;
+        for (ip, times) in &mut admitted {
+            times.sort();
+            for i in 0..times.len() {
+                for j in i..times.len() {
+                    let span = (times[j] - times[i] + late).as_secs_f64();
+                    let most = f64::from(rate.burst) + rate.per_second * span + 1e-6;
+                    if (j - i + 1) as f64 > most {
+                        return Err(format!(
+                            "{} connections from {ip} admitted between {:?} and {:?}, more than \
+                             rate_per_ip {rate:?} allows",
+                            j - i + 1,
+                            times[i],
+                            times[j]
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // Every eviction: configured, of a connection idle that long, reported once.
+    let evictions: Vec<(u64, Duration)> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Server(ServerEvent::Overload {
+                action: berth::OverloadAction::Evicted { id, idle },
+            }) => Some((*id, *idle)),
+            _ => None,
+        })
+        .collect();
+    for life in lives.iter().filter(|l| l.reason == CloseReason::Evicted) {
+        let reported = evictions.iter().filter(|(id, _)| *id == life.id).count();
+        if reported != 1 {
+            return Err(format!(
+                "connection {} evicted, reported {reported} times",
+                life.id
+            ));
+        }
+    }
+    for &(id, idle) in &evictions {
+        let min = l
+            .evict_after
+            .ok_or_else(|| format!("connection {id} evicted, eviction is off"))?;
+        let life = lives
+            .iter()
+            .find(|life| life.id == id && life.reason == CloseReason::Evicted)
+            .ok_or_else(|| format!("eviction of connection {id} reported, not its close"))?;
+        let handler = lock(&obs.handlers)
+            .iter()
+            .map(|h| lock(h).clone())
+            .find(|h| h.instance == 0 && h.id == id)
+            .ok_or_else(|| format!("evicted connection {id} had no handler"))?;
+        let last = handler
+            .activity
+            .iter()
+            .copied()
+            .filter(|at| *at <= life.closed)
+            .max()
+            .unwrap_or(handler.started);
+        let seen_idle = life.closed - last;
+        if idle < min || seen_idle + EPS < min || idle > seen_idle + EPS {
+            return Err(format!(
+                "connection {id} evicted at {:?} as idle {idle:?} (its handler: idle since \
+                 {last:?}, {seen_idle:?}); evict_idle_after is {min:?}",
+                life.closed
+            ));
+        }
+    }
+
+    // The crowds' and the probe's connections.
+    for (n, (host, wave, log)) in obs.extras.iter().enumerate() {
+        let log = lock(log);
+        let verdict = judge_extra(plan, *wave, &log, lives, &rejected, t).map_err(|why| {
+            format!(
+                "{host} {wave:?} connection ended {:?} ({log:?}): {why}",
+                log.end
+            )
+        })?;
+        verdicts.push((plan.clients.len() + n, verdict));
+    }
+    let probes: Vec<&'static str> = verdicts
+        .iter()
+        .filter(|(n, _)| {
+            obs.extras
+                .get(n.wrapping_sub(plan.clients.len()))
+                .is_some_and(|(_, wave, _)| matches!(wave, Wave::BadProbe | Wave::Probe))
+        })
+        .map(|(_, v)| *v)
+        .collect();
+    if l.max_handshakes == Some(1)
+        && probes.contains(&"probe: the handshake failed, as planned")
+        && probes
+            .iter()
+            .filter(|v| **v == "probe: a fresh handshake")
+            .count()
+            == probes.len() - 1
+    {
+        verdicts.push((
+            usize::MAX,
+            "probe: a fresh handshake after a failed one, at max_handshakes = 1",
+        ));
+    }
+    Ok(verdicts)
+}
+
+/// Whether one crowd or probe connection's end is explained; the explanation.
+fn judge_extra(
+    plan: &Plan,
+    wave: Wave,
+    log: &ClientLog,
+    lives: &[Life],
+    rejected: &[(Duration, Addr, berth::limits::RejectReason)],
+    t: Times,
+) -> Result<&'static str, String> {
+    use berth::limits::RejectReason;
+    let end = log.end.clone().ok_or("no end")?;
+    match &end {
+        End::Hung { .. } => return Err("the session hung".into()),
+        End::Corrupt { detail, .. } => {
+            return Err(format!("the echo was not byte-exact: {detail}"));
+        }
+        End::ConnectFailed { error, .. } => return Err(format!("connect failed: {error}")),
+        _ => {}
+    }
+    let peer = log.peer;
+    let life = lives
+        .iter()
+        .find(|l| peer.is_some() && l.peer.as_socket_addr() == peer);
+    let refusal = rejected
+        .iter()
+        .find(|(_, a, _)| peer.is_some() && a.as_socket_addr() == peer);
+    let shutdown = |at: Duration| at + EPS >= t.called;
+    match (life, refusal) {
+        (Some(_), Some(_)) => Err("both served and refused".into()),
+        (None, Some((at, _, reason))) => {
+            if log.received > 0 {
+                return Err("refused, yet echoed".into());
+            }
+            match (reason, wave) {
+                (RejectReason::PerIpConnections, Wave::Comeback) => Err(
+                    "refused for max_per_ip after every earlier connection from its address \
+                     had closed: the per-IP count did not come back"
+                        .into(),
+                ),
+                (RejectReason::PerIpRate, Wave::Comeback) => {
+                    Err("refused for rate_per_ip after the rate had had time to refill".into())
+                }
+                (RejectReason::PerIpConnections, _) => Ok("crowd: refused for max_per_ip"),
+                (RejectReason::PerIpRate, _) => Ok("crowd: refused for rate_per_ip"),
+                (RejectReason::ProxyHeader(why), _)
+                    if why.contains("shutting down") && shutdown(*at) =>
+                {
+                    Ok("crowd: ended by the shutdown")
+                }
+                (other, _) => Err(format!("refused: {other:?}")),
+            }
+        }
+        (Some(life), None) => {
+            if life.closed + EPS >= t.drain && shutdown(life.closed) {
+                // The drain, its deadline or the shutdown's refusal of handshakes.
+                return Ok("crowd: ended by the shutdown");
+            }
+            match (wave, life.reason) {
+                (_, CloseReason::Evicted) => Ok("evicted for a newcomer"),
+                (Wave::BadProbe, CloseReason::TlsFailed) => {
+                    Ok("probe: the handshake failed, as planned")
+                }
+                (Wave::BadProbe, reason) => Err(format!("plain text to TLS closed for {reason:?}")),
+                // (turmoil resets the FIN of a client whose server closed first.)
+                (_, CloseReason::PeerClosed)
+                    if (matches!(end, End::Completed { .. })
+                        || matches!(&end, End::Reset { error, .. } if error.starts_with("after closing")))
+                        && log.sent > 0
+                        && log.received == log.sent =>
+                {
+                    Ok(match wave {
+                        Wave::First => "crowd: served",
+                        Wave::Comeback => {
+                            "crowd: admitted again after its address's connections closed"
+                        }
+                        _ => "probe: a fresh handshake",
+                    })
+                }
+                (Wave::Probe, CloseReason::TlsFailed) => Err(
+                    "the probe's fresh handshake failed: a handshake place was not given back?"
+                        .into(),
+                ),
+                (_, reason) => Err(format!("served, closed for {reason:?} before the shutdown")),
+            }
+        }
+        (None, None) => match end {
+            // Never accepted: it came after accepting stopped, or waited in the backlog at
+            // max_connections until then.
+            End::Refused { at } if shutdown(at) => {
+                let waited = log.attempts.last().is_some_and(|a| a.0 + EPS < t.called);
+                Ok(if waited && plan.limits.max_connections.is_some() {
+                    "crowd: waited at max_connections until the shutdown"
+                } else {
+                    "crowd: came after the shutdown"
+                })
+            }
+            _ => Err("neither served nor refused".into()),
+        },
+    }
 }
 
 /// The drain as one handler lived it: a wait for the next request ends when the drain is
@@ -1843,7 +2811,8 @@ fn judge_client(
                         | CloseReason::IdleTimeout
                         | CloseReason::HandlerDone
                         | CloseReason::ShutdownForced
-                        | CloseReason::TlsFailed,
+                        | CloseReason::TlsFailed
+                        | CloseReason::Evicted,
                     ),
                 ) => Ok("crashed"),
                 (Fault::Crash(_), Some(r)) => Err(format!("crashed, closed for {r:?}")),
@@ -1914,6 +2883,11 @@ fn judge_client(
     }
     let stuck = handler.is_some_and(|h| h.stuck.is_some());
     let reason = life.reason;
+    // (Eviction seeds) Closed to make room for a newcomer at max_connections, however far
+    // its session had come: `judge_limits` checks every eviction.
+    if reason == CloseReason::Evicted {
+        return Ok("evicted for a newcomer");
+    }
     match end {
         End::Completed { .. } => {
             if stuck || c.fault == Fault::Partition {
@@ -2088,7 +3062,7 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
 fn check_seed(seed: u64) -> Result<Passed, String> {
     let plan = Plan::draw(seed);
     let once = || {
-        let mut obs = Observed::new(plan.clients.len());
+        let mut obs = Observed::new(&plan);
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&plan, &mut obs)));
         let judged = match ran {
             Ok(()) => judge(&plan, &obs),
@@ -2143,7 +3117,15 @@ fn fnv(s: &str) -> u64 {
     hash
 }
 
-/// The seeds to run: `BERTH_SIM_SEED=N` (or `N,M,...`), `BERTH_SIM_SEEDS=A..B`, or `default`.
+/// Seeds the default and the big campaign skip, each showing a bug in berth that is not fixed
+/// yet (the check that fails stays in place: replay one with `BERTH_SIM_SEED=N`). Empty now:
+/// the last entries (32, 239, 398, 416, 509, 622, 709, 717) showed the idle timeout stopping
+/// while the pressure was high with `evict_idle_after` but no `shrink_idle_timeout`, fixed in
+/// `src/idle.rs` (`shrunk.or(idle_timeout)`).
+const KNOWN_BUGS: &[u64] = &[];
+
+/// The seeds to run: `BERTH_SIM_SEED=N` (or `N,M,...`), `BERTH_SIM_SEEDS=A..B`, or `default`
+/// (without the [`KNOWN_BUGS`] seeds).
 fn seeds(default: std::ops::Range<u64>) -> (Vec<u64>, bool) {
     if let Ok(seed) = std::env::var("BERTH_SIM_SEED") {
         let seeds = seed
@@ -2156,7 +3138,17 @@ fn seeds(default: std::ops::Range<u64>) -> (Vec<u64>, bool) {
         let (a, b): (u64, u64) = (a.parse().expect("A"), b.parse().expect("B"));
         return ((a..b).collect(), true);
     }
-    (default.collect(), false)
+    let skipped: Vec<u64> = default
+        .clone()
+        .filter(|seed| KNOWN_BUGS.contains(seed))
+        .collect();
+    if !skipped.is_empty() {
+        eprintln!("skipping seeds {skipped:?}: they show a known bug (see KNOWN_BUGS)");
+    }
+    (
+        default.filter(|seed| !KNOWN_BUGS.contains(seed)).collect(),
+        false,
+    )
 }
 
 /// Runs `seeds` on every core; panics with the failing seeds' reports.
@@ -2246,6 +3238,16 @@ fn campaign(seeds: &[u64], coverage: bool) {
             "cut by the server's crash",
             "rejected: a bad PROXY header",
             "TLS handshake failed",
+            // ... and every limit: reached, exceeded, given back ...
+            "limit: max_connections reached",
+            "limit: max_per_ip reached",
+            "limit: max_handshakes reached",
+            "crowd: refused for max_per_ip",
+            "crowd: refused for rate_per_ip",
+            "crowd: admitted again after its address's connections closed",
+            "crowd: waited at max_connections until the shutdown",
+            "evicted for a newcomer",
+            "probe: a fresh handshake after a failed one, at max_handshakes = 1",
         ] {
             assert!(
                 verdicts.contains_key(verdict),
