@@ -59,6 +59,11 @@ async fn route(req: Request<Incoming>) -> Result<Reply, Infallible> {
                 .and_then(|q| q.strip_prefix("ms="))
                 .and_then(|ms| ms.parse().ok())
                 .unwrap_or(0);
+            // Tell a test waiting on this server that the request is in the service.
+            let entered = lock_entered().get(&info.local_addr().to_string()).cloned();
+            if let Some(entered) = entered {
+                let _ = entered.try_send(());
+            }
             info.runtime().sleep(Duration::from_millis(ms)).await;
             "slow".to_string()
         }
@@ -69,6 +74,24 @@ async fn route(req: Request<Incoming>) -> Result<Reply, Infallible> {
         _ => info.peer_addr().to_string(),
     };
     Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+/// Per server (its local address), a channel `/slow` signals on when a request enters it:
+/// a drain started after that signal must let the request finish.
+static SLOW_ENTERED: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, async_channel::Sender<()>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn lock_entered()
+-> std::sync::MutexGuard<'static, std::collections::HashMap<String, async_channel::Sender<()>>> {
+    SLOW_ENTERED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A receiver of the signal `/slow` sends when a request to the server at `addr` enters it.
+fn slow_entered(addr: std::net::SocketAddr) -> async_channel::Receiver<()> {
+    let (tx, rx) = async_channel::unbounded();
+    lock_entered().insert(berth::Addr::from(addr).to_string(), tx);
+    rx
 }
 
 /// The routes above as a nameable service.
@@ -396,6 +419,7 @@ fn h2_streams_in_flight_finish_and_the_connection_gets_goaway<R: Rt>() {
             .await
             .expect("h2 handshake");
             let connection = tokio::spawn(connection);
+            let entered = slow_entered(addr);
             // A second HTTP/2 connection that never sends a request: known as HTTP/2 by its
             // preface, it gets GOAWAY at the drain too (no wait for a request that will not
             // come, no force at the deadline).
@@ -424,8 +448,12 @@ fn h2_streams_in_flight_finish_and_the_connection_gets_goaway<R: Rt>() {
                     .unwrap(),
             );
             let slow = tokio::spawn(slow);
-            // Wait until the slow stream is in the service (it marks the connection busy),
-            // then drain.
+            // Drain once the slow stream is in the service: a stream the server has not
+            // seen yet when GOAWAY leaves is refused (the race no server can close).
+            entered
+                .recv()
+                .await
+                .expect("the slow stream enters the service");
             let stopping = handle.clone();
             let shutdown = tokio::spawn(async move { stopping.shutdown().await });
             let slow = slow.await.unwrap().expect("the stream in flight finishes");
