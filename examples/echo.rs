@@ -336,17 +336,19 @@ fn run(args: Args) -> Result<(), String> {
     // Attached after bind, whose error is printed once, as the one error line.
     server.handle().on_error(|e| eprintln!("echo: {e}"));
 
-    let handle = server.serve(echo);
-    let _ = serving.set(handle.clone());
-    // Printed once serving: a readiness check right after the line already says ready.
+    // Printed before serving: in an upgrade, serving tells the old process to go on, which
+    // prints `upgrade: process N`, and the new process's lines come first. A readiness
+    // check right after them may still see "starting" for a moment.
     let mut stdout = std::io::stdout().lock();
-    for (_, addr) in handle.listeners() {
+    for (_, addr) in server.listeners() {
         writeln!(stdout, "listening on {addr}").map_err(|e| format!("cannot write: {e}"))?;
     }
     stdout
         .flush()
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(stdout);
+    let handle = server.serve(echo);
+    let _ = serving.set(handle.clone());
 
     if let Some(socket) = metrics {
         handle
