@@ -363,10 +363,9 @@ impl Builder {
                 let clock = runtime.clone();
                 let resumption = crate::tls::Resumption::new(&tls, Arc::new(move || clock.now()))?;
                 #[cfg(unix)]
-                if let (Some(keys), Some(handed)) = (
-                    resumption.rotating_keys(),
-                    bound.ticket_keys.remove(name),
-                ) {
+                if let (Some(keys), Some(handed)) =
+                    (resumption.rotating_keys(), bound.ticket_keys.remove(name))
+                {
                     keys.adopt(&handed);
                 }
                 let (config, warnings) = tls.load_with(&crate::tls::read_pem, Some(&resumption))?;
@@ -951,8 +950,7 @@ impl ServerHandle {
         let mut loaded = Vec::new();
         let mut warned = Vec::new();
         for endpoint in self.core.endpoints().iter().filter(|e| e.is_tls()) {
-            let (config, warnings) =
-                tls.load_with(&crate::tls::read_pem, endpoint.resumption())?;
+            let (config, warnings) = tls.load_with(&crate::tls::read_pem, endpoint.resumption())?;
             warned = warnings;
             loaded.push((endpoint.clone(), config));
         }
@@ -1019,6 +1017,7 @@ async fn run_upgrade(
         core.hooks().error(&Error::Notify(e));
     }
     let handed = async {
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
         let mut sockets = core.handover_sockets().map_err(UpgradeError::Channel)?;
         let names: Vec<String> = sockets.iter().map(|(name, _)| name.clone()).collect();
         #[cfg(feature = "tls")]

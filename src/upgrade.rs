@@ -15,7 +15,7 @@
 //! only its own descriptor (and leaves a Unix socket's file in place).
 //!
 //! Session ticket keys travel over the same channel, as one more socket under a reserved
-//! name ([`TICKET_KEYS`]): the read end of a socket pair the old process wrote the keys
+//! name (`berth/tls-ticket-keys`): the read end of a socket pair the old process wrote the keys
 //! into. So the keys are never on disk, in the environment or in argv, and a new process
 //! of an older berth, which knows nothing of them, just closes that socket with the
 //! handed-over sockets nobody took.
@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Read as _, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
@@ -50,6 +50,7 @@ pub(crate) const MAX_LISTENERS: usize = 200;
 /// The reserved name of the socket that carries the TLS ticket keys.
 pub(crate) const TICKET_KEYS: &str = "berth/tls-ticket-keys";
 /// The largest message [`message`] carries (a socket pair's buffer holds it without a reader).
+#[cfg(feature = "tls")]
 const MAX_MESSAGE: usize = 64 * 1024;
 /// How often the parent looks whether the child has exited while it waits.
 const POLL: Duration = Duration::from_millis(50);
@@ -462,6 +463,7 @@ pub(crate) fn valid_name(name: &str) -> bool {
 
 /// A socket holding `bytes` for the new process to read ([`read_message`]): the read end
 /// of a socket pair whose write end wrote them and closed. Errors when they do not fit.
+#[cfg(feature = "tls")]
 pub(crate) fn message(bytes: &[u8]) -> io::Result<OwnedFd> {
     if bytes.len() > MAX_MESSAGE {
         return Err(io::Error::other("the message is too long for the handover"));
@@ -475,10 +477,12 @@ pub(crate) fn message(bytes: &[u8]) -> io::Result<OwnedFd> {
 }
 
 /// Reads what [`message`] holds, from the socket handed over under `name`, if there is one.
+#[cfg(feature = "tls")]
 pub(crate) fn read_message(name: &str) -> io::Result<Option<Vec<u8>>> {
     let Some(fd) = take_socket(name)? else {
         return Ok(None);
     };
+    use std::io::Read as _;
     let stream = UnixStream::from(fd);
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut bytes = Vec::new();

@@ -33,7 +33,10 @@ const ONLY_13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 // --- in process ------------------------------------------------------------------------------
 
 /// A client with a session cache of its own: it resumes when it can.
-fn client(ca: CertificateDer<'static>, versions: &[&'static SupportedProtocolVersion]) -> Arc<ClientConfig> {
+fn client(
+    ca: CertificateDer<'static>,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca).unwrap();
     let config =
@@ -101,7 +104,11 @@ fn resumed_flags(rec: &Recorder) -> Vec<bool> {
 
 /// A key file line: 16 bytes of name, 32 of secret, from one byte each.
 fn key_line(name: u8, secret: u8) -> String {
-    format!("{}{}\n", format!("{name:02x}").repeat(16), format!("{secret:02x}").repeat(32))
+    format!(
+        "{}{}\n",
+        format!("{name:02x}").repeat(16),
+        format!("{secret:02x}").repeat(32)
+    )
 }
 
 #[test]
@@ -112,8 +119,14 @@ fn a_certificate_reload_keeps_sessions_resumable_and_resumptions_are_reported() 
         for versions in [ONLY_13, ONLY_12] {
             let (handle, rec) = serve(leaf.tls_config()).unwrap();
             let client = client(pki.ca_der(), versions);
-            assert_eq!(handshake(addr(&handle), client.clone()).await, HandshakeKind::Full);
-            assert_eq!(handshake(addr(&handle), client.clone()).await, HandshakeKind::Resumed);
+            assert_eq!(
+                handshake(addr(&handle), client.clone()).await,
+                HandshakeKind::Full
+            );
+            assert_eq!(
+                handshake(addr(&handle), client.clone()).await,
+                HandshakeKind::Resumed
+            );
             // A reload builds a new rustls configuration: the keys and cache stay.
             handle.reload_tls(&leaf.tls_config()).unwrap();
             assert_eq!(
@@ -122,7 +135,11 @@ fn a_certificate_reload_keeps_sessions_resumable_and_resumptions_are_reported() 
                 "{versions:?} after a reload"
             );
             let stats = handle.stats();
-            assert_eq!((stats.tls_handshakes, stats.tls_resumed), (3, 2), "{stats:?}");
+            assert_eq!(
+                (stats.tls_handshakes, stats.tls_resumed),
+                (3, 2),
+                "{stats:?}"
+            );
             assert_eq!(resumed_flags(&rec), [false, true, true]);
             handle.close().await;
         }
@@ -139,14 +156,19 @@ fn a_session_cache_resumes_tls12_clients_without_tickets_and_its_size_is_configu
             tls.session_tickets = false;
             tls.session_cache_size = size;
             let (handle, _rec) = serve(tls).unwrap();
-            let configs: Vec<_> = (0..clients).map(|_| client(pki.ca_der(), ONLY_12)).collect();
+            let configs: Vec<_> = (0..clients)
+                .map(|_| client(pki.ca_der(), ONLY_12))
+                .collect();
             for c in &configs {
-                assert_eq!(handshake(addr(&handle), c.clone()).await, HandshakeKind::Full);
+                assert_eq!(
+                    handshake(addr(&handle), c.clone()).await,
+                    HandshakeKind::Full
+                );
             }
             let mut resumed = 0;
             for c in &configs {
-                resumed += (handshake(addr(&handle), c.clone()).await == HandshakeKind::Resumed)
-                    as usize;
+                resumed +=
+                    (handshake(addr(&handle), c.clone()).await == HandshakeKind::Resumed) as usize;
             }
             if expect_all {
                 assert_eq!(resumed, clients, "cache of {size}");
@@ -177,9 +199,18 @@ fn a_replaced_key_file_rotates_old_tickets_resume_removed_keys_do_not() {
         };
         for versions in [ONLY_13, ONLY_12] {
             // Two clients, each holding a ticket sealed with key A.
-            let (one, two) = (client(pki.ca_der(), versions), client(pki.ca_der(), versions));
-            assert_eq!(handshake(addr(&handle), one.clone()).await, HandshakeKind::Full);
-            assert_eq!(handshake(addr(&handle), two.clone()).await, HandshakeKind::Full);
+            let (one, two) = (
+                client(pki.ca_der(), versions),
+                client(pki.ca_der(), versions),
+            );
+            assert_eq!(
+                handshake(addr(&handle), one.clone()).await,
+                HandshakeKind::Full
+            );
+            assert_eq!(
+                handshake(addr(&handle), two.clone()).await,
+                HandshakeKind::Full
+            );
             // Rotation: B issues, A still opens.
             common::pki::replace(&keys, &(key_line(0xb, 2) + &key_line(0xa, 1)));
             reloaded().await;
@@ -224,24 +255,36 @@ fn a_bad_key_file_is_a_clear_error_at_start_and_keeps_the_old_keys_on_reload() {
                 "{e:?}"
             );
             let text = e.to_string();
-            assert!(text.contains("ticket.keys") && text.contains("openssl rand -hex 48"), "{text}");
+            assert!(
+                text.contains("ticket.keys") && text.contains("openssl rand -hex 48"),
+                "{text}"
+            );
         }
         // Out of range settings are typed errors too.
         let mut short = leaf.tls_config();
         short.ticket_lifetime = Duration::ZERO;
         let e = serve(short).map(|_| ()).unwrap_err();
-        assert!(matches!(e, Error::Tls(TlsError::TicketLifetime(_))), "{e:?}");
+        assert!(
+            matches!(e, Error::Tls(TlsError::TicketLifetime(_))),
+            "{e:?}"
+        );
         let mut tiny = leaf.tls_config();
         tiny.ticket_rotation = Duration::from_millis(1);
         let e = serve(tiny).map(|_| ()).unwrap_err();
-        assert!(matches!(e, Error::Tls(TlsError::TicketRotation { .. })), "{e:?}");
+        assert!(
+            matches!(e, Error::Tls(TlsError::TicketRotation { .. })),
+            "{e:?}"
+        );
 
         // A running server: a broken file is reported and the old keys stay.
         std::fs::write(&keys, key_line(0xa, 1)).unwrap();
         tls.watch = Some(Duration::from_millis(20));
         let (handle, rec) = serve(tls).unwrap();
         let c = client(pki.ca_der(), ONLY_13);
-        assert_eq!(handshake(addr(&handle), c.clone()).await, HandshakeKind::Full);
+        assert_eq!(
+            handshake(addr(&handle), c.clone()).await,
+            HandshakeKind::Full
+        );
         common::pki::replace(&keys, "zz\n");
         let failed = rec
             .next("TlsReloadFailed", |e| {
@@ -252,7 +295,10 @@ fn a_bad_key_file_is_a_clear_error_at_start_and_keeps_the_old_keys_on_reload() {
             unreachable!()
         };
         assert!(reason.contains("ticket key file"), "{reason}");
-        assert_eq!(handshake(addr(&handle), c.clone()).await, HandshakeKind::Resumed);
+        assert_eq!(
+            handshake(addr(&handle), c.clone()).await,
+            HandshakeKind::Resumed
+        );
         handle.close().await;
     });
 }
@@ -272,7 +318,10 @@ fn ticket_settings_are_serde() {
     let tls = config.tls.clone().unwrap();
     assert_eq!(tls.ticket_lifetime, Duration::from_secs(12 * 3600));
     assert_eq!(tls.ticket_rotation, Duration::from_secs(1800));
-    assert_eq!(tls.ticket_key_file.as_deref(), Some(Path::new("/etc/berth/ticket.keys")));
+    assert_eq!(
+        tls.ticket_key_file.as_deref(),
+        Some(Path::new("/etc/berth/ticket.keys"))
+    );
     assert_eq!(tls.session_cache_size, 20000);
     let back: Config = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
     assert_eq!(back, config);
@@ -318,7 +367,14 @@ fn make_certificates(dir: &Path) {
 fn s_client(addr: &str, version: &str, ca: &Path, out: &Path, resume: Option<&Path>) -> bool {
     let mut command = Command::new("openssl");
     command
-        .args(["s_client", "-connect", addr, version, "-servername", "localhost"])
+        .args([
+            "s_client",
+            "-connect",
+            addr,
+            version,
+            "-servername",
+            "localhost",
+        ])
         .arg("-CAfile")
         .arg(ca)
         .arg("-verify_return_error")
@@ -452,9 +508,9 @@ fn upgrade(echo: &Example, pid: u32) -> u32 {
         let line = echo.line();
         if let Some(rest) = line.strip_prefix("upgrade: process ") {
             new = rest.split_whitespace().next().and_then(|p| p.parse().ok());
-        } else if line.starts_with("shutdown complete") && new.is_some() {
+        } else if let (true, Some(pid)) = (line.starts_with("shutdown complete"), new) {
             // The old process drained: only the new one accepts now.
-            return new.unwrap();
+            return pid;
         }
     }
 }
@@ -483,7 +539,10 @@ fn openssl_sessions_resume_in_process_and_across_an_upgrade_tls12_and_tls13() {
     let versions = ["-tls1_2", "-tls1_3"];
     for version in versions {
         let session = dir.join(format!("session{version}"));
-        assert!(!s_client(&addr, version, &ca, &session, None), "{version}: first is full");
+        assert!(
+            !s_client(&addr, version, &ca, &session, None),
+            "{version}: first is full"
+        );
         assert!(
             s_client(&addr, version, &ca, &dir.join("again"), Some(&session)),
             "{version}: resumed in process"
@@ -517,8 +576,17 @@ fn python_clients_resume_across_an_upgrade() {
             reap.push(Reap(current));
         };
         let (first, second) = python_clients(&addr, &ca, version, 50, &[], Some(&mut between));
-        assert_eq!((first.full, first.failed), (50, 0), "{version}: {}", first.text);
-        assert_eq!(second.resumed, 50, "{version} after an upgrade: {}", second.text);
+        assert_eq!(
+            (first.full, first.failed),
+            (50, 0),
+            "{version}: {}",
+            first.text
+        );
+        assert_eq!(
+            second.resumed, 50,
+            "{version} after an upgrade: {}",
+            second.text
+        );
     }
 }
 
@@ -568,7 +636,11 @@ fn two_thousand_clients_resume_with_tickets_and_tls12_without_through_the_cache(
     let addr = echo.addr();
     let ca = dir.join("ca.pem");
     const CLIENTS: usize = 2000;
-    for (version, extra) in [("1.3", &[][..]), ("1.2", &[][..]), ("1.2", &["--no-tickets"][..])] {
+    for (version, extra) in [
+        ("1.3", &[][..]),
+        ("1.2", &[][..]),
+        ("1.2", &["--no-tickets"][..]),
+    ] {
         let (first, second) = python_clients(&addr, &ca, version, CLIENTS, extra, None);
         assert_eq!(first.failed, 0, "{version} {extra:?}: {}", first.text);
         assert_eq!(second.failed, 0, "{version} {extra:?}: {}", second.text);

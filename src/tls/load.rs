@@ -111,8 +111,9 @@ impl TlsConfig {
         config.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         match resumption {
             Some(resumption) => resumption.apply(&mut config),
-            None => super::Resumption::new(self, Arc::new(std::time::Instant::now))?
-                .apply(&mut config),
+            None => {
+                super::Resumption::new(self, Arc::new(std::time::Instant::now))?.apply(&mut config)
+            }
         }
         Ok((Arc::new(config), warnings))
     }

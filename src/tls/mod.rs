@@ -33,15 +33,15 @@ pub use handshake::ClientHelloInfo;
 pub(crate) use handshake::{Select, handshake};
 #[cfg(feature = "tls")]
 pub(crate) use load::read as read_pem;
+/// rustls's server configuration, for [`Builder::tls_server_config`](crate::Builder::tls_server_config).
 #[cfg(feature = "tls")]
-pub use tickets::{TICKET_KEY_LEN, TicketKeys};
+pub use rustls::ServerConfig;
 #[cfg(feature = "tls")]
 pub(crate) use tickets::{
     Material as TicketKey, Resumption, decode_handover, encode_handover, parse_key_file,
 };
-/// rustls's server configuration, for [`Builder::tls_server_config`](crate::Builder::tls_server_config).
 #[cfg(feature = "tls")]
-pub use rustls::ServerConfig;
+pub use tickets::{TICKET_KEY_LEN, TicketKeys};
 
 /// A TLS protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -642,7 +642,11 @@ mod tests {
         let keys = parse_key_file(path, text.as_bytes()).unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].name(), &[0u8; 16]);
-        let error = |text: &str| parse_key_file(path, text.as_bytes()).unwrap_err().to_string();
+        let error = |text: &str| {
+            parse_key_file(path, text.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
         assert!(error("").contains("holds no key"), "{}", error(""));
         let short = error("abcd\n");
         assert!(short.contains("line 1 is not 96 hex digits"), "{short}");
@@ -653,10 +657,10 @@ mod tests {
         assert!(twice.contains("repeats the name"), "{twice}");
 
         // Two rings from one file open each other's tickets; the first key seals.
-        let one = TicketKeys::from_bytes(path, text.as_bytes(), HOUR, Arc::new(Instant::now))
-            .unwrap();
-        let two = TicketKeys::from_bytes(path, text.as_bytes(), HOUR, Arc::new(Instant::now))
-            .unwrap();
+        let one =
+            TicketKeys::from_bytes(path, text.as_bytes(), HOUR, Arc::new(Instant::now)).unwrap();
+        let two =
+            TicketKeys::from_bytes(path, text.as_bytes(), HOUR, Arc::new(Instant::now)).unwrap();
         let ticket = one.encrypt(b"shared").unwrap();
         assert_eq!(&ticket[..NAME_LEN], &[0u8; 16]);
         assert_eq!(two.decrypt(&ticket).unwrap(), b"shared");
@@ -667,7 +671,10 @@ mod tests {
         assert_eq!(file.decrypt(&ticket).unwrap(), b"shared");
         file.replace(parse_key_file(path, b.as_bytes()).unwrap());
         assert_eq!(file.decrypt(&ticket), None);
-        assert!(!file.adopt(&one.export()), "file keys are not replaced by a handover");
+        assert!(
+            !file.adopt(&one.export()),
+            "file keys are not replaced by a handover"
+        );
     }
 
     #[test]
