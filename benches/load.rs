@@ -149,7 +149,6 @@ fn main() {
             secs,
             pid,
             tls_ca,
-            keep_going,
             resume,
             ..
         } if resume => resumed_rate(
@@ -204,10 +203,10 @@ fn tls(ca: Option<std::path::PathBuf>) -> Option<futures_rustls::TlsConnector> {
 fn tls_config(ca: &std::path::Path) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca).expect("read CA") {
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("read CA") {
         roots.add(cert.expect("CA PEM")).expect("CA certificate");
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])
