@@ -256,7 +256,12 @@ fn resumed_rate(
             resumed += r;
         }
         let elapsed = start.elapsed();
-        (done, resumed, elapsed, pid.map(|p| cpu_us(p) - cpu0.unwrap()))
+        (
+            done,
+            resumed,
+            elapsed,
+            pid.map(|p| cpu_us(p) - cpu0.unwrap()),
+        )
     }));
     print!(
         "connect workers={workers} tls=true resume=true connections={done} resumed={resumed} conn/s={:.0}",
