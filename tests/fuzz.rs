@@ -342,6 +342,7 @@ const TLS: &[Field] = &[
     ("session_tickets", Flag),
     ("ticket_lifetime", Dur),
     ("ticket_rotation", Dur),
+    ("ticket_key_file", File),
     ("session_cache_size", U32),
     ("watch", Dur),
 ];
