@@ -234,8 +234,11 @@ impl TicketKeys {
         let Some(material) = Material::random(&self.rng) else {
             return;
         };
+        // Retired when it was due, not now: rotation happens lazily, at the first ticket
+        // after the due time, and a quiet hour must not stretch its tickets' life.
         if let Some(current) = keys.first_mut() {
-            current.retired = Some(now);
+            let due = current.created.checked_add(rotation).unwrap_or(now);
+            current.retired = Some(due.min(now));
         }
         keys.insert(0, Key::new(material, now, None));
         keys.retain(|k| !k.expired(now, self.lifetime));
@@ -605,8 +608,22 @@ mod tests {
         advance(&now, 10 * HOUR);
         let _ = keys.encrypt(b"fourth");
         assert_eq!(keys.decrypt(&second), None);
-        // Left: the new key and the one it just replaced (its tickets live on).
-        assert_eq!(keys.len(), 2);
+        // Left: only the new key; the one it replaced was due to retire 9 h ago, so its
+        // tickets are past their lifetime already.
+        assert_eq!(keys.len(), 1);
+    }
+
+    #[test]
+    fn a_quiet_period_does_not_stretch_a_tickets_life() {
+        let (now, clock) = test_clock();
+        let keys = TicketKeys::rotating_with(2 * HOUR, HOUR, clock).unwrap();
+        let ticket = keys.encrypt(b"early").unwrap();
+        // No traffic for 2 h 30: the key was due to retire at 1 h, so its tickets end at
+        // 3 h, however late the rotation actually ran.
+        advance(&now, 2 * HOUR + HOUR / 2);
+        assert_eq!(keys.decrypt(&ticket).unwrap(), b"early");
+        advance(&now, HOUR / 2);
+        assert_eq!(keys.decrypt(&ticket), None);
     }
 
     #[test]
