@@ -9,7 +9,9 @@
 //! requests/s and latency percentiles, plus the server's CPU time per request when `--pid`
 //! is given (read from /proc, so it is the server's own cost, not the client's).
 //! `connect`: N workers each loop connect (+ full TLS handshake, no resumption), one echo,
-//! close; prints connections/s.
+//! close; prints connections/s. With `--resume`, each worker keeps its own TLS session
+//! cache, so after its first connection every handshake resumes (TLS 1.3 tickets); the
+//! line then also says how many resumed (see benches/resumption.sh).
 //! With `--tls-ca CA.pem`, `echo` and `connect` speak TLS (server name "localhost").
 //! `idle`: opens N connections (spread over 127.0.0.x source addresses), confirms each with
 //! one echo, then reports the server's RSS growth per connection.
@@ -63,6 +65,9 @@ enum Mode {
         /// the first (for floods).
         #[arg(long)]
         keep_going: bool,
+        /// Resume TLS sessions (a session cache per worker) instead of full handshakes.
+        #[arg(long, requires = "tls_ca")]
+        resume: bool,
         #[arg(long, hide = true)]
         bench: bool,
     },
@@ -144,6 +149,21 @@ fn main() {
             secs,
             pid,
             tls_ca,
+            resume,
+            ..
+        } if resume => resumed_rate(
+            addr,
+            conns,
+            Duration::from_secs_f64(secs),
+            pid,
+            tls_ca.expect("--resume requires --tls-ca"),
+        ),
+        Mode::Connect {
+            addr,
+            conns,
+            secs,
+            pid,
+            tls_ca,
             keep_going,
             ..
         } => connect_rate(
@@ -171,23 +191,104 @@ impl<T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> Io for T {}
 
 /// A TLS client without session resumption: every connection is a full handshake.
 fn tls(ca: Option<std::path::PathBuf>) -> Option<futures_rustls::TlsConnector> {
-    use rustls::pki_types::pem::PemObject;
     let ca = ca?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca).expect("read CA") {
-        roots.add(cert.expect("CA PEM")).expect("CA certificate");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config = tls_config(&ca);
     config.resumption = rustls::client::Resumption::disabled();
     Some(futures_rustls::TlsConnector::from(std::sync::Arc::new(
         config,
     )))
+}
+
+/// A TLS 1.3 client trusting `ca`, with rustls's default (in-memory) session cache.
+fn tls_config(ca: &std::path::Path) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("read CA") {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
+/// `connect --resume`: like [`connect_rate`] over TLS 1.3, each worker with a session cache
+/// of its own (so it always holds a fresh ticket: rustls clients use each one once).
+fn resumed_rate(
+    addr: SocketAddr,
+    workers: usize,
+    secs: Duration,
+    pid: Option<u32>,
+    ca: std::path::PathBuf,
+) {
+    let ex = async_executor::LocalExecutor::new();
+    let (done, resumed, elapsed, cpu) = async_io::block_on(ex.run(async {
+        let connectors: Vec<_> = (0..workers)
+            .map(|_| futures_rustls::TlsConnector::from(std::sync::Arc::new(tls_config(&ca))))
+            .collect();
+        // One full handshake each first, so the timed loop measures resumptions only.
+        for connector in &connectors {
+            once_resuming(addr, connector).await;
+        }
+        let cpu0 = pid.map(cpu_us);
+        let start = Instant::now();
+        let deadline = start + secs;
+        let tasks: Vec<_> = connectors
+            .into_iter()
+            .map(|connector| {
+                ex.spawn(async move {
+                    let (mut n, mut resumed) = (0u64, 0u64);
+                    while Instant::now() < deadline {
+                        n += 1;
+                        resumed += u64::from(once_resuming(addr, &connector).await);
+                    }
+                    (n, resumed)
+                })
+            })
+            .collect();
+        let (mut done, mut resumed) = (0, 0);
+        for t in tasks {
+            let (n, r) = t.await;
+            done += n;
+            resumed += r;
+        }
+        let elapsed = start.elapsed();
+        (
+            done,
+            resumed,
+            elapsed,
+            pid.map(|p| cpu_us(p) - cpu0.unwrap()),
+        )
+    }));
+    print!(
+        "connect workers={workers} tls=true resume=true connections={done} resumed={resumed} conn/s={:.0}",
+        done as f64 / elapsed.as_secs_f64()
+    );
+    if let Some(cpu) = cpu {
+        print!(" server_cpu_us_per_conn={:.1}", cpu as f64 / done as f64);
+    }
+    println!();
+}
+
+/// Connect, handshake (resuming if the connector holds a session), echo, close; whether
+/// the handshake resumed.
+async fn once_resuming(addr: SocketAddr, connector: &futures_rustls::TlsConnector) -> bool {
+    let s = async_net::TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = connector.connect(name, s).await.expect("TLS handshake");
+    let resumed = s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    s.write_all(b"ping").await.expect("write");
+    s.flush().await.expect("flush");
+    let mut back = [0u8; 4];
+    // The reply comes after the server's new tickets: the next connection has one.
+    s.read_exact(&mut back).await.expect("read");
+    assert_eq!(&back, b"ping");
+    let _ = s.close().await;
+    resumed
 }
 
 /// One connect (+ handshake), echo, close, failing instead of panicking.

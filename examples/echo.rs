@@ -9,6 +9,7 @@
 //!      [--proxy-protocol [--trusted-proxy CIDR]...]
 //!      [--unix PATH [--unix-mode 660] [--unix-group GID]]
 //!      [--evict-idle] [--max-handshakes N] [--tls-watch INTERVAL] [--lame-duck D]
+//!      [--ticket-keys FILE]
 //! ```
 //!
 //! Prints `listening on ADDR` once bound, echoes every byte back, and on SIGTERM or SIGINT
@@ -129,6 +130,12 @@ struct Args {
     /// (e.g. 1s).
     #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration, requires = "tls_cert")]
     tls_watch: Option<Duration>,
+    /// TLS session ticket keys shared with other instances: one key per line, 96 hex digits
+    /// (`openssl rand -hex 48`), the first issuing tickets, the others still accepted.
+    /// Re-read every --tls-watch INTERVAL (replace the file to rotate). Without it, keys
+    /// are random, rotated hourly, and handed on at every upgrade (SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    ticket_keys: Option<PathBuf>,
     /// On SIGTERM/SIGINT, first serve on this long while /readyz says 503 (so load balancers
     /// stop sending clients), then drain; a second signal ends it early.
     #[arg(long, value_name = "D", value_parser = humantime::parse_duration)]
@@ -223,12 +230,18 @@ fn run(args: Args) -> Result<(), String> {
     let tls = files.map(|(cert, key)| {
         let mut tls = TlsConfig::from_pem_files(cert, key);
         tls.watch = args.tls_watch;
+        tls.ticket_key_file = args.ticket_keys.clone();
         if let Some(ca) = &args.client_ca {
             tls.client_auth = ClientAuth::Required;
             tls.client_ca = Some(PemSource::Path(ca.clone()));
         }
         tls
     });
+    if args.ticket_keys.is_some() && tls.is_none() {
+        return Err(
+            "--ticket-keys needs TLS: add --tls-cert and --tls-key (or --self-signed DIR)".into(),
+        );
+    }
     if args.client_ca.is_some() && tls.is_none() {
         return Err(
             "--client-ca needs TLS: add --tls-cert and --tls-key (or --self-signed DIR)".into(),

@@ -314,6 +314,9 @@ async fn handshake<S: ByteStream>(
                 }
             }
             core.count(Count::TlsHandshake);
+            if info.resumed {
+                core.count(Count::TlsResumed);
+            }
             core.hooks().conn(ConnEvent::TlsEstablished {
                 id: life.id(),
                 info: Box::new(info.clone()),

@@ -33,7 +33,8 @@ pub enum ConnEvent {
         /// Why.
         reason: crate::limits::RejectReason,
     },
-    /// A TLS handshake completed; the handler starts next.
+    /// A TLS handshake completed; the handler starts next. `info.resumed` tells a resumed
+    /// session from a full handshake.
     TlsEstablished {
         /// The connection's id.
         id: u64,
@@ -259,6 +260,9 @@ pub struct Stats {
     pub rejected: u64,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
+    /// Of those, the ones that resumed a session (a ticket or the session cache) instead
+    /// of a full handshake; `tls_handshakes - tls_resumed` were full.
+    pub tls_resumed: u64,
     /// TLS handshakes failed or timed out.
     pub tls_failures: u64,
     /// Per-connection slots ever allocated. At steady state this stays at the peak number of
@@ -304,6 +308,7 @@ impl std::fmt::Debug for Stats {
             .field("rejected", &self.rejected)
             .field("accept_errors", &self.accept_errors)
             .field("tls_handshakes", &self.tls_handshakes)
+            .field("tls_resumed", &self.tls_resumed)
             .field("tls_failures", &self.tls_failures)
             .field("slots_allocated", &self.slots_allocated)
             .field("reports_dropped", &self.reports_dropped)
@@ -320,13 +325,14 @@ pub(crate) enum Count {
     TlsHandshake,
     TlsFailure,
     Rejected,
+    TlsResumed,
 }
 
 /// The live counters behind [`Stats`]. Relaxed atomics: they are statistics, not
 /// synchronization.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    counts: [AtomicU64; 6],
+    counts: [AtomicU64; 7],
     closed: [AtomicU64; CloseReason::ALL.len()],
 }
 
@@ -348,6 +354,7 @@ impl Counters {
             slots_allocated: count(Count::SlotAllocated),
             rejected: count(Count::Rejected),
             tls_handshakes: count(Count::TlsHandshake),
+            tls_resumed: count(Count::TlsResumed),
             tls_failures: count(Count::TlsFailure),
             reports_dropped,
             closed: std::array::from_fn(|i| self.closed[i].load(Ordering::Relaxed)),

@@ -10,6 +10,7 @@
 //! | `berth_connections_rejected_total` | counter | `reason` (`denied`, `per_ip_rate`, ...) |
 //! | `berth_connection_duration_seconds` | histogram | |
 //! | `berth_tls_handshakes_total` | counter | `result` (`ok`, `failed`) |
+//! | `berth_tls_resumed_total` | counter | (handshakes that resumed a session; the other `ok` ones were full) |
 //! | `berth_tls_handshake_duration_seconds` | histogram | `result` |
 //! | `berth_bytes_read_total`, `berth_bytes_written_total` | counter | (added when a connection closes) |
 //! | `berth_accept_errors_total` | counter | |
@@ -32,8 +33,11 @@ pub(crate) fn conn(event: &ConnEvent) {
             metrics::counter!("berth_connections_accepted_total").increment(1);
             metrics::gauge!("berth_connections_active").increment(1.0);
         }
-        ConnEvent::TlsEstablished { .. } => {
+        ConnEvent::TlsEstablished { info, .. } => {
             metrics::counter!("berth_tls_handshakes_total", "result" => "ok").increment(1);
+            if info.resumed {
+                metrics::counter!("berth_tls_resumed_total").increment(1);
+            }
         }
         ConnEvent::TlsFailed { .. } => {
             metrics::counter!("berth_tls_handshakes_total", "result" => "failed").increment(1);

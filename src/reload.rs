@@ -7,6 +7,10 @@
 //! The files are read, and the configuration built, on a thread of its own each time (the
 //! runtime only times the checks), so a slow or network file system stalls no connection.
 //!
+//! The session ticket key file (`TlsConfig::ticket_key_file`) is watched with them: a new
+//! file's keys replace the listener's keys (that is how a fleet rotates); a file that
+//! cannot be used is reported the same way, and the old keys stay.
+//!
 //! Contents are compared, not modification times: an atomic rename over a file and a
 //! symlink swap (Kubernetes secrets flip a `..data` link) both change what a read returns,
 //! and the time is the runtime's (so the watch runs under simulation too).
@@ -21,7 +25,7 @@ use futures_lite::FutureExt as _;
 use crate::error::Error;
 use crate::events::ServerEvent;
 use crate::state::{Core, Endpoint};
-use crate::tls::{PemSource, TlsConfig};
+use crate::tls::{PemSource, Resumption, TlsConfig};
 
 /// What the watched files hold now, by path (`None` for a file that cannot be read).
 type Snapshot = BTreeMap<PathBuf, Option<Vec<u8>>>;
@@ -32,19 +36,35 @@ fn snapshot(tls: &TlsConfig) -> Snapshot {
         .iter()
         .flat_map(|pair| [&pair.cert, &pair.key])
         .chain(tls.client_ca.as_ref());
+    let key_file = tls.ticket_key_file.iter().cloned();
     files
         .filter_map(|source| match source {
-            PemSource::Path(path) => Some((path.clone(), std::fs::read(path).ok())),
+            PemSource::Path(path) => Some(path.clone()),
             PemSource::Pem(_) => None,
+        })
+        .chain(key_file)
+        .map(|path| {
+            let bytes = std::fs::read(&path).ok();
+            (path, bytes)
         })
         .collect()
 }
 
-/// Loads `tls` from the bytes in `snapshot`, so every file is read as it was compared.
+/// What a changed set of files gives: the new configuration, its warnings, and the new
+/// ticket keys when they come from a key file.
+type Loaded = (
+    Arc<rustls::ServerConfig>,
+    Vec<crate::tls::ValidityWarning>,
+    Option<Vec<crate::tls::TicketKey>>,
+);
+
+/// Loads `tls` from the bytes in `snapshot`, so every file is read as it was compared,
+/// around the listener's own resumption state (its keys and cache stay).
 fn load(
     tls: &TlsConfig,
     snapshot: &Snapshot,
-) -> Result<(Arc<rustls::ServerConfig>, Vec<crate::tls::ValidityWarning>), crate::tls::TlsError> {
+    resumption: Option<&Resumption>,
+) -> Result<Loaded, crate::tls::TlsError> {
     let read = |source: &PemSource| match source {
         PemSource::Path(path) => match snapshot.get(path) {
             Some(Some(bytes)) => Ok(bytes.clone()),
@@ -52,7 +72,21 @@ fn load(
         },
         PemSource::Pem(_) => crate::tls::read_pem(source),
     };
-    tls.load_with(&read)
+    let keys = match resumption.and_then(Resumption::key_file) {
+        Some((path, _)) => {
+            let bytes = match snapshot.get(path) {
+                Some(Some(bytes)) => bytes.clone(),
+                _ => std::fs::read(path).map_err(|e| crate::tls::TlsError::TicketKeyFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?,
+            };
+            Some(crate::tls::parse_key_file(path, &bytes)?)
+        }
+        None => None,
+    };
+    let (config, warnings) = tls.load_with(&read, resumption)?;
+    Ok((config, warnings, keys))
 }
 
 /// Watches `tls` for `endpoint` every `interval` until the server stops. A set of files that
@@ -82,9 +116,10 @@ pub(crate) async fn watch(
         // Reading files and building a configuration block: a thread of its own does it,
         // so a slow (network) file system never stalls the runtime's other tasks.
         let (tls_, seen_) = (tls.clone(), seen.clone());
+        let resumption = endpoint.resumption().cloned();
         let checked = crate::sync::on_thread("berth-tls-watch", move || {
             let now = snapshot(&tls_);
-            let loaded = (now != *seen_).then(|| load(&tls_, &now));
+            let loaded = (now != *seen_).then(|| load(&tls_, &now, resumption.as_ref()));
             (now, loaded)
         })
         .await;
@@ -102,8 +137,14 @@ pub(crate) async fn watch(
                 }
                 continue;
             }
-            Some(Ok((config, warnings))) => {
+            Some(Ok((config, warnings, keys))) => {
                 broken = None;
+                // The keys first: a ticket the new configuration issues is sealed with them.
+                if let (Some(keys), Some((_, ring))) =
+                    (keys, endpoint.resumption().and_then(Resumption::key_file))
+                {
+                    ring.replace(keys);
+                }
                 endpoint.set_tls(config);
                 for warning in warnings {
                     core.hooks().error(&Error::CertificateNotValid(warning));

@@ -184,6 +184,26 @@ impl Builder {
             Ok(None) => (None, Default::default()),
             Err(e) => return Err(Error::Upgrade(crate::upgrade::UpgradeError::Channel(e))),
         };
+        // The ticket keys of the process this one replaces, by listener (see `upgrade`).
+        #[cfg(all(unix, feature = "tls"))]
+        let ticket_keys = match crate::upgrade::read_message(crate::upgrade::TICKET_KEYS) {
+            Ok(None) => Default::default(),
+            Ok(Some(bytes)) => crate::tls::decode_handover(&bytes).unwrap_or_else(|| {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the ticket keys handed over are malformed: new keys are used",
+                );
+                self.hooks
+                    .error(&Error::Upgrade(crate::upgrade::UpgradeError::Channel(e)));
+                Default::default()
+            }),
+            Err(e) => {
+                // Not fatal: sessions then do a full handshake once.
+                self.hooks
+                    .error(&Error::Upgrade(crate::upgrade::UpgradeError::Channel(e)));
+                Default::default()
+            }
+        };
         let mut inherited = crate::listener::inherited_tcp()?;
         let mut bound = Vec::new();
         let names = self.config.listener_names();
@@ -219,6 +239,8 @@ impl Builder {
             listeners: bound,
             #[cfg(unix)]
             upgrade,
+            #[cfg(all(unix, feature = "tls"))]
+            ticket_keys,
         })
     }
 
@@ -240,6 +262,8 @@ impl Builder {
             listeners: vec![listening],
             #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
             upgrade: None,
+            #[cfg(all(unix, feature = "tls"))]
+            ticket_keys: Default::default(),
         }))
     }
 
@@ -275,8 +299,13 @@ impl Builder {
                     Tls::Load(source) => Some(source.clone()),
                     _ => None,
                 };
+                #[cfg(feature = "tls")]
+                let (tls, resumption) = self.load_tls(tls, &runtime, &name, &mut bound)?;
+                #[cfg(not(feature = "tls"))]
                 let tls = self.load_tls(tls)?;
                 let endpoint = Endpoint::new(name.into(), addr, tls).watching(watched);
+                #[cfg(feature = "tls")]
+                let endpoint = endpoint.with_resumption(resumption);
                 listeners.push((Arc::new(endpoint), listener));
             }
             Ok((runtime, listeners, bound))
@@ -316,17 +345,34 @@ impl Builder {
         Ok(runtime)
     }
 
+    /// Loads listener `name`'s TLS settings, with ticket keys and a session cache of its
+    /// own on the runtime's clock (the keys the process before this one handed over for
+    /// it, if any).
     #[cfg(feature = "tls")]
-    fn load_tls(&self, tls: Tls) -> Result<TlsSetting, Error> {
+    fn load_tls(
+        &self,
+        tls: Tls,
+        runtime: &Arc<dyn Runtime>,
+        name: &str,
+        #[cfg_attr(not(unix), allow(unused_variables))] bound: &mut Bound,
+    ) -> Result<(TlsSetting, Option<crate::tls::Resumption>), Error> {
         match tls {
-            Tls::Plain => Ok(None),
-            Tls::Ready(config) => Ok(Some(config)),
+            Tls::Plain => Ok((None, None)),
+            Tls::Ready(config) => Ok((Some(config), None)),
             Tls::Load(tls) => {
-                let (config, warnings) = tls.load()?;
+                let clock = runtime.clone();
+                let resumption = crate::tls::Resumption::new(&tls, Arc::new(move || clock.now()))?;
+                #[cfg(unix)]
+                if let (Some(keys), Some(handed)) =
+                    (resumption.rotating_keys(), bound.ticket_keys.remove(name))
+                {
+                    keys.adopt(&handed);
+                }
+                let (config, warnings) = tls.load_with(&crate::tls::read_pem, Some(&resumption))?;
                 for warning in warnings {
                     self.hooks.error(&Error::CertificateNotValid(warning));
                 }
-                Ok(Some(config))
+                Ok((Some(config), Some(resumption)))
             }
         }
     }
@@ -344,6 +390,9 @@ struct Bound {
     /// The channel to the process this one replaces, when an upgrade started it.
     #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
     upgrade: Option<crate::upgrade::Inherited>,
+    /// The ticket keys that process handed over, by listener name.
+    #[cfg(all(unix, feature = "tls"))]
+    ticket_keys: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 /// A bound listener, before the server is built.
@@ -891,10 +940,27 @@ impl ServerHandle {
     /// listener; established connections keep their session. On error (a missing file, a key that does not match)
     /// the old configuration stays in force and the error is returned.
     #[cfg(feature = "tls")]
+    ///
+    /// Each listener keeps its session ticket keys and session cache (sessions resume
+    /// across the reload); the `ticket_*` and `session_*` settings of `tls` take effect at
+    /// the next start or upgrade.
+    #[cfg(feature = "tls")]
     pub fn reload_tls(&self, tls: &crate::tls::TlsConfig) -> Result<(), Error> {
-        let (config, warnings) = tls.load()?;
-        self.set_tls_server_config(config)?;
-        for warning in warnings {
+        // Everything is loaded before anything is swapped: an error changes nothing.
+        let mut loaded = Vec::new();
+        let mut warned = Vec::new();
+        for endpoint in self.core.endpoints().iter().filter(|e| e.is_tls()) {
+            let (config, warnings) = tls.load_with(&crate::tls::read_pem, endpoint.resumption())?;
+            warned = warnings;
+            loaded.push((endpoint.clone(), config));
+        }
+        if loaded.is_empty() {
+            return Err(crate::tls::TlsError::NotEnabled.into());
+        }
+        for (endpoint, config) in loaded {
+            endpoint.set_tls(config);
+        }
+        for warning in warned {
             self.core
                 .hooks()
                 .error(&Error::CertificateNotValid(warning));
@@ -913,6 +979,31 @@ impl ServerHandle {
     }
 }
 
+/// The listeners' random ticket keys, as a socket for the new process (see `upgrade`), so
+/// sessions issued here resume there. `None` when there are none; a failure is reported
+/// and the upgrade goes on without them (sessions then do one full handshake).
+#[cfg(all(unix, feature = "tls", any(feature = "async-io", feature = "tokio")))]
+fn ticket_keys(core: &Core) -> Option<std::os::fd::OwnedFd> {
+    let listeners: Vec<(String, Vec<u8>)> = core
+        .endpoints()
+        .iter()
+        .filter_map(|e| {
+            let keys = e.resumption()?.rotating_keys()?;
+            Some((e.name().to_string(), keys.export()))
+        })
+        .collect();
+    if listeners.is_empty() {
+        return None;
+    }
+    let bytes = crate::tls::encode_handover(&listeners);
+    crate::upgrade::message(&bytes)
+        .map_err(|e| {
+            let e = crate::upgrade::UpgradeError::Channel(e);
+            core.hooks().error(&Error::Upgrade(e));
+        })
+        .ok()
+}
+
 /// An upgrade, start to end (see [`ServerHandle::upgrade_with`]); its result goes to
 /// `done`.
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
@@ -926,8 +1017,13 @@ async fn run_upgrade(
         core.hooks().error(&Error::Notify(e));
     }
     let handed = async {
-        let sockets = core.handover_sockets().map_err(UpgradeError::Channel)?;
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+        let mut sockets = core.handover_sockets().map_err(UpgradeError::Channel)?;
         let names: Vec<String> = sockets.iter().map(|(name, _)| name.clone()).collect();
+        #[cfg(feature = "tls")]
+        if let Some(keys) = ticket_keys(&core) {
+            sockets.push((crate::upgrade::TICKET_KEYS.to_owned(), keys));
+        }
         let timeout = core.config().upgrade_timeout;
         let (pid, child) = crate::sync::on_thread("berth-upgrade", move || {
             crate::upgrade::hand_over(command, &sockets, timeout)

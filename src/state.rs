@@ -763,6 +763,10 @@ pub(crate) struct Endpoint {
     /// The settings its TLS configuration was loaded from, when they are to be watched.
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     watched: Option<crate::tls::TlsConfig>,
+    /// Its ticket keys and session cache, kept across reloads (and handed to the next
+    /// process at an upgrade); `None` for plain listeners and ready-made rustls configs.
+    #[cfg(feature = "tls")]
+    resumption: Option<crate::tls::Resumption>,
 }
 
 impl Endpoint {
@@ -772,7 +776,22 @@ impl Endpoint {
             addr,
             tls: std::sync::RwLock::new(tls),
             watched: None,
+            #[cfg(feature = "tls")]
+            resumption: None,
         }
+    }
+
+    /// With `resumption` as its ticket keys and session cache.
+    #[cfg(feature = "tls")]
+    pub(crate) fn with_resumption(mut self, resumption: Option<crate::tls::Resumption>) -> Self {
+        self.resumption = resumption;
+        self
+    }
+
+    /// Its ticket keys and session cache, if berth made them.
+    #[cfg(feature = "tls")]
+    pub(crate) fn resumption(&self) -> Option<&crate::tls::Resumption> {
+        self.resumption.as_ref()
     }
 
     /// Watch `tls`'s files for this endpoint (see `reload`).

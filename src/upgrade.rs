@@ -14,6 +14,12 @@
 //! process accepts until the old one stops, no connect is refused; the old one then closes
 //! only its own descriptor (and leaves a Unix socket's file in place).
 //!
+//! Session ticket keys travel over the same channel, as one more socket under a reserved
+//! name (`berth/tls-ticket-keys`): the read end of a socket pair the old process wrote the keys
+//! into. So the keys are never on disk, in the environment or in argv, and a new process
+//! of an older berth, which knows nothing of them, just closes that socket with the
+//! handed-over sockets nobody took.
+//!
 //! The parent's side runs on a thread of its own (blocking I/O with timeouts), so it needs
 //! no reactor and works on any runtime.
 
@@ -41,6 +47,11 @@ pub(crate) const ENV: &str = "BERTH_UPGRADE";
 const HELLO: &str = "berth-upgrade 1";
 /// How many sockets one handover carries at most (Linux takes 253 per message).
 pub(crate) const MAX_LISTENERS: usize = 200;
+/// The reserved name of the socket that carries the TLS ticket keys.
+pub(crate) const TICKET_KEYS: &str = "berth/tls-ticket-keys";
+/// The largest message [`message`] carries (a socket pair's buffer holds it without a reader).
+#[cfg(feature = "tls")]
+const MAX_MESSAGE: usize = 64 * 1024;
 /// How often the parent looks whether the child has exited while it waits.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -444,7 +455,39 @@ impl Drop for Channel {
     }
 }
 
-/// Checks a name for a socket handed over: not empty, one line of printable text.
+/// Checks a name for a socket handed over: not empty, one line of printable text, not
+/// reserved.
 pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty() && !name.chars().any(char::is_control)
+    !name.is_empty() && !name.chars().any(char::is_control) && name != TICKET_KEYS
+}
+
+/// A socket holding `bytes` for the new process to read ([`read_message`]): the read end
+/// of a socket pair whose write end wrote them and closed. Errors when they do not fit.
+#[cfg(feature = "tls")]
+pub(crate) fn message(bytes: &[u8]) -> io::Result<OwnedFd> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(io::Error::other("the message is too long for the handover"));
+    }
+    let (mut writer, reader) = UnixStream::pair()?;
+    // Nobody reads until the new process runs: never block on a full buffer.
+    writer.set_nonblocking(true)?;
+    writer.write_all(bytes)?;
+    drop(writer);
+    Ok(reader.into())
+}
+
+/// Reads what [`message`] holds, from the socket handed over under `name`, if there is one.
+#[cfg(feature = "tls")]
+pub(crate) fn read_message(name: &str) -> io::Result<Option<Vec<u8>>> {
+    let Some(fd) = take_socket(name)? else {
+        return Ok(None);
+    };
+    use std::io::Read as _;
+    let stream = UnixStream::from(fd);
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut bytes = Vec::new();
+    stream
+        .take(MAX_MESSAGE as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
 }

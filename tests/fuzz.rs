@@ -339,6 +339,11 @@ const TLS: &[Field] = &[
     ("client_auth", Auth),
     ("client_ca", Pem),
     ("session_resumption", Flag),
+    ("session_tickets", Flag),
+    ("ticket_lifetime", Dur),
+    ("ticket_rotation", Dur),
+    ("ticket_key_file", File),
+    ("session_cache_size", U32),
     ("watch", Dur),
 ];
 const LISTENER: &[Field] = &[

@@ -978,3 +978,86 @@ fn a_new_connections_drain_is_due_when_its_grace_ends() {
         accepted + grace
     );
 }
+
+/// Session resumption under simulated time: a ticket sealed with berth's keys resumes; a key
+/// rotated out still opens its tickets for the ticket lifetime, counted from when it was due
+/// to rotate, and then they get a full handshake. The keys age on the runtime's clock, so
+/// half an hour passes in a moment.
+#[test]
+fn resumed_sessions_and_ticket_rotation_under_time_travel() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    const MINUTE: Duration = Duration::from_secs(60);
+    let mut sim = sim(15, 60 * MINUTE)
+        .tick_duration(Duration::from_millis(100))
+        .build();
+    let rec = Recorder::new();
+    let handle = Shared::default();
+    let (mut tls, client) = common::tls_pair();
+    tls.ticket_rotation = 10 * MINUTE;
+    tls.ticket_lifetime = 20 * MINUTE;
+    let config = {
+        let mut c_config = Config::default();
+        c_config.tls = Some(tls);
+        c_config.handshake_timeout = MINUTE;
+        c_config
+    };
+    echo_server(&mut sim, config, &rec, &handle);
+    let kinds: Arc<Mutex<Vec<(&str, rustls::HandshakeKind)>>> = Arc::default();
+    let seen = kinds.clone();
+    sim.client("clients", async move {
+        // Two clients, each with a session cache of its own.
+        let fresh = || {
+            let mut c = (*client).clone();
+            c.resumption = rustls::client::Resumption::in_memory_sessions(16);
+            Arc::new(c)
+        };
+        let (a, b) = (fresh(), fresh());
+        let once = |what: &'static str, config: Arc<rustls::ClientConfig>| {
+            let seen = seen.clone();
+            async move {
+                let tcp = berth_sim::connect("server:7000").await?;
+                let name = rustls::pki_types::ServerName::try_from("server").unwrap();
+                let mut s = futures_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
+                s.write_all(b"ping").await?;
+                s.flush().await?;
+                let mut back = [0u8; 4];
+                s.read_exact(&mut back).await?; // the tickets came before the reply
+                let kind = s.get_ref().1.handshake_kind().unwrap();
+                seen.lock().unwrap().push((what, kind));
+                s.close().await?;
+                Ok::<_, std::io::Error>(())
+            }
+        };
+        once("a at 0", a.clone()).await?;
+        once("b at 0", b.clone()).await?;
+        once("a again", a.clone()).await?;
+        // Key 1 was due to rotate at 10 min: its tickets open until 30 min.
+        tokio::time::sleep(15 * MINUTE).await;
+        once("a at 15 min (key 1, rotated out)", a.clone()).await?;
+        tokio::time::sleep(16 * MINUTE).await;
+        once("b at 31 min (key 1, expired)", b).await?;
+        once("a at 31 min (key 2, rotated out at 25)", a).await?;
+        Ok(())
+    });
+    sim.run().unwrap();
+    let kinds = kinds.lock().unwrap().clone();
+    assert_eq!(
+        kinds,
+        [
+            ("a at 0", Full),
+            ("b at 0", Full),
+            ("a again", Resumed),
+            ("a at 15 min (key 1, rotated out)", Resumed),
+            ("b at 31 min (key 1, expired)", Full),
+            ("a at 31 min (key 2, rotated out at 25)", Resumed),
+        ]
+    );
+    let stats = server(&handle).stats();
+    assert_eq!(
+        (stats.tls_handshakes, stats.tls_resumed),
+        (6, 3),
+        "{stats:?}"
+    );
+}

@@ -73,7 +73,9 @@ pub enum ClientAuth {
 }
 
 /// TLS settings of a server. Defaults: TLS 1.2 to 1.3, the provider's cipher suites, no
-/// ALPN, no client authentication, session resumption on.
+/// ALPN, no client authentication, session resumption on (tickets with keys rotated every
+/// hour and a 6-hour lifetime, and a 4,096-session cache for TLS 1.2 clients without
+/// tickets).
 ///
 /// ```
 /// use berth::tls::{ClientAuth, PemSource, TlsConfig};
@@ -104,8 +106,33 @@ pub struct TlsConfig {
     /// CA bundle (PEM) that client certificates must chain to; required unless
     /// `client_auth` is `none`.
     pub client_ca: Option<PemSource>,
-    /// TLS session resumption (tickets and session IDs).
+    /// TLS session resumption (tickets and session IDs). Off: every handshake is full.
     pub session_resumption: bool,
+    /// Issue session tickets (stateless resumption: the session travels, sealed, with the
+    /// client). Off: sessions resume only from the session cache.
+    pub session_tickets: bool,
+    /// How long a ticket resumes after its key stops issuing tickets, announced to clients
+    /// as the ticket lifetime (`"6h"`; 1 s to 7 days). A ticket resumes for at least this
+    /// long and at most this plus `ticket_rotation`: lifetime is enforced by erasing keys.
+    #[serde(with = "humantime_serde")]
+    pub ticket_lifetime: std::time::Duration,
+    /// How long one random key issues tickets before a new one takes over (`"1h"`); the
+    /// old one still opens its tickets for `ticket_lifetime`. Shorter means less is exposed
+    /// if a key leaks. Unused with `ticket_key_file`.
+    #[serde(with = "humantime_serde")]
+    pub ticket_rotation: std::time::Duration,
+    /// Ticket keys from a file instead of random ones, so that several processes or
+    /// machines resume each other's sessions. One key per line, 96 hex digits (48 bytes:
+    /// a 16-byte name, then a 32-byte AES-256 key), e.g. from `openssl rand -hex 48`;
+    /// blank lines and `#` comments are skipped. The first key issues tickets; the others
+    /// only open them. berth never rotates these: rotate by replacing the file (new key
+    /// first, the previous ones after it for a ticket lifetime), re-read with `watch`
+    /// (and at every start and upgrade). Keep it readable by the server only.
+    pub ticket_key_file: Option<PathBuf>,
+    /// Sessions kept in memory for resumption by session ID (TLS 1.2 clients that take no
+    /// tickets; with `session_tickets` off, every client). The oldest are dropped beyond
+    /// it; 0: none kept.
+    pub session_cache_size: usize,
     /// Reload the certificate, key and CA files when their contents change, looking every
     /// this long (`"1s"`): renames over the old files and symlink swaps (Kubernetes'
     /// `..data`) are seen, as the files are read, not their metadata. The new files are
@@ -126,6 +153,11 @@ impl Default for TlsConfig {
             client_auth: ClientAuth::None,
             client_ca: None,
             session_resumption: true,
+            session_tickets: true,
+            ticket_lifetime: std::time::Duration::from_secs(6 * 3600),
+            ticket_rotation: std::time::Duration::from_secs(3600),
+            ticket_key_file: None,
+            session_cache_size: 4096,
             watch: None,
         }
     }
@@ -216,6 +248,33 @@ pub enum TlsError {
     /// rustls rejected the configuration.
     #[error("TLS configuration rejected: {0}")]
     Rustls(String),
+    /// `ticket_lifetime` is out of range.
+    #[error(
+        "ticket_lifetime {0:?} is out of range: use 1 s to 7 days (TLS 1.3's longest), e.g. \"6h\""
+    )]
+    TicketLifetime(std::time::Duration),
+    /// `ticket_rotation` is zero, or so short against `ticket_lifetime` that more than 1,000
+    /// keys would be kept.
+    #[error(
+        "ticket_rotation {rotation:?} does not fit ticket_lifetime {lifetime:?}: use a rotation above zero and at least 1/1000 of the lifetime, e.g. \"1h\""
+    )]
+    TicketRotation {
+        /// The configured rotation.
+        rotation: std::time::Duration,
+        /// The configured lifetime.
+        lifetime: std::time::Duration,
+    },
+    /// The ticket key file cannot be read or used.
+    #[error(
+        "cannot use the ticket key file {path}: {reason}; it must hold one key per line, 96 hex digits each (make one with `openssl rand -hex 48`), the first issuing tickets",
+        path = path.display()
+    )]
+    TicketKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A reload was asked of a server that was started without TLS.
     #[error("this server was started without TLS: TLS cannot be enabled by a reload")]
     NotEnabled,

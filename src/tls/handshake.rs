@@ -104,5 +104,6 @@ fn info(conn: &rustls::ServerConnection) -> TlsInfo {
             .iter()
             .map(|c| c.as_ref().to_vec())
             .collect(),
+        resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
     }
 }

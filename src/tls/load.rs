@@ -18,15 +18,21 @@ use super::{CertKey, ClientAuth, PemSource, TlsConfig, TlsError, TlsVersion, Val
 impl TlsConfig {
     /// Loads every file and builds the rustls configuration. Also returns the certificates
     /// that are outside their validity period now (a warning, not an error: clocks differ).
+    ///
+    /// The configuration gets session ticket keys and a session cache of its own (random
+    /// keys, or `ticket_key_file`'s); a server keeps its listeners' across certificate
+    /// reloads and upgrades.
     pub fn load(&self) -> Result<(Arc<ServerConfig>, Vec<ValidityWarning>), TlsError> {
-        self.load_with(&read)
+        self.load_with(&read, None)
     }
 
     /// [`load`](Self::load), reading each PEM source with `read` (a watcher passes the very
-    /// bytes it compared, so a file replaced between two reads cannot mix versions).
+    /// bytes it compared, so a file replaced between two reads cannot mix versions), with
+    /// the resumption state `resumption` (a new one when `None`).
     pub(crate) fn load_with(
         &self,
         read: Reader<'_>,
+        resumption: Option<&super::Resumption>,
     ) -> Result<(Arc<ServerConfig>, Vec<ValidityWarning>), TlsError> {
         if self.min_version > self.max_version {
             return Err(TlsError::VersionRange {
@@ -103,12 +109,11 @@ impl TlsConfig {
         };
         let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        if self.session_resumption {
-            config.ticketer = rustls::crypto::ring::Ticketer::new()
-                .map_err(|e| TlsError::Rustls(e.to_string()))?;
-        } else {
-            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-            config.send_tls13_tickets = 0;
+        match resumption {
+            Some(resumption) => resumption.apply(&mut config),
+            None => {
+                super::Resumption::new(self, Arc::new(std::time::Instant::now))?.apply(&mut config)
+            }
         }
         Ok((Arc::new(config), warnings))
     }

@@ -23,6 +23,8 @@ mod config;
 mod handshake;
 #[cfg(feature = "tls")]
 mod load;
+#[cfg(feature = "tls")]
+mod tickets;
 
 pub use config::{CertKey, ClientAuth, PemSource, TlsConfig, TlsError, ValidityWarning};
 #[cfg(feature = "tls")]
@@ -34,6 +36,12 @@ pub(crate) use load::read as read_pem;
 /// rustls's server configuration, for [`Builder::tls_server_config`](crate::Builder::tls_server_config).
 #[cfg(feature = "tls")]
 pub use rustls::ServerConfig;
+#[cfg(feature = "tls")]
+pub(crate) use tickets::{
+    Material as TicketKey, Resumption, decode_handover, encode_handover, parse_key_file,
+};
+#[cfg(feature = "tls")]
+pub use tickets::{TICKET_KEY_LEN, TicketKeys};
 
 /// A TLS protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -89,6 +97,9 @@ pub struct TlsInfo {
     pub server_name: Option<String>,
     /// The client's certificate chain (DER, end-entity first); empty without client auth.
     pub peer_certificates: Vec<Vec<u8>>,
+    /// Whether the session was resumed (from a ticket or the session cache) rather than
+    /// set up by a full handshake.
+    pub resumed: bool,
 }
 
 impl TlsInfo {
@@ -117,6 +128,7 @@ impl fmt::Debug for TlsInfo {
             .field("alpn", &alpn)
             .field("server_name", &self.server_name)
             .field("peer_certificates", &certificates)
+            .field("resumed", &self.resumed)
             .finish()
     }
 }
@@ -174,6 +186,7 @@ mod tests {
             alpn: Some(b"h2".to_vec()),
             server_name: Some("example.test".into()),
             peer_certificates: vec![der.clone(), vec![1, 2, 3]],
+            resumed: false,
         };
         let debug = format!("{info:?}");
         assert!(debug.contains(r#"alpn: Some("h2")"#), "{debug}");
