@@ -18,7 +18,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod acme;
 mod config;
+#[cfg(feature = "tls")]
+pub(crate) mod expiry;
 #[cfg(feature = "tls")]
 mod handshake;
 #[cfg(feature = "tls")]
