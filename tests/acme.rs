@@ -1,0 +1,300 @@
+//! ACME against a real ACME server: the echo example (`--acme-*` flags) and pebble, Let's
+//! Encrypt's test server, with pebble-challtestsrv resolving every name to 127.0.0.1 and
+//! pebble validating TLS-ALPN-01 on the echo's port. Without pebble the tests are skipped
+//! (loudly), or fail under CI=true.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use common::example::{Example, example_bin};
+use common::pebble::{self, Pebble, free_port, handshake};
+use rustls::pki_types::CertificateDer;
+
+const NAMES: [&str; 2] = ["one.example.com", "two.example.com"];
+/// How long a certificate may take to be issued by pebble (it takes about a second).
+const ISSUE: Duration = Duration::from_secs(60);
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("berth-acme-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts the echo example on `port`, its ACME directory `directory`.
+fn echo(port: u16, directory: &str, ca: &Path, cache: &Path, extra: &[&str]) -> Example {
+    let mut command = Command::new(example_bin("echo"));
+    command
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--acme-directory", directory])
+        .arg("--acme-ca")
+        .arg(ca)
+        .arg("--acme-cache")
+        .arg(cache)
+        .args(["--acme-contact", "ops@example.com", "--threads", "2"])
+        .args(extra);
+    for name in NAMES {
+        command.args(["--acme-domain", name]);
+    }
+    Example::start(command)
+}
+
+/// Waits (within `limit`) for a stdout line starting with `prefix` and containing
+/// `contains`, skipping others; returns it.
+fn line(echo: &Example, prefix: &str, contains: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match echo.lines.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) && line.contains(contains) => return line,
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no line {prefix:?}..{contains:?} from echo within {limit:?}")
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("echo closed its stdout before a line {prefix:?}..{contains:?}")
+            }
+        }
+    }
+}
+
+/// The certificate's names (its subjectAltName DNS names).
+fn names(der: &CertificateDer<'_>) -> Vec<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Handshakes until one succeeds (within `limit`).
+fn served(addr: SocketAddr, name: &str, root: &CertificateDer<'static>, limit: Duration) -> CertificateDer<'static> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match handshake(addr, name, root) {
+            Ok(leaf) => return leaf,
+            Err(e) if Instant::now() > deadline => panic!("no good handshake within {limit:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// pebble and an echo that got a certificate for both names from it.
+struct Setup {
+    dir: std::path::PathBuf,
+    port: u16,
+    pebble: Pebble,
+    echo: Example,
+    root: CertificateDer<'static>,
+    leaf: CertificateDer<'static>,
+    took: Duration,
+}
+
+fn obtain(name: &str, validity: Option<u64>, runtime: &str) -> Setup {
+    let dir = tempdir(name);
+    let port = free_port();
+    let pebble = Pebble::start(&dir, port, validity);
+    let started = Instant::now();
+    let echo = echo(
+        port,
+        &pebble.directory,
+        &pebble.https_ca,
+        &dir.join("cache"),
+        &["--runtime", runtime],
+    );
+    let issued = line(&echo, "acme: certificate for", " issued", ISSUE);
+    assert!(
+        issued.contains("one.example.com,two.example.com"),
+        "{issued}"
+    );
+    let root = pebble.root();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let leaf = served(addr, NAMES[0], &root, Duration::from_secs(10));
+    let took = started.elapsed();
+    Setup {
+        dir,
+        port,
+        pebble,
+        echo,
+        root,
+        leaf,
+        took,
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
+}
+
+#[test]
+fn a_certificate_for_two_names_is_obtained_and_served() {
+    if !pebble::available() {
+        return;
+    }
+    for runtime in ["smol", "tokio"] {
+        let setup = obtain(&format!("two-names-{runtime}"), None, runtime);
+        eprintln!(
+            "[{runtime}] from start to the first ACME certificate served: {:?}",
+            setup.took
+        );
+        let mut got = names(&setup.leaf);
+        got.sort();
+        assert_eq!(got, NAMES);
+        // Both names (SNI) get it, verified against pebble's root.
+        let other = handshake(addr(setup.port), NAMES[1], &setup.root).unwrap();
+        assert_eq!(other, setup.leaf);
+        // The account key and the certificate are in the cache.
+        let cached: Vec<String> = std::fs::read_dir(setup.dir.join("cache"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(cached.iter().any(|f| f.starts_with("account-")), "{cached:?}");
+        assert!(cached.iter().any(|f| f.starts_with("cert-one.example.com-")), "{cached:?}");
+        setup.echo.sigterm();
+        let (status, _) = setup.echo.wait();
+        assert!(status.success());
+        let _ = std::fs::remove_dir_all(&setup.dir);
+    }
+}
+
+#[test]
+fn a_restart_with_the_same_cache_serves_it_at_once_with_pebble_stopped() {
+    if !pebble::available() {
+        return;
+    }
+    let setup = obtain("restart", None, "smol");
+    let Setup {
+        dir,
+        port,
+        pebble,
+        echo,
+        root,
+        leaf,
+        ..
+    } = setup;
+    let directory = pebble.directory.clone();
+    echo.sigterm();
+    assert!(echo.wait().0.success());
+    pebble.stop();
+    // Another runtime, the same cache, the directory down: served from its first connection.
+    let again = self::echo(
+        port,
+        &directory,
+        &dir.join("pebble-https-ca.pem"),
+        &dir.join("cache"),
+        &["--runtime", "tokio"],
+    );
+    line(&again, "listening on", "", Duration::from_secs(20));
+    assert_eq!(handshake(addr(port), NAMES[1], &root), Ok(leaf.clone()));
+    line(&again, "acme: certificate for", "loaded from the cache", Duration::from_secs(10));
+    again.sigterm();
+    assert!(again.wait().0.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_upgrade_keeps_serving_it() {
+    if !pebble::available() {
+        return;
+    }
+    let setup = obtain("upgrade", None, "smol");
+    let pid = setup.echo.child.id();
+    let ok = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let upgraded = line(&setup.echo, "upgrade: process", "serves now", Duration::from_secs(20));
+    let new_pid: u32 = upgraded
+        .split_whitespace()
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{upgraded}"));
+    // The new process read the cache: the same certificate, from its first connection.
+    for name in NAMES {
+        assert_eq!(handshake(addr(setup.port), name, &setup.root), Ok(setup.leaf.clone()));
+    }
+    line(&setup.echo, "acme: certificate for", "loaded from the cache", Duration::from_secs(10));
+    let (status, _) = setup.echo.wait();
+    assert!(status.success(), "the old process drains and exits 0");
+    assert_eq!(handshake(addr(setup.port), NAMES[0], &setup.root), Ok(setup.leaf.clone()));
+    let _ = Command::new("kill").args(["-TERM", &new_pid.to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{new_pid}")).exists() {
+        assert!(Instant::now() < deadline, "the new process did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
+
+#[test]
+fn a_renewal_happens_near_expiry_without_a_failed_handshake() {
+    if !pebble::available() {
+        return;
+    }
+    // 15-second certificates: renewal is due after two thirds of their life.
+    let setup = obtain("renewal", Some(15), "smol");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut handshakes = 0;
+    let renewed = loop {
+        assert!(Instant::now() < deadline, "no renewal within 60 s");
+        let leaf = handshake(addr(setup.port), NAMES[handshakes % 2], &setup.root)
+            .unwrap_or_else(|e| panic!("handshake {handshakes} failed while renewing: {e}"));
+        handshakes += 1;
+        if leaf != setup.leaf {
+            break leaf;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut got = names(&renewed);
+    got.sort();
+    assert_eq!(got, NAMES);
+    line(&setup.echo, "acme: certificate for", " renewed", Duration::from_secs(5));
+    eprintln!("{handshakes} handshakes before the renewed certificate, none failed");
+    setup.echo.sigterm();
+    assert!(setup.echo.wait().0.success());
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
+
+#[test]
+fn a_directory_that_is_down_gives_a_clear_event_and_retries() {
+    let dir = tempdir("down");
+    let port = free_port();
+    let closed = free_port();
+    std::fs::write(dir.join("ca.pem"), common::pki::Pki::new("unused").ca_pem()).unwrap();
+    let echo = echo(
+        port,
+        &format!("https://127.0.0.1:{closed}/dir"),
+        &dir.join("ca.pem"),
+        &dir.join("cache"),
+        &[],
+    );
+    let first = line(&echo, "acme: failed for", "", Duration::from_secs(30));
+    assert!(
+        first.contains(&format!("the ACME directory https://127.0.0.1:{closed}/dir cannot be reached"))
+            && first.contains("retrying in"),
+        "{first}"
+    );
+    // The retry comes (after about 5 s) and fails the same way.
+    let second = line(&echo, "acme: failed for", "cannot be reached", Duration::from_secs(30));
+    assert!(second.contains("retrying in"), "{second}");
+    echo.sigterm();
+    let (status, stderr) = echo.wait();
+    assert!(status.success());
+    assert!(
+        stderr.contains("echo: no ACME certificate for one.example.com,two.example.com"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
