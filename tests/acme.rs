@@ -132,6 +132,14 @@ fn obtain(name: &str, validity: Option<u64>, runtime: &str) -> Setup {
     }
 }
 
+/// Whether `pid` runs (not exited, not a zombie nobody reaped).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().starts_with(|c| c != 'Z')))
+        .unwrap_or(false)
+}
+
 fn addr(port: u16) -> SocketAddr {
     ([127, 0, 0, 1], port).into()
 }
@@ -215,7 +223,22 @@ fn an_upgrade_keeps_serving_it() {
         .unwrap()
         .success();
     assert!(ok);
-    let upgraded = line(&setup.echo, "upgrade: process", "serves now", Duration::from_secs(20));
+    // Both lines come, in either order: the new process reports its certificate from the
+    // cache as it starts serving, the old one the upgrade once told it is serving.
+    let (mut upgraded, mut cached) = (None, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while upgraded.is_none() || !cached {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = setup.echo.lines.recv_timeout(left).unwrap_or_else(|e| {
+            panic!("upgraded: {upgraded:?}, certificate from the cache: {cached}; then {e:?}")
+        });
+        if line.starts_with("upgrade: process") {
+            upgraded = Some(line);
+        } else if line.starts_with("acme: certificate for") && line.contains("loaded from the cache") {
+            cached = true;
+        }
+    }
+    let upgraded = upgraded.unwrap();
     let new_pid: u32 = upgraded
         .split_whitespace()
         .nth(2)
@@ -225,16 +248,31 @@ fn an_upgrade_keeps_serving_it() {
     for name in NAMES {
         assert_eq!(handshake(addr(setup.port), name, &setup.root), Ok(setup.leaf.clone()));
     }
-    line(&setup.echo, "acme: certificate for", "loaded from the cache", Duration::from_secs(10));
-    let (status, _) = setup.echo.wait();
-    assert!(status.success(), "the old process drains and exits 0");
-    assert_eq!(handshake(addr(setup.port), NAMES[0], &setup.root), Ok(setup.leaf.clone()));
-    let _ = Command::new("kill").args(["-TERM", &new_pid.to_string()]).status();
+    // The old process drains and exits 0 (its output pipes stay open: the new process
+    // inherited them).
+    let mut old = setup.echo;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::path::Path::new(&format!("/proc/{new_pid}")).exists() {
+    let status = loop {
+        if let Some(status) = old.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "the old process exits 0: {status}");
+    assert_eq!(
+        handshake(addr(setup.port), NAMES[0], &setup.root),
+        Ok(setup.leaf.clone())
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &new_pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(new_pid) {
         assert!(Instant::now() < deadline, "the new process did not stop");
         std::thread::sleep(Duration::from_millis(20));
     }
+    drop(old);
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
 
