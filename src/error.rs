@@ -155,7 +155,9 @@ pub enum Error {
     /// A certificate could not be obtained or renewed from the ACME directory
     /// ([`AcmeConfig`](crate::tls::acme::AcmeConfig)); berth tries again after `retry_in`
     /// and serves the current certificate, if any, meanwhile.
-    #[error("no ACME certificate for {domains}: {source}; retrying in {retry_in:?} (the current certificate, if any, is served meanwhile)")]
+    #[error(
+        "no ACME certificate for {domains}: {source}; retrying in {retry_in:?} (the current certificate, if any, is served meanwhile)"
+    )]
     Acme {
         /// The names of the certificate, comma-separated.
         domains: String,

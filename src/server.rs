@@ -281,8 +281,8 @@ impl Builder {
                 // Loading made (or found) the listener's ACME state; keep it to drive it.
                 #[cfg(feature = "acme")]
                 if let Some(config) = watched.as_ref().and_then(|tls| tls.acme.as_ref()) {
-                    let state = crate::tls::acme::Acme::get(config)
-                        .map_err(crate::tls::TlsError::Acme)?;
+                    let state =
+                        crate::tls::acme::Acme::get(config).map_err(crate::tls::TlsError::Acme)?;
                     if !acme.iter().any(|a| Arc::ptr_eq(a, &state)) {
                         acme.push(state);
                     }

@@ -78,12 +78,19 @@ fn names(der: &CertificateDer<'_>) -> Vec<String> {
 }
 
 /// Handshakes until one succeeds (within `limit`).
-fn served(addr: SocketAddr, name: &str, root: &CertificateDer<'static>, limit: Duration) -> CertificateDer<'static> {
+fn served(
+    addr: SocketAddr,
+    name: &str,
+    root: &CertificateDer<'static>,
+    limit: Duration,
+) -> CertificateDer<'static> {
     let deadline = Instant::now() + limit;
     loop {
         match handshake(addr, name, root) {
             Ok(leaf) => return leaf,
-            Err(e) if Instant::now() > deadline => panic!("no good handshake within {limit:?}: {e}"),
+            Err(e) if Instant::now() > deadline => {
+                panic!("no good handshake within {limit:?}: {e}")
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
@@ -136,7 +143,14 @@ fn obtain(name: &str, validity: Option<u64>, runtime: &str) -> Setup {
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().starts_with(|c| c != 'Z')))
+        .and_then(|stat| {
+            Some(
+                stat.rsplit_once(')')?
+                    .1
+                    .trim_start()
+                    .starts_with(|c| c != 'Z'),
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -166,8 +180,16 @@ fn a_certificate_for_two_names_is_obtained_and_served() {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(cached.iter().any(|f| f.starts_with("account-")), "{cached:?}");
-        assert!(cached.iter().any(|f| f.starts_with("cert-one.example.com-")), "{cached:?}");
+        assert!(
+            cached.iter().any(|f| f.starts_with("account-")),
+            "{cached:?}"
+        );
+        assert!(
+            cached
+                .iter()
+                .any(|f| f.starts_with("cert-one.example.com-")),
+            "{cached:?}"
+        );
         setup.echo.sigterm();
         let (status, _) = setup.echo.wait();
         assert!(status.success());
@@ -204,7 +226,12 @@ fn a_restart_with_the_same_cache_serves_it_at_once_with_pebble_stopped() {
     );
     line(&again, "listening on", "", Duration::from_secs(20));
     assert_eq!(handshake(addr(port), NAMES[1], &root), Ok(leaf.clone()));
-    line(&again, "acme: certificate for", "loaded from the cache", Duration::from_secs(10));
+    line(
+        &again,
+        "acme: certificate for",
+        "loaded from the cache",
+        Duration::from_secs(10),
+    );
     again.sigterm();
     assert!(again.wait().0.success());
     let _ = std::fs::remove_dir_all(&dir);
@@ -234,7 +261,9 @@ fn an_upgrade_keeps_serving_it() {
         });
         if line.starts_with("upgrade: process") {
             upgraded = Some(line);
-        } else if line.starts_with("acme: certificate for") && line.contains("loaded from the cache") {
+        } else if line.starts_with("acme: certificate for")
+            && line.contains("loaded from the cache")
+        {
             cached = true;
         }
     }
@@ -246,7 +275,10 @@ fn an_upgrade_keeps_serving_it() {
         .unwrap_or_else(|| panic!("{upgraded}"));
     // The new process read the cache: the same certificate, from its first connection.
     for name in NAMES {
-        assert_eq!(handshake(addr(setup.port), name, &setup.root), Ok(setup.leaf.clone()));
+        assert_eq!(
+            handshake(addr(setup.port), name, &setup.root),
+            Ok(setup.leaf.clone())
+        );
     }
     // The old process drains and exits 0 (its output pipes stay open: the new process
     // inherited them).
@@ -298,7 +330,12 @@ fn a_renewal_happens_near_expiry_without_a_failed_handshake() {
     let mut got = names(&renewed);
     got.sort();
     assert_eq!(got, NAMES);
-    line(&setup.echo, "acme: certificate for", " renewed", Duration::from_secs(5));
+    line(
+        &setup.echo,
+        "acme: certificate for",
+        " renewed",
+        Duration::from_secs(5),
+    );
     eprintln!("{handshakes} handshakes before the renewed certificate, none failed");
     setup.echo.sigterm();
     assert!(setup.echo.wait().0.success());
@@ -320,12 +357,18 @@ fn a_directory_that_is_down_gives_a_clear_event_and_retries() {
     );
     let first = line(&echo, "acme: failed for", "", Duration::from_secs(30));
     assert!(
-        first.contains(&format!("the ACME directory https://127.0.0.1:{closed}/dir cannot be reached"))
-            && first.contains("retrying in"),
+        first.contains(&format!(
+            "the ACME directory https://127.0.0.1:{closed}/dir cannot be reached"
+        )) && first.contains("retrying in"),
         "{first}"
     );
     // The retry comes (after about 5 s) and fails the same way.
-    let second = line(&echo, "acme: failed for", "cannot be reached", Duration::from_secs(30));
+    let second = line(
+        &echo,
+        "acme: failed for",
+        "cannot be reached",
+        Duration::from_secs(30),
+    );
     assert!(second.contains("retrying in"), "{second}");
     echo.sigterm();
     let (status, stderr) = echo.wait();

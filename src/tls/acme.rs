@@ -292,7 +292,9 @@ pub enum AcmeError {
         reason: String,
     },
     /// A step took too long.
-    #[error("the ACME step `{step}` took longer than {after:?}: the ACME server is slow or unreachable")]
+    #[error(
+        "the ACME step `{step}` took longer than {after:?}: the ACME server is slow or unreachable"
+    )]
     Timeout {
         /// The step.
         step: &'static str,
@@ -311,7 +313,12 @@ mod tests {
         assert_eq!(acme.names(), ["a.example", "b.example"]);
         assert_eq!(acme.validate(), Ok(()));
         let wild = AcmeConfig::new(["*.example"], "/tmp/x");
-        assert!(wild.validate().unwrap_err().to_string().contains("wildcards"));
+        assert!(
+            wild.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("wildcards")
+        );
         let empty = AcmeConfig::new(Vec::<String>::new(), "/tmp/x");
         assert_eq!(empty.validate(), Err(AcmeError::NoDomains));
         let mut http = AcmeConfig::new(["a.example"], "/tmp/x");
@@ -321,9 +328,10 @@ mod tests {
 
     #[test]
     fn it_parses_from_toml_with_defaults() {
-        let acme: AcmeConfig =
-            toml::from_str("domains = [\"a.example\"]\ncache = \"/var/lib/acme\"\nrenew_before = \"10d\"")
-                .unwrap();
+        let acme: AcmeConfig = toml::from_str(
+            "domains = [\"a.example\"]\ncache = \"/var/lib/acme\"\nrenew_before = \"10d\"",
+        )
+        .unwrap();
         assert_eq!(acme.directory, LETS_ENCRYPT);
         assert_eq!(acme.renew_before, Duration::from_secs(10 * 24 * 3600));
     }

@@ -218,9 +218,11 @@ pub fn handshake(
     let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
     let conn =
         rustls::ClientConnection::new(Arc::new(config), server_name).map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    tcp.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     tls.write_all(b"ping\n").map_err(|e| e.to_string())?;
     let mut echoed = [0u8; 5];

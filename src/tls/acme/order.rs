@@ -61,27 +61,24 @@ pub(crate) async fn order(acme: &Acme, rt: &dyn Runtime) -> Result<Arc<Served>, 
     let client = acme.client();
     let config = acme.config();
     let key = account_key(acme)?;
-    let directory = match crate::runtime::timeout(
-        rt,
-        STEP,
-        Directory::discover(client, &config.directory),
-    )
-    .await
-    {
-        Some(Ok(directory)) => directory,
-        Some(Err(e)) => {
-            return Err(AcmeError::Unreachable {
-                url: config.directory.clone(),
-                reason: e.to_string(),
-            });
-        }
-        None => {
-            return Err(AcmeError::Unreachable {
-                url: config.directory.clone(),
-                reason: format!("no answer within {STEP:?}"),
-            });
-        }
-    };
+    let directory =
+        match crate::runtime::timeout(rt, STEP, Directory::discover(client, &config.directory))
+            .await
+        {
+            Some(Ok(directory)) => directory,
+            Some(Err(e)) => {
+                return Err(AcmeError::Unreachable {
+                    url: config.directory.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            None => {
+                return Err(AcmeError::Unreachable {
+                    url: config.directory.clone(),
+                    reason: format!("no answer within {STEP:?}"),
+                });
+            }
+        };
     let account = step(
         rt,
         "the account",
@@ -98,10 +95,11 @@ pub(crate) async fn order(acme: &Acme, rt: &dyn Runtime) -> Result<Arc<Served>, 
             reason: e.to_string(),
         }
     })?;
-    let mut params = rcgen::CertificateParams::new(names.clone()).map_err(|e| AcmeError::Refused {
-        step: "the CSR",
-        reason: e.to_string(),
-    })?;
+    let mut params =
+        rcgen::CertificateParams::new(names.clone()).map_err(|e| AcmeError::Refused {
+            step: "the CSR",
+            reason: e.to_string(),
+        })?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params
         .serialize_request(&cert_key)
@@ -139,13 +137,18 @@ pub(crate) async fn order(acme: &Acme, rt: &dyn Runtime) -> Result<Arc<Served>, 
                 order = step(rt, "the order", account.order(client, &order_url)).await?;
             }
             OrderStatus::Valid { certificate } => {
-                let chain =
-                    step(rt, "the download", account.certificate(client, &certificate)).await?;
+                let chain = step(
+                    rt,
+                    "the download",
+                    account.certificate(client, &certificate),
+                )
+                .await?;
                 let pem = format!("{}{chain}", cert_key.serialize_pem());
-                let served = Served::parse(pem.as_bytes()).map_err(|reason| AcmeError::Refused {
-                    step: "the certificate",
-                    reason,
-                })?;
+                let served =
+                    Served::parse(pem.as_bytes()).map_err(|reason| AcmeError::Refused {
+                        step: "the certificate",
+                        reason,
+                    })?;
                 cache::write(&cache::cert_path(config), pem.as_bytes())?;
                 return Ok(Arc::new(served));
             }

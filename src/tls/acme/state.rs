@@ -35,10 +35,9 @@ impl Served {
         let chain = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("certificates: {e}"))?;
-        let (_, leaf) = x509_parser::parse_x509_certificate(
-            chain.first().ok_or("no certificate")?.as_ref(),
-        )
-        .map_err(|e| format!("certificate: {e}"))?;
+        let (_, leaf) =
+            x509_parser::parse_x509_certificate(chain.first().ok_or("no certificate")?.as_ref())
+                .map_err(|e| format!("certificate: {e}"))?;
         let (not_before, not_after) = (
             leaf.validity().not_before.timestamp(),
             leaf.validity().not_after.timestamp(),
