@@ -11,8 +11,13 @@ use std::process::Command;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
+use berth::tls::PemSource;
+use berth::tls::acme::{AcmeConfig, CertificateOrigin};
+use berth::{Builder, Config, Conn, ServerEvent};
 use common::example::{Example, example_bin};
-use common::pebble::{self, Pebble, free_port, handshake};
+use common::pebble::{self, Pebble, free_port, handshake, handshake_with};
+use common::pki::{Pki, client_verifying_as};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use rustls::pki_types::CertificateDer;
 
 const NAMES: [&str; 2] = ["one.example.com", "two.example.com"];
@@ -100,6 +105,7 @@ fn served(
 struct Setup {
     dir: std::path::PathBuf,
     port: u16,
+    metrics: SocketAddr,
     pebble: Pebble,
     echo: Example,
     root: CertificateDer<'static>,
@@ -111,13 +117,14 @@ fn obtain(name: &str, validity: Option<u64>, runtime: &str) -> Setup {
     let dir = tempdir(name);
     let port = free_port();
     let pebble = Pebble::start(&dir, port, validity);
+    let metrics = addr(free_port());
     let started = Instant::now();
     let echo = echo(
         port,
         &pebble.directory,
         &pebble.https_ca,
         &dir.join("cache"),
-        &["--runtime", runtime],
+        &["--runtime", runtime, "--metrics-addr", &metrics.to_string()],
     );
     let issued = line(&echo, "acme: certificate for", " issued", ISSUE);
     assert!(
@@ -131,12 +138,28 @@ fn obtain(name: &str, validity: Option<u64>, runtime: &str) -> Setup {
     Setup {
         dir,
         port,
+        metrics,
         pebble,
         echo,
         root,
         leaf,
         took,
     }
+}
+
+/// The echo's `/metrics` text.
+fn get_metrics(addr: SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
 }
 
 /// Whether `pid` runs (not exited, not a zombie nobody reaped).
@@ -190,6 +213,22 @@ fn a_certificate_for_two_names_is_obtained_and_served() {
                 .any(|f| f.starts_with("cert-one.example.com-")),
             "{cached:?}"
         );
+        // Metrics: the certificate counted, its expiry a gauge (pebble's last 5 years).
+        let text = get_metrics(setup.metrics);
+        assert!(
+            text.contains(r#"berth_acme_certificates_total{origin="issued"} 1"#),
+            "{text}"
+        );
+        let gauge = text
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"berth_tls_certificate_expiry_seconds{certificate="acme:one.example.com,two.example.com"}"#,
+                )
+            })
+            .unwrap_or_else(|| panic!("no expiry gauge in {text}"));
+        let seconds: f64 = gauge.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(seconds > 365.0 * 24.0 * 3600.0, "{gauge}");
         setup.echo.sigterm();
         let (status, _) = setup.echo.wait();
         assert!(status.success());
@@ -377,5 +416,92 @@ fn a_directory_that_is_down_gives_a_clear_event_and_retries() {
         stderr.contains("echo: no ACME certificate for one.example.com,two.example.com"),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Echoes until the peer closes.
+async fn echo_handler(mut conn: Conn) {
+    let mut buf = [0u8; 1024];
+    while let Ok(n @ 1..) = conn.read(&mut buf).await {
+        if conn.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn acme_serves_its_names_beside_file_certificates_and_tls_select() {
+    if !pebble::available() {
+        return;
+    }
+    let dir = tempdir("beside");
+    let port = free_port();
+    let pebble = Pebble::start(&dir, port, None);
+    // The files serve other names and clients without SNI; the hook serves one tenant.
+    let files = Pki::new("files CA");
+    let file_leaf = files.leaf(&["files.example.com"]);
+    let tenant = Pki::new("tenant CA");
+    let tenant_leaf = tenant.leaf(&["tenant.example.com"]);
+    let mut tls = file_leaf.tls_config();
+    let mut acme = AcmeConfig::new(NAMES, dir.join("cache"));
+    acme.directory = pebble.directory.clone();
+    acme.ca = Some(PemSource::Path(pebble.https_ca.clone()));
+    tls.acme = Some(acme);
+    let mut config = Config::new(format!("127.0.0.1:{port}"));
+    config.tls = Some(tls);
+    let tenant_config = tenant_leaf.tls_config().load().unwrap().0;
+    let (tx, events) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let server =
+        Builder::new(config)
+            .tls_select(move |hello: berth::tls::ClientHelloInfo| {
+                let config = tenant_config.clone();
+                async move {
+                    (hello.server_name.as_deref() == Some("tenant.example.com")).then_some(config)
+                }
+            })
+            .on_server_event(move |event| {
+                if let ServerEvent::AcmeCertificate { .. } | ServerEvent::AcmeFailed { .. } = event
+                {
+                    let _ = tx.lock().unwrap().send(event.clone());
+                }
+            })
+            .bind()
+            .unwrap();
+    let handle = server.serve(echo_handler);
+    match events.recv_timeout(ISSUE).expect("an ACME event") {
+        ServerEvent::AcmeCertificate {
+            domains, origin, ..
+        } => {
+            assert_eq!(domains, NAMES);
+            assert_eq!(origin, CertificateOrigin::Issued);
+        }
+        other => panic!("{other:?}; pebble's log:\n{}", Pebble::log(&dir)),
+    }
+    let root = pebble.root();
+    let addr = addr(port);
+    for name in NAMES {
+        let mut got = names(&handshake(addr, name, &root).unwrap());
+        got.sort();
+        assert_eq!(got, NAMES, "{name}");
+    }
+    let by_files = client_verifying_as(files.ca_der(), "files.example.com");
+    assert_eq!(
+        handshake_with(addr, "files.example.com", by_files.clone()),
+        Ok(file_leaf.der.clone())
+    );
+    let mut no_sni = by_files;
+    no_sni.enable_sni = false;
+    assert_eq!(
+        handshake_with(addr, "files.example.com", no_sni),
+        Ok(file_leaf.der.clone())
+    );
+    let by_tenant = client_verifying_as(tenant.ca_der(), "tenant.example.com");
+    assert_eq!(
+        handshake_with(addr, "tenant.example.com", by_tenant),
+        Ok(tenant_leaf.der.clone())
+    );
+    let report = futures_lite::future::block_on(handle.shutdown()).unwrap();
+    assert_eq!(report.forced, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -215,6 +215,15 @@ pub fn handshake(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    handshake_with(addr, name, config)
+}
+
+/// [`handshake`] with a client configuration of the caller's.
+pub fn handshake_with(
+    addr: SocketAddr,
+    name: &str,
+    config: rustls::ClientConfig,
+) -> Result<CertificateDer<'static>, String> {
     let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
     let conn =
         rustls::ClientConnection::new(Arc::new(config), server_name).map_err(|e| e.to_string())?;
