@@ -451,11 +451,15 @@ fn report(event: &berth::ServerEvent) {
         } => {
             let left = not_after
                 .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .as_secs();
+            let left = match left {
+                0..86_400 => format!("{left}s"),
+                _ => format!("{} days", left / 86_400),
+            };
             format!(
-                "acme: certificate for {} {origin}, expires in {}",
-                domains.join(","),
-                humantime::format_duration(Duration::from_secs(left.as_secs()))
+                "acme: certificate for {} {origin}, expires in {left}",
+                domains.join(",")
             )
         }
         ServerEvent::AcmeFailed {
