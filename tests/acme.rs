@@ -147,6 +147,19 @@ fn obtain(name: &str, validity: Option<u64>, runtime: &str) -> Setup {
     }
 }
 
+/// Kills a process that is not our child when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
 /// The echo's `/metrics` text.
 fn get_metrics(addr: SocketAddr) -> String {
     use std::io::{Read as _, Write as _};
@@ -312,6 +325,8 @@ fn an_upgrade_keeps_serving_it() {
         .nth(2)
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{upgraded}"));
+    // Not our child: killed by hand should the test fail half-way.
+    let _guard = KillOnDrop(new_pid);
     // The new process read the cache: the same certificate, from its first connection.
     for name in NAMES {
         assert_eq!(

@@ -74,7 +74,7 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 ///
 /// Set it as [`TlsConfig::acme`](crate::tls::TlsConfig::acme). Its certificate serves the
 /// clients that ask for one of [`domains`](Self::domains) (SNI) and, when the
-/// `TlsConfig` has no certificate files, every other client too. Files certificates
+/// `TlsConfig` has no certificate files, every other client too. Certificate files
 /// configured beside it serve the other names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
