@@ -110,6 +110,8 @@ pub(crate) async fn drive(core: Arc<Core>, acme: Arc<Acme>) {
         if core.is_draining() {
             return;
         }
+        #[cfg(feature = "tracing")]
+        tracing::info!(target: "berth", ?domains, directory = %acme.config().directory, "ACME order started");
         let ordered = async { Some(crate::tls::acme::order(&acme, &**core.runtime()).await) };
         let drained = async {
             core.draining().wait().await;
