@@ -9,6 +9,9 @@
 //! on the accept loop: a client that connects and says nothing, or half a ClientHello, costs
 //! one task until the timeout and never delays anybody else.
 //!
+//! Certificates come from files or memory ([`CertKey`]), or from an ACME directory such as
+//! Let's Encrypt, obtained and renewed by berth itself ([`acme`], feature `acme`).
+//!
 //! Connections count in `open_connections()` from accept, handshake included: they hold a
 //! socket and count against `max_connections`. A failed handshake produces
 //! [`ConnEvent::TlsFailed`](crate::ConnEvent::TlsFailed) and then `Closed` with
