@@ -68,6 +68,26 @@ fn line(echo: &Example, prefix: &str, contains: &str, limit: Duration) -> String
     }
 }
 
+/// Waits (within `limit`) for one stdout line per `(prefix, contains)`, in any order;
+/// returns them in the order asked.
+fn all_lines(echo: &Example, wanted: &[(&str, &str)], limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut found: Vec<Option<String>> = vec![None; wanted.len()];
+    while found.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = echo
+            .lines
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("waiting for {wanted:?}, found {found:?}: {e:?}"));
+        for (slot, (prefix, contains)) in found.iter_mut().zip(wanted) {
+            if slot.is_none() && line.starts_with(prefix) && line.contains(contains) {
+                *slot = Some(line.clone());
+            }
+        }
+    }
+    found.into_iter().flatten().collect()
+}
+
 /// The certificate's names (its subjectAltName DNS names).
 fn names(der: &CertificateDer<'_>) -> Vec<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
@@ -276,14 +296,16 @@ fn a_restart_with_the_same_cache_serves_it_at_once_with_pebble_stopped() {
         &dir.join("cache"),
         &["--runtime", "tokio"],
     );
-    line(&again, "listening on", "", Duration::from_secs(20));
-    assert_eq!(handshake(addr(port), NAMES[1], &root), Ok(leaf.clone()));
-    line(
+    // The certificate is read from the cache while binding, so its line may come first.
+    all_lines(
         &again,
-        "acme: certificate for",
-        "loaded from the cache",
-        Duration::from_secs(10),
+        &[
+            ("listening on", ""),
+            ("acme: certificate for", "loaded from the cache"),
+        ],
+        Duration::from_secs(20),
     );
+    assert_eq!(handshake(addr(port), NAMES[1], &root), Ok(leaf.clone()));
     again.sigterm();
     assert!(again.wait().0.success());
     let _ = std::fs::remove_dir_all(&dir);
@@ -304,22 +326,15 @@ fn an_upgrade_keeps_serving_it() {
     assert!(ok);
     // Both lines come, in either order: the new process reports its certificate from the
     // cache as it starts serving, the old one the upgrade once told it is serving.
-    let (mut upgraded, mut cached) = (None, false);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while upgraded.is_none() || !cached {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = setup.echo.lines.recv_timeout(left).unwrap_or_else(|e| {
-            panic!("upgraded: {upgraded:?}, certificate from the cache: {cached}; then {e:?}")
-        });
-        if line.starts_with("upgrade: process") {
-            upgraded = Some(line);
-        } else if line.starts_with("acme: certificate for")
-            && line.contains("loaded from the cache")
-        {
-            cached = true;
-        }
-    }
-    let upgraded = upgraded.unwrap();
+    let found = all_lines(
+        &setup.echo,
+        &[
+            ("upgrade: process", "serves now"),
+            ("acme: certificate for", "loaded from the cache"),
+        ],
+        Duration::from_secs(20),
+    );
+    let upgraded = found[0].clone();
     let new_pid: u32 = upgraded
         .split_whitespace()
         .nth(2)
