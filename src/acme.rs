@@ -57,7 +57,8 @@ fn backoff(failures: u32, jitter: f64) -> Duration {
     let base = RETRY_MIN
         .saturating_mul(1 << failures.saturating_sub(1).min(20))
         .min(RETRY_MAX);
-    base.mul_f64(1.0 - 0.25 * jitter)
+    // Whole milliseconds: the delay is printed in messages.
+    Duration::from_millis(base.mul_f64(1.0 - 0.25 * jitter).as_millis() as u64)
 }
 
 /// Sleeps `duration` on the runtime's clock; false if the server started draining first.

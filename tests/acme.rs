@@ -535,3 +535,35 @@ fn acme_serves_its_names_beside_file_certificates_and_tls_select() {
     assert_eq!(report.forced, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_file_certificate_has_an_expiry_gauge_too() {
+    let dir = tempdir("file-gauge");
+    let metrics = addr(free_port());
+    let echo = Example::spawn(
+        "echo",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--self-signed",
+            dir.to_str().unwrap(),
+            "--metrics-addr",
+            &metrics.to_string(),
+        ],
+    );
+    echo.addr();
+    let label = format!(
+        r#"berth_tls_certificate_expiry_seconds{{certificate="{}"}}"#,
+        dir.join("cert.pem").display()
+    );
+    let text = get_metrics(metrics);
+    let gauge = text
+        .lines()
+        .find(|l| l.starts_with(&label))
+        .unwrap_or_else(|| panic!("no {label} in {text}"));
+    let seconds: f64 = gauge.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(seconds > 24.0 * 3600.0, "{gauge}");
+    echo.sigterm();
+    assert!(echo.wait().0.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
