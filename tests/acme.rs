@@ -531,6 +531,25 @@ fn acme_serves_its_names_beside_file_certificates_and_tls_select() {
         handshake_with(addr, "tenant.example.com", by_tenant),
         Ok(tenant_leaf.der.clone())
     );
+    // A client offering other ALPN protocols is served as before (acme-tls/1 is not added
+    // to the listener's list); one offering only acme-tls/1 outside an order gets nothing.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let client = || {
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth()
+    };
+    let mut h2 = client();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    assert!(handshake_with(addr, NAMES[0], h2).is_ok());
+    let mut challenge = client();
+    challenge.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    assert!(handshake_with(addr, NAMES[0], challenge).is_err());
     let report = futures_lite::future::block_on(handle.shutdown()).unwrap();
     assert_eq!(report.forced, 0);
     let _ = std::fs::remove_dir_all(&dir);
