@@ -586,3 +586,41 @@ fn a_file_certificate_has_an_expiry_gauge_too() {
     assert!(echo.wait().0.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_failed_renewal_keeps_the_old_certificate_served_and_retries() {
+    if !pebble::available() {
+        return;
+    }
+    // 24-second certificates: the renewal is due after about 15 s; pebble is gone by then.
+    let setup = obtain("failed-renewal", Some(24), "smol");
+    let Setup {
+        dir,
+        port,
+        pebble,
+        echo,
+        root,
+        leaf,
+        ..
+    } = setup;
+    pebble.stop();
+    let failed = line(
+        &echo,
+        "acme: failed for",
+        "cannot be reached",
+        Duration::from_secs(30),
+    );
+    assert!(failed.contains("retrying in"), "{failed}");
+    // The old certificate, still valid, is served meanwhile.
+    assert_eq!(handshake(addr(port), NAMES[0], &root), Ok(leaf.clone()));
+    // And the renewal is tried again.
+    line(
+        &echo,
+        "acme: failed for",
+        "cannot be reached",
+        Duration::from_secs(30),
+    );
+    echo.sigterm();
+    assert!(echo.wait().0.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
