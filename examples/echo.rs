@@ -10,6 +10,8 @@
 //!      [--unix PATH [--unix-mode 660] [--unix-group GID]]
 //!      [--evict-idle] [--max-handshakes N] [--tls-watch INTERVAL] [--lame-duck D]
 //!      [--ticket-keys FILE]
+//!      [--acme-domain NAME]... [--acme-directory URL] [--acme-ca PEM] [--acme-cache DIR]
+//!      [--acme-contact EMAIL]... [--acme-renew-before D]
 //! ```
 //!
 //! Prints `listening on ADDR` once bound, echoes every byte back, and on SIGTERM or SIGINT
@@ -26,6 +28,17 @@
 //! cargo run --release --example echo -- --self-signed /tmp/berth-tls
 //! openssl s_client -connect 127.0.0.1:7000 -CAfile /tmp/berth-tls/ca.pem -quiet
 //! ```
+//!
+//! Certificates from Let's Encrypt (or any ACME directory) with `--acme-domain NAME`
+//! (repeatable): the names must resolve to this machine and port 443 must reach the
+//! listener, which answers the TLS-ALPN-01 challenge itself. The certificate and account key
+//! are kept in `--acme-cache DIR`; each served, renewed or failed certificate prints a line
+//! starting `acme: `.
+//!
+//! ```text
+//! echo --addr 0.0.0.0:443 --acme-domain example.com --acme-domain www.example.com \
+//!      --acme-cache /var/lib/echo/acme --acme-contact ops@example.com
+//! ```
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -33,6 +46,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth::tls::acme::AcmeConfig;
 use berth::tls::{ClientAuth, PemSource, TlsConfig};
 use berth::{Builder, Config, Conn};
 use clap::Parser;
@@ -140,6 +154,29 @@ struct Args {
     /// stop sending clients), then drain; a second signal ends it early.
     #[arg(long, value_name = "D", value_parser = humantime::parse_duration)]
     lame_duck: Option<Duration>,
+    /// Get a certificate for NAME from an ACME directory (repeatable: one certificate for
+    /// all the names) and serve TLS with it on the listeners, answering the TLS-ALPN-01
+    /// challenge on them (the names must resolve here, port 443 must reach a listener).
+    /// With --tls-cert, the files serve the other names.
+    #[arg(long, value_name = "NAME")]
+    acme_domain: Vec<String>,
+    /// The ACME directory URL.
+    #[arg(long, value_name = "URL", default_value = berth::tls::acme::LETS_ENCRYPT)]
+    acme_directory: String,
+    /// An extra root certificate (PEM) to trust for the directory's HTTPS (e.g. a test
+    /// server's, such as pebble's).
+    #[arg(long, value_name = "PEM", requires = "acme_domain")]
+    acme_ca: Option<PathBuf>,
+    /// Where the ACME account key and certificates are kept across restarts and upgrades.
+    #[arg(long, value_name = "DIR", default_value = "acme-cache")]
+    acme_cache: PathBuf,
+    /// A contact e-mail address for the ACME account (repeatable).
+    #[arg(long, value_name = "EMAIL", requires = "acme_domain")]
+    acme_contact: Vec<String>,
+    /// Renew the ACME certificate this long before it expires (at most a third of its
+    /// lifetime; default 30 days).
+    #[arg(long, value_name = "D", value_parser = humantime::parse_duration, requires = "acme_domain")]
+    acme_renew_before: Option<Duration>,
 }
 
 /// Which runtime adapter serves.
@@ -227,8 +264,33 @@ fn run(args: Args) -> Result<(), String> {
         (None, Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
         _ => None,
     };
-    let tls = files.map(|(cert, key)| {
-        let mut tls = TlsConfig::from_pem_files(cert, key);
+    let acme = (!args.acme_domain.is_empty()).then(|| {
+        let mut acme = AcmeConfig::new(args.acme_domain.clone(), args.acme_cache.clone());
+        acme.directory = args.acme_directory.clone();
+        acme.ca = args.acme_ca.clone().map(PemSource::Path);
+        acme.contact = args
+            .acme_contact
+            .iter()
+            .map(|email| match email.contains(':') {
+                true => email.clone(),
+                false => format!("mailto:{email}"),
+            })
+            .collect();
+        if let Some(margin) = args.acme_renew_before {
+            acme.renew_before = margin;
+        }
+        acme
+    });
+    let files = match (files, &acme) {
+        (None, Some(_)) => Some(None),
+        (files, _) => files.map(Some),
+    };
+    let tls = files.map(|files| {
+        let mut tls = match files {
+            Some((cert, key)) => TlsConfig::from_pem_files(cert, key),
+            None => TlsConfig::default(),
+        };
+        tls.acme = acme.clone();
         tls.watch = args.tls_watch;
         tls.ticket_key_file = args.ticket_keys.clone();
         if let Some(ca) = &args.client_ca {
@@ -306,7 +368,9 @@ fn run(args: Args) -> Result<(), String> {
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         usize::from,
     );
-    let builder = Builder::new(config);
+    // On the builder, so that events of the first moments (an ACME certificate read from
+    // the cache) are printed too.
+    let builder = Builder::new(config).on_server_event(report);
     // `bind` serves config.address (or --unix), or the socket systemd passed, on the reactor
     // of the chosen runtime.
     let server = match args.runtime {
@@ -372,11 +436,6 @@ fn run(args: Args) -> Result<(), String> {
     // SIGHUP: upgrade (start this program again, hand it the listeners, then drain here;
     // a failure goes to the error hook above and this process serves on). SIGTERM or
     // SIGINT: drain (each connection stops after its current chunk) within --drain-timeout.
-    handle.on_server_event(|event| {
-        if let berth::ServerEvent::Upgraded { pid } = event {
-            println!("upgrade: process {pid} serves now; draining this one");
-        }
-    });
     let stopped = futures_lite::future::block_on(handle.run(&signals));
     let summary = match stopped {
         // `run` counts connections forced at the end of --drain-timeout in its report.
@@ -389,6 +448,50 @@ fn run(args: Args) -> Result<(), String> {
     };
     println!("{summary}");
     Ok(())
+}
+
+/// Prints the server events the black-box tests and operators watch for: upgrades and ACME
+/// certificates (one line each).
+fn report(event: &berth::ServerEvent) {
+    use berth::ServerEvent;
+    let line = match event {
+        ServerEvent::Upgraded { pid } => {
+            format!("upgrade: process {pid} serves now; draining this one")
+        }
+        ServerEvent::AcmeCertificate {
+            domains,
+            origin,
+            not_after,
+            ..
+        } => {
+            let left = not_after
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+                .as_secs();
+            let left = match left {
+                0..86_400 => format!("{left}s"),
+                _ => format!("{} days", left / 86_400),
+            };
+            format!(
+                "acme: certificate for {} {origin}, expires in {left}",
+                domains.join(",")
+            )
+        }
+        ServerEvent::AcmeFailed {
+            domains,
+            reason,
+            retry_in,
+            ..
+        } => format!(
+            "acme: failed for {}: {reason}; retrying in {}",
+            domains.join(","),
+            humantime::format_duration(Duration::from_millis(retry_in.as_millis() as u64))
+        ),
+        _ => return,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }
 
 /// Echoes until the peer closes, I/O fails, or the server drains (after the chunk in hand).

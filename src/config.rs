@@ -535,6 +535,15 @@ impl Config {
                 feature: "tls",
             });
         }
+        let wants_acme = std::iter::once(&self.tls)
+            .chain(self.listeners.iter().map(|l| &l.tls))
+            .any(|tls| tls.as_ref().is_some_and(|tls| tls.acme.is_some()));
+        if wants_acme && !cfg!(feature = "acme") {
+            return Err(ConfigError::FeatureDisabled {
+                field: "tls.acme",
+                feature: "acme",
+            });
+        }
         Ok(())
     }
 

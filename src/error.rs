@@ -152,6 +152,21 @@ pub enum Error {
     /// load time; serving goes on, but clients will reject the certificate).
     #[error("certificate {} is outside its validity period (valid from {} to {}, Unix seconds): renew it", .0.source, .0.not_before, .0.not_after)]
     CertificateNotValid(crate::tls::ValidityWarning),
+    /// A certificate could not be obtained or renewed from the ACME directory
+    /// ([`AcmeConfig`](crate::tls::acme::AcmeConfig)); berth tries again after `retry_in`
+    /// and serves the current certificate, if any, meanwhile.
+    #[error(
+        "no ACME certificate for {domains}: {source}; retrying in {retry_in:?} (the current certificate, if any, is served meanwhile)"
+    )]
+    Acme {
+        /// The names of the certificate, comma-separated.
+        domains: String,
+        /// What failed.
+        #[source]
+        source: crate::tls::acme::AcmeError,
+        /// When berth tries again.
+        retry_in: Duration,
+    },
     /// The listening socket could not be created or bound.
     #[error(
         "cannot listen on {addr}: {source}; {}", bind_hint(.addr, .source)
@@ -278,6 +293,16 @@ impl Error {
             Error::Config(e) => f.debug_tuple("Config").field(e).finish(),
             Error::Tls(e) => f.debug_tuple("Tls").field(e).finish(),
             Error::CertificateNotValid(w) => f.debug_tuple("CertificateNotValid").field(w).finish(),
+            Error::Acme {
+                domains,
+                source,
+                retry_in,
+            } => f
+                .debug_struct("Acme")
+                .field("domains", domains)
+                .field("source", source)
+                .field("retry_in", retry_in)
+                .finish(),
             Error::Bind { addr, source } => f
                 .debug_struct("Bind")
                 .field("addr", addr)

@@ -168,6 +168,28 @@ pub enum ServerEvent {
         /// Why.
         reason: String,
     },
+    /// A certificate from an ACME directory is served to new connections
+    /// ([`AcmeConfig`](crate::tls::acme::AcmeConfig)): read from the cache at start, or
+    /// newly issued or renewed (then also written to the cache).
+    AcmeCertificate {
+        /// Its names.
+        domains: Vec<String>,
+        /// Where it came from.
+        origin: crate::tls::acme::CertificateOrigin,
+        /// When it expires.
+        not_after: std::time::SystemTime,
+    },
+    /// A certificate could not be obtained or renewed from the ACME directory; berth tries
+    /// again after `retry_in`, serving the current certificate (if any) meanwhile. The
+    /// error hook gets the same failure as [`Error::Acme`](crate::Error::Acme).
+    AcmeFailed {
+        /// The names of the certificate.
+        domains: Vec<String>,
+        /// Why.
+        reason: String,
+        /// When berth tries again.
+        retry_in: Duration,
+    },
     /// A new process took over the listeners ([`ServerHandle::upgrade`](crate::ServerHandle::upgrade));
     /// this server now drains.
     Upgraded {

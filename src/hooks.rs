@@ -234,6 +234,18 @@ mod trace {
             ServerEvent::TlsReloadFailed { listener, reason } => {
                 tracing::warn!(target: "berth", listener = %listener, %reason, "TLS reload failed")
             }
+            ServerEvent::AcmeCertificate {
+                domains, origin, ..
+            } => {
+                tracing::info!(target: "berth", ?domains, %origin, "ACME certificate served")
+            }
+            ServerEvent::AcmeFailed {
+                domains,
+                reason,
+                retry_in,
+            } => {
+                tracing::warn!(target: "berth", ?domains, %reason, ?retry_in, "ACME order failed")
+            }
             ServerEvent::Upgraded { pid } => {
                 tracing::info!(target: "berth", pid, "upgraded: the new process serves")
             }

@@ -46,12 +46,15 @@
 // 1. vocabulary: addr, error, config, limits, proxy, tls, events, latch, runtime, listener,
 //    signal, fault;
 // 2. shared state: pool, capacity, hooks, admission, state (the server's `Core`);
-// 3. mechanisms: idle, shutdown, upgrade, reload, the TLS handshake (tls), the PROXY reader;
+// 3. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task), the TLS
+//    handshake (tls), the PROXY reader;
 // 4. the connection: lifecycle, conn (the handler's view), connection (the task);
 // 5. the loop: accept;
 // 6. the front: server, handler, http (hyper on top of a handler), run (the process's
 //    lifecycle), and the re-exports below.
 mod accept;
+#[cfg(feature = "acme")]
+mod acme;
 mod addr;
 mod admission;
 mod capacity;

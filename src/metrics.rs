@@ -18,6 +18,9 @@
 //! | `berth_pressure_level` | gauge | 0 normal, 1 high, 2 critical |
 //! | `berth_overload_actions_total` | counter | `action` (`evicted`, `idle_timeout_shrunk`, ...) |
 //! | `berth_tls_reloads_total` | counter | `result` (`ok`, `failed`) |
+//! | `berth_tls_certificate_expiry_seconds` | gauge | `certificate` (its file, or `acme:` and its names): seconds until it expires, refreshed every minute |
+//! | `berth_acme_certificates_total` | counter | `origin` (`cache`, `issued`, `renewed`) |
+//! | `berth_acme_failures_total` | counter | |
 //!
 //! Bytes are tallied per connection in plain fields and reported once, at close, so the
 //! read/write path never touches the recorder.
@@ -93,6 +96,13 @@ pub(crate) fn server(event: &ServerEvent) {
         }
         ServerEvent::TlsReloadFailed { .. } => {
             metrics::counter!("berth_tls_reloads_total", "result" => "failed").increment(1);
+        }
+        ServerEvent::AcmeCertificate { origin, .. } => {
+            metrics::counter!("berth_acme_certificates_total", "origin" => origin.label())
+                .increment(1);
+        }
+        ServerEvent::AcmeFailed { .. } => {
+            metrics::counter!("berth_acme_failures_total").increment(1);
         }
         _ => {}
     }

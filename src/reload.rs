@@ -156,3 +156,23 @@ pub(crate) async fn watch(
         seen = Arc::new(now);
     }
 }
+
+/// Keeps the `berth_tls_certificate_expiry_seconds` gauges current (seconds left shrink
+/// with time) until the server stops: every minute, on the runtime's clock.
+#[cfg(feature = "metrics")]
+pub(crate) async fn expiry_gauges(core: Arc<Core>) {
+    loop {
+        crate::tls::expiry::publish();
+        let stopped = async {
+            core.stopped().await;
+            true
+        };
+        let slept = async {
+            core.runtime().sleep(Duration::from_secs(60)).await;
+            false
+        };
+        if stopped.or(slept).await {
+            return;
+        }
+    }
+}

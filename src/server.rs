@@ -226,7 +226,7 @@ impl Builder {
             let tls = match (index, &spec.tls) {
                 #[cfg(feature = "tls")]
                 (0, _) if self.tls.is_some() => self.configured_tls(),
-                (_, Some(tls)) => Tls::Load(tls.clone()),
+                (_, Some(tls)) => Tls::Load(Box::new(tls.clone())),
                 (_, None) => Tls::Plain,
             };
             bound.push(Listening {
@@ -274,7 +274,7 @@ impl Builder {
             return Tls::Ready(config.clone());
         }
         match &self.config.tls {
-            Some(tls) => Tls::Load(tls.clone()),
+            Some(tls) => Tls::Load(Box::new(tls.clone())),
             None => Tls::Plain,
         }
     }
@@ -285,6 +285,8 @@ impl Builder {
             self.config.validate_settings()?;
             let runtime = self.chosen_runtime()?;
             let mut listeners = Vec::with_capacity(bound.listeners.len());
+            #[cfg(feature = "acme")]
+            let mut acme: Vec<Arc<crate::tls::acme::Acme>> = Vec::new();
             for Listening {
                 name,
                 listener,
@@ -296,21 +298,32 @@ impl Builder {
                     source,
                 })?;
                 let watched = match &tls {
-                    Tls::Load(source) => Some(source.clone()),
+                    Tls::Load(source) => Some((**source).clone()),
                     _ => None,
                 };
                 #[cfg(feature = "tls")]
                 let (tls, resumption) = self.load_tls(tls, &runtime, &name, &mut bound)?;
                 #[cfg(not(feature = "tls"))]
                 let tls = self.load_tls(tls)?;
+                // Loading made (or found) the listener's ACME state; keep it to drive it.
+                #[cfg(feature = "acme")]
+                if let Some(config) = watched.as_ref().and_then(|tls| tls.acme.as_ref()) {
+                    let state =
+                        crate::tls::acme::Acme::get(config).map_err(crate::tls::TlsError::Acme)?;
+                    if !acme.iter().any(|a| Arc::ptr_eq(a, &state)) {
+                        acme.push(state);
+                    }
+                }
                 let endpoint = Endpoint::new(name.into(), addr, tls).watching(watched);
                 #[cfg(feature = "tls")]
                 let endpoint = endpoint.with_resumption(resumption);
                 listeners.push((Arc::new(endpoint), listener));
             }
-            Ok((runtime, listeners, bound))
+            #[cfg(not(feature = "acme"))]
+            let acme = ();
+            Ok((runtime, listeners, bound, acme))
         });
-        let (runtime, listeners, bound) = match built {
+        let (runtime, listeners, bound, acme) = match built {
             Ok(built) => built,
             Err(e) => {
                 self.hooks.error(&e);
@@ -322,8 +335,18 @@ impl Builder {
         drop(bound);
         let endpoints = listeners.iter().map(|(e, _)| e.clone()).collect();
         let core = Core::new(runtime, self.config, self.hooks, endpoints);
+        // With ACME, TLS-ALPN-01 validations are picked out of the ClientHellos first.
+        #[cfg(feature = "acme")]
+        let select = match acme.is_empty() {
+            true => self.tls_select,
+            false => Some(crate::tls::acme::select(self.tls_select)),
+        };
+        #[cfg(all(feature = "tls", not(feature = "acme")))]
+        let (select, ()) = (self.tls_select, acme);
+        #[cfg(not(feature = "tls"))]
+        let () = acme;
         #[cfg(feature = "tls")]
-        let core = core.with_tls_select(self.tls_select);
+        let core = core.with_tls_select(select);
         #[cfg(feature = "fault")]
         let core = core.with_faults(self.faults);
         Ok(Server {
@@ -332,6 +355,8 @@ impl Builder {
             tune: self.tune,
             #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
             upgrade: bound.upgrade,
+            #[cfg(feature = "acme")]
+            acme,
         })
     }
 
@@ -406,7 +431,7 @@ struct Listening {
 enum Tls {
     Plain,
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
-    Load(crate::tls::TlsConfig),
+    Load(Box<crate::tls::TlsConfig>),
     #[cfg(feature = "tls")]
     Ready(Arc<rustls::ServerConfig>),
 }
@@ -505,6 +530,9 @@ pub struct Server {
     /// The process this one replaces, told "ready" once serving starts.
     #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
     upgrade: Option<crate::upgrade::Inherited>,
+    /// The ACME certificates its listeners serve, each driven by a task once serving.
+    #[cfg(feature = "acme")]
+    acme: Vec<Arc<crate::tls::acme::Acme>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -586,6 +614,14 @@ impl Server {
                     crate::reload::watch(core.clone(), endpoint.clone(), tls.clone(), interval);
                 rt.spawn(Box::pin(task));
             }
+        }
+        #[cfg(feature = "acme")]
+        for acme in self.acme {
+            rt.spawn(Box::pin(crate::acme::drive(core.clone(), acme)));
+        }
+        #[cfg(all(feature = "tls", feature = "metrics"))]
+        if self.listeners.iter().any(|(endpoint, _)| endpoint.is_tls()) {
+            rt.spawn(Box::pin(crate::reload::expiry_gauges(core.clone())));
         }
         #[cfg(unix)]
         core.keep_handovers(

@@ -140,6 +140,9 @@ pub struct TlsConfig {
     /// the error is reported. `None`: load once.
     #[serde(default, with = "humantime_serde")]
     pub watch: Option<std::time::Duration>,
+    /// Certificates obtained and renewed from an ACME directory (feature `acme`): see
+    /// [`AcmeConfig`](super::acme::AcmeConfig). With it, `certificates` may be empty.
+    pub acme: Option<super::acme::AcmeConfig>,
 }
 
 impl Default for TlsConfig {
@@ -159,6 +162,7 @@ impl Default for TlsConfig {
             ticket_key_file: None,
             session_cache_size: 4096,
             watch: None,
+            acme: None,
         }
     }
 }
@@ -278,6 +282,9 @@ pub enum TlsError {
     /// A reload was asked of a server that was started without TLS.
     #[error("this server was started without TLS: TLS cannot be enabled by a reload")]
     NotEnabled,
+    /// The ACME settings cannot be used.
+    #[error("{0}")]
+    Acme(super::acme::AcmeError),
 }
 
 /// The validity window of a certificate that is expired or not yet valid at load time.

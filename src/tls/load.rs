@@ -40,16 +40,21 @@ impl TlsConfig {
                 max: self.max_version,
             });
         }
-        if self.certificates.is_empty() {
+        // With ACME, certificate files are optional: its certificate serves everybody.
+        if self.certificates.is_empty() && self.acme.is_none() {
             return Err(TlsError::NoCertificates);
         }
         let provider = Arc::new(self.provider()?);
         let mut warnings = Vec::new();
         let mut by_name = ResolvesServerCertUsingSni::new();
         let mut default_key = None;
+        let mut expiries = Vec::new();
         for entry in &self.certificates {
             let (chain, key) = load_pair(entry, read)?;
             warnings.extend(validity_warning(&entry.cert, &chain));
+            if let Some(not_after) = chain.first().and_then(|c| super::expiry::not_after(c)) {
+                expiries.push((entry.cert.to_string(), not_after));
+            }
             let cert_name = entry.cert.to_string();
             let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
                 TlsError::KeyMismatch {
@@ -69,9 +74,18 @@ impl TlsConfig {
             }
             default_key.get_or_insert_with(|| Arc::new(certified));
         }
-        let resolver = SniResolver {
-            by_name,
-            default: default_key.ok_or(TlsError::NoCertificates)?,
+        let files = default_key.map(|default| {
+            Arc::new(SniResolver { by_name, default }) as Arc<dyn ResolvesServerCert>
+        });
+        let resolver = match (&self.acme, files) {
+            #[cfg(feature = "acme")]
+            (Some(acme), files) => {
+                let acme = super::acme::Acme::get(acme).map_err(TlsError::Acme)?;
+                Arc::new(super::acme::Resolver::new(acme, files))
+            }
+            #[cfg(not(feature = "acme"))]
+            (Some(_), _) => return Err(TlsError::Acme(super::acme::AcmeError::NotCompiled)),
+            (None, files) => files.ok_or(TlsError::NoCertificates)?,
         };
         let versions: Vec<&'static SupportedProtocolVersion> = [
             (TlsVersion::Tls12, &rustls::version::TLS12),
@@ -107,13 +121,16 @@ impl TlsConfig {
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let mut config = builder.with_cert_resolver(Arc::new(resolver));
+        let mut config = builder.with_cert_resolver(resolver);
         config.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         match resumption {
             Some(resumption) => resumption.apply(&mut config),
             None => {
                 super::Resumption::new(self, Arc::new(std::time::Instant::now))?.apply(&mut config)
             }
+        }
+        for (label, not_after) in expiries {
+            super::expiry::record(label, not_after);
         }
         Ok((Arc::new(config), warnings))
     }

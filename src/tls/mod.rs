@@ -9,6 +9,9 @@
 //! on the accept loop: a client that connects and says nothing, or half a ClientHello, costs
 //! one task until the timeout and never delays anybody else.
 //!
+//! Certificates come from files or memory ([`CertKey`]), or from an ACME directory such as
+//! Let's Encrypt, obtained and renewed by berth itself ([`acme`], feature `acme`).
+//!
 //! Connections count in `open_connections()` from accept, handshake included: they hold a
 //! socket and count against `max_connections`. A failed handshake produces
 //! [`ConnEvent::TlsFailed`](crate::ConnEvent::TlsFailed) and then `Closed` with
@@ -18,7 +21,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod acme;
 mod config;
+#[cfg(feature = "tls")]
+pub(crate) mod expiry;
 #[cfg(feature = "tls")]
 mod handshake;
 #[cfg(feature = "tls")]
@@ -37,11 +43,11 @@ pub(crate) use load::read as read_pem;
 #[cfg(feature = "tls")]
 pub use rustls::ServerConfig;
 #[cfg(feature = "tls")]
-pub(crate) use tickets::{
-    Material as TicketKey, Resumption, decode_handover, encode_handover, parse_key_file,
-};
+pub(crate) use tickets::{Material as TicketKey, Resumption, parse_key_file};
 #[cfg(feature = "tls")]
 pub use tickets::{TICKET_KEY_LEN, TicketKeys};
+#[cfg(all(feature = "tls", any(feature = "async-io", feature = "tokio")))]
+pub(crate) use tickets::{decode_handover, encode_handover};
 
 /// A TLS protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -246,6 +246,7 @@ impl TicketKeys {
 
     /// The keys, for the process an upgrade starts: each key's bytes, its age and how long
     /// ago it was retired (ages, not instants: the clocks of two processes differ).
+    #[cfg_attr(not(any(feature = "async-io", feature = "tokio")), allow(dead_code))]
     pub(crate) fn export(&self) -> Vec<u8> {
         let now = (self.clock)();
         let keys = crate::sync::read(&self.keys);
@@ -519,6 +520,8 @@ impl Resumption {
 
 /// The ticket keys of every listener, for the process an upgrade starts:
 /// `count (u16)`, then per listener `name length (u16) || name || keys length (u32) || keys`.
+// Used by upgrades, which need real sockets (a runtime adapter).
+#[cfg_attr(not(any(feature = "async-io", feature = "tokio")), allow(dead_code))]
 pub(crate) fn encode_handover(listeners: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(listeners.len() as u16).to_be_bytes());
@@ -532,6 +535,8 @@ pub(crate) fn encode_handover(listeners: &[(String, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Reads [`encode_handover`]'s bytes back; `None` when they are malformed.
+// Used by upgrades, which need real sockets (a runtime adapter).
+#[cfg_attr(not(any(feature = "async-io", feature = "tokio")), allow(dead_code))]
 pub(crate) fn decode_handover(bytes: &[u8]) -> Option<std::collections::BTreeMap<String, Vec<u8>>> {
     let (count, mut rest) = bytes.split_first_chunk::<2>()?;
     let mut out = std::collections::BTreeMap::new();

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod example;
+pub mod pebble;
 pub mod pki;
 
 use std::future::Future;
