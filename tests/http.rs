@@ -283,13 +283,18 @@ fn a_drain_closes_a_quiet_keep_alive_connection_after_the_grace<R: Rt>() {
 fn a_request_in_flight_completes_through_a_drain<R: Rt>() {
     run::<R>(LIMIT, async {
         let (handle, addr) = serve::<R>(common::config(), http());
+        let entered = slow_entered(addr);
         let mut stream = connect(addr).await;
         stream
             .write_all(b"GET /slow?ms=500 HTTP/1.1\r\nHost: berth\r\n\r\n")
             .await
             .unwrap();
-        // The request is in the service once the connection is busy; a sure sign: the
-        // drain below must not cut it, whenever it lands.
+        // Drain once the request is in the service. (Earlier, the connection could still
+        // wait in the listen backlog, which a shutdown closes: the client is reset, as on
+        // any server that stops accepting.)
+        within(LIMIT, "the request enters the service", entered.recv())
+            .await
+            .expect("the request enters the service");
         let stopping = handle.clone();
         let shutdown = async_task_spawn::<R, _>(async move { stopping.shutdown().await });
         let answer = read_answer(&mut stream).await;
