@@ -49,6 +49,18 @@ use crate::error::ConfigError;
 /// from_file.validate().unwrap();
 /// assert_eq!(from_file.idle_timeout, config.idle_timeout);
 /// ```
+///
+/// A bad value is an error, never a panic. `toml` names the offending key in its message;
+/// `serde_json` gives only a line and column (`invalid type: string "x", expected u32 at
+/// line 1 column 13`). For JSON errors that name the field, deserialize through
+/// [`serde_path_to_error`](https://docs.rs/serde_path_to_error), which every field of
+/// `Config` supports (tested over every field in `tests/fuzz.rs`):
+///
+/// ```
+/// let mut de = serde_json::Deserializer::from_str(r#"{"limits": {"max_per_ip": "x"}}"#);
+/// let err = serde_path_to_error::deserialize::<_, berth::Config>(&mut de).unwrap_err();
+/// assert_eq!(err.path().to_string(), "limits.max_per_ip");
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
