@@ -128,8 +128,9 @@ impl Capacity {
 }
 
 /// Loom models of the places (see `sync` and `.ci/run`).
-#[cfg(all(test, berth_loom))]
-mod loom_models {
+#[cfg(berth_loom)]
+#[allow(missing_docs)] // model names say what they check; run by the `loom` crate
+pub mod loom_models {
     use std::sync::Arc;
 
     use futures_lite::FutureExt as _;
@@ -163,8 +164,7 @@ mod loom_models {
     /// Two accept loops (two listeners) race for the one place of `max_connections = 1`:
     /// never both served at once, and the loser is woken when the winner's connection
     /// closes (else loom reports it stuck).
-    #[test]
-    fn two_accept_loops_share_max_connections() {
+    pub fn two_accept_loops_share_max_connections() {
         explore("capacity: two accept loops, max 1", None, || {
             let capacity = Arc::new(Capacity::default());
             let serving = Arc::new(AtomicUsize::new(0));
@@ -181,8 +181,7 @@ mod loom_models {
 
     /// A reservation given back unused (the accept failed, or the client was refused on the
     /// loop) reaches an accept loop waiting for a place.
-    #[test]
-    fn a_reservation_given_back_reaches_a_waiter() {
+    pub fn a_reservation_given_back_reaches_a_waiter() {
         explore("capacity: reservation given back vs waiter", None, || {
             let capacity = Arc::new(Capacity::default());
             let serving = Arc::new(AtomicUsize::new(1));
@@ -199,8 +198,7 @@ mod loom_models {
 
     /// An accept loop at the limit waits (`below`) until a connection closes, then takes
     /// the place it freed.
-    #[test]
-    fn a_closed_connection_reaches_a_loop_waiting_below_the_limit() {
+    pub fn a_closed_connection_reaches_a_loop_waiting_below_the_limit() {
         explore("capacity: connection close vs below", None, || {
             let capacity = Arc::new(Capacity::default());
             let serving = Arc::new(AtomicUsize::new(1));
@@ -221,8 +219,7 @@ mod loom_models {
     /// Two handshake places freed in a row while two handshakes wait (`max_handshakes = 2`):
     /// both get one, though neither gives it back (the `additional` notification: a plain
     /// `notify(1)` would wake one and loom would report the other stuck).
-    #[test]
-    fn two_freed_handshake_places_reach_two_waiters() {
+    pub fn two_freed_handshake_places_reach_two_waiters() {
         explore(
             "capacity: two places freed vs two handshakes",
             Some(PREEMPTIONS),
@@ -261,8 +258,7 @@ mod loom_models {
     /// A waiting handshake gives up (its timeout) around the moment a place is freed for
     /// it: the place reaches the other waiter all the same (a listener dropped after its
     /// notification passes it on).
-    #[test]
-    fn a_handshake_that_gives_up_passes_its_place_on() {
+    pub fn a_handshake_that_gives_up_passes_its_place_on() {
         explore(
             "capacity: freed place vs waiter giving up",
             Some(PREEMPTIONS),

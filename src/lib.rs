@@ -52,6 +52,17 @@
 // 5. the loop: accept;
 // 6. the front: server, handler, http (hyper on top of a handler), run (the process's
 //    lifecycle), and the re-exports below.
+/// The loom models of the lock-free parts, run by the workspace's `loom` crate
+/// (`RUSTFLAGS="--cfg berth_loom" cargo test --release -p berth-loom`, see `.ci/run`). Not
+/// part of the API: present only under that cfg.
+#[cfg(berth_loom)]
+#[doc(hidden)]
+pub mod loom_models {
+    pub use crate::capacity::loom_models as capacity;
+    pub use crate::pool::loom_models as pool;
+    pub use crate::sync::loom_models as sync;
+}
+
 mod accept;
 #[cfg(feature = "acme")]
 mod acme;

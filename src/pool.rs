@@ -335,8 +335,9 @@ mod tests {
 }
 
 /// Loom models of the generation protocol (see `sync` and `.ci/run`).
-#[cfg(all(test, berth_loom))]
-mod loom_models {
+#[cfg(berth_loom)]
+#[allow(missing_docs)] // model names say what they check; run by the `loom` crate
+pub mod loom_models {
     use loom::thread;
 
     use super::*;
@@ -346,8 +347,7 @@ mod loom_models {
     /// first generation while the slot is released and reused for the next connection,
     /// which marks itself busy at once. The stale stamp is older than the next connection's
     /// open stamp: the case that would make it look idle too soon.
-    #[test]
-    fn a_stale_close_or_busy_mark_never_reaches_the_next_connection() {
+    pub fn a_stale_close_or_busy_mark_never_reaches_the_next_connection() {
         explore(
             "pool: stale close + busy end vs release + reopen",
             None,
@@ -389,8 +389,7 @@ mod loom_models {
     /// A busy mark made through the first generation while the slot is released and reused
     /// (a request that outlives its connection), held on: it never counts for the next
     /// connection.
-    #[test]
-    fn a_stale_busy_mark_never_counts_for_the_next_connection() {
+    pub fn a_stale_busy_mark_never_counts_for_the_next_connection() {
         explore("pool: stale busy mark vs release + reopen", None, || {
             let pool = Pool::default();
             let (slot, first) = pool.open(1, || ());
@@ -408,8 +407,7 @@ mod loom_models {
 
     /// Two closes of one connection at once (the idle scanner and a forced shutdown):
     /// exactly one wins, and its reason is what the connection ends with.
-    #[test]
-    fn of_two_closes_exactly_one_wins() {
+    pub fn of_two_closes_exactly_one_wins() {
         explore("pool: close vs close", None, || {
             let pool = Pool::default();
             let (slot, generation) = pool.open(0, || ());
@@ -433,8 +431,7 @@ mod loom_models {
     /// The idle scanner looks at a busy mark as it ends: if it sees the mark gone, it sees
     /// the stamp of its end (never the older one, which would close the connection). Both
     /// what the scanner can see are reached (loom explores the race, see `sync::model`).
-    #[test]
-    fn a_sweep_that_sees_a_busy_mark_end_sees_its_stamp() {
+    pub fn a_sweep_that_sees_a_busy_mark_end_sees_its_stamp() {
         let seen = Arc::new([(); 2].map(|()| std::sync::atomic::AtomicUsize::new(0)));
         let counted = seen.clone();
         explore("pool: busy end vs sweep", None, move || {

@@ -9,7 +9,7 @@
 //! `capacity`) are built on are named through here. Normally they are std's and
 //! event-listener's, unchanged. Under `--cfg berth_loom` they are loom's, plus a stand-in for
 //! event-listener's `Event` (loom cannot see into event-listener) with the same contract, so
-//! the loom models (`cargo test --lib loom`, see `.ci/run`) explore every interleaving of
+//! the loom models (run by the `loom` crate of the workspace, see `.ci/run`) explore every interleaving of
 //! berth's own protocols.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -195,7 +195,6 @@ mod model {
 
         /// Reads atomic loads as read-modify-writes (`true`) or as loads, from now on, in
         /// the models run on this thread (loom runs a model's threads on the caller's).
-        #[cfg(test)]
         pub(crate) fn loads_as_rmw(on: bool) {
             LOADS_AS_RMW.with(|c| c.set(on));
         }
@@ -504,7 +503,7 @@ mod model {
 
 /// The contract of event-listener's `Event` that the loom stand-in copies, checked against
 /// this build's `Event`: event-listener's in a plain build, the stand-in in a loom model.
-#[cfg(test)]
+#[cfg(any(test, berth_loom))]
 fn check_event_contract() {
     use std::future::Future;
     use std::pin::Pin;
@@ -548,8 +547,9 @@ mod tests {
 
 /// Loom models of the latch, `until` and `Oneshot` (see the module docs), and the helper
 /// every loom model in the crate runs through.
-#[cfg(all(test, berth_loom))]
-pub(crate) mod loom_models {
+#[cfg(berth_loom)]
+#[allow(missing_docs)] // model names say what they check; run by the `loom` crate
+pub mod loom_models {
     use std::future::Future;
     use std::pin::pin;
     use std::sync::Arc;
@@ -563,7 +563,7 @@ pub(crate) mod loom_models {
     /// reports a thread parked forever as a deadlock). loom's own `block_on` cannot report
     /// one: its waker's loom `Arc` panics again while the first panic unwinds, and the test
     /// process aborts.
-    pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    pub fn block_on<F: Future>(future: F) -> F::Output {
         struct Unpark(thread::Thread);
 
         impl Wake for Unpark {
@@ -588,7 +588,7 @@ pub(crate) mod loom_models {
     /// `model::atomic`), then as loads (weak memory: a load may see an older value), with
     /// at most `preemptions` preemptions per execution when given (`LOOM_MAX_PREEMPTIONS`
     /// overrides it). Prints how many executions each way explored.
-    pub(crate) fn explore(
+    pub fn explore(
         name: &str,
         preemptions: Option<usize>,
         model: impl Fn() + Sync + Send + 'static,
@@ -618,15 +618,13 @@ pub(crate) mod loom_models {
         atomic::loads_as_rmw(false);
     }
 
-    #[test]
-    fn event_stand_in_keeps_event_listeners_contract() {
+    pub fn event_stand_in_keeps_event_listeners_contract() {
         explore("event stand-in contract", None, check_event_contract);
     }
 
     /// A latch set on one thread, awaited on two others: with `wait`, and as
     /// `Conn::draining` does it by hand (check, listen, check again, sleep).
-    #[test]
-    fn latch_waiters_never_miss_the_set() {
+    pub fn latch_waiters_never_miss_the_set() {
         explore("latch: set vs wait and listen", None, || {
             let latch = Arc::new(Latch::default());
             let setter = {
@@ -654,8 +652,7 @@ pub(crate) mod loom_models {
 
     /// `until` on a condition two other threads complete, each notifying after its step:
     /// a notify between its two checks is never lost, and what it returns was true.
-    #[test]
-    fn until_never_misses_a_notify_between_its_checks() {
+    pub fn until_never_misses_a_notify_between_its_checks() {
         explore("until: two steps vs check-listen-check", None, || {
             let shared = Arc::new((atomic::AtomicUsize::new(0), Event::new()));
             let steps: Vec<_> = (0..2)
@@ -679,8 +676,7 @@ pub(crate) mod loom_models {
     }
 
     /// A value sent on one thread while another waits for it (or not yet).
-    #[test]
-    fn oneshot_recv_gets_what_send_sent() {
+    pub fn oneshot_recv_gets_what_send_sent() {
         explore("oneshot: send vs recv", None, || {
             let done = Oneshot::new();
             let sender = done.clone();
@@ -693,9 +689,8 @@ pub(crate) mod loom_models {
     /// The control: a wait that listens without checking again is caught (a set between the
     /// check and `listen` is lost, and loom reports the waiter stuck), so the models above
     /// pass because the protocol is right, not because the stand-in's notifications stick.
-    #[test]
-    #[should_panic(expected = "deadlock")]
-    fn a_wait_without_the_second_check_is_caught() {
+    /// Panics (loom reports a deadlock): the runner expects it to.
+    pub fn a_wait_without_the_second_check_is_caught() {
         explore("control: check, listen, sleep", None, || {
             let latch = Arc::new(Latch::default());
             let setter = {
