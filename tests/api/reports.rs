@@ -3,7 +3,7 @@
 //! accepted and served.
 #![cfg(feature = "smol")]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! The integration suite on the async-std adapter.
 #![cfg(feature = "async-std")]
 
-mod common;
-mod suite;
+use crate::common;
+use crate::suite;
 
 all_tests!(common::AsyncStdRt);

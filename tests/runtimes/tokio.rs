@@ -1,8 +1,8 @@
 //! The integration suite on the tokio adapter, plus the tokio listener.
 #![cfg(feature = "tokio")]
 
-mod common;
-mod suite;
+use crate::common;
+use crate::suite;
 
 all_tests!(common::TokioRt);
 

@@ -2,7 +2,7 @@
 //! PROXY v1/v2 headers from trusted and untrusted peers (127.0.0.x loopback sources).
 #![cfg(feature = "smol")]
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! line is asserted exactly.
 #![cfg(all(unix, feature = "smol"))]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -61,6 +61,7 @@ fn exits_cleanly(server: Example) {
 
 #[test]
 fn lines_protocol_requests_and_limits() {
+    let _light = crate::light();
     let server = Example::spawn("lines", &["--addr", "127.0.0.1:0", "--max-line", "64"]);
     let addr = server.addr();
 
@@ -93,6 +94,7 @@ fn lines_protocol_requests_and_limits() {
 
 #[test]
 fn lines_drain_between_messages() {
+    let _light = crate::light();
     let server = Example::spawn("lines", &["--addr", "127.0.0.1:0"]);
     let addr = server.addr();
     // Drain between messages: an idle client is let go at once, its last answer intact.
@@ -133,6 +135,7 @@ fn read_frame(c: &mut TcpStream) -> Vec<u8> {
 
 #[test]
 fn length_prefixed_frames_and_limits() {
+    let _light = crate::light();
     let server = Example::spawn(
         "length_prefixed",
         &["--addr", "127.0.0.1:0", "--max-frame", "1000"],
@@ -169,6 +172,7 @@ fn length_prefixed_frames_and_limits() {
 
 #[test]
 fn length_prefixed_drain_between_frames() {
+    let _light = crate::light();
     let server = Example::spawn("length_prefixed", &["--addr", "127.0.0.1:0"]);
     let addr = server.addr();
     let mut c = connect(&addr);

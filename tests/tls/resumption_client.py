@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""TLS resumption client for tests/resumption.rs: N distinct clients each make a full
+"""TLS resumption client for tests/tls/resumption.rs: N distinct clients each make a full
 handshake (echo one line, keep the session), then, after an optional pause (a line on
 stdin: the test upgrades or swaps the server meanwhile), each reconnects with its own
 session. Prints one JSON line: {"first": {...}, "second": {...}} with per-phase counts of

@@ -10,7 +10,7 @@
 //!
 //! (The per-IP/global rate ordering is tested where it lives, in `src/admission.rs`.)
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

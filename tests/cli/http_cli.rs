@@ -8,14 +8,15 @@
 //! Sleeps only pace an action: the bytes of a slowloris client, the requests of a patient
 //! one, the spacing of upgrades, a load generator reaching its steady state.
 //!
-//! The load tests (wrk, h2load, upgrades) run one at a time and alone; the light ones may
-//! run beside each other (a read-write lock).
+//! The load tests (wrk, h2load, upgrades) run one at a time and alone in the cli binary
+//! (`crate::heavy`); the light ones may run beside each other (`crate::light`).
 //!
 //! wrk, h2load and curl are outside programs: without them a test is skipped with a loud
 //! message, or fails under `CI=true` (`.ci/run` installs them).
 //!
-//! `cargo test` builds the example; `cargo test --test http_cli` alone does not, and would
-//! run whatever `target/debug/examples/http` is there (`cargo build --example http` first).
+//! `cargo test` builds the example; `cargo test --test cli http_cli::` alone does not, and
+//! would run whatever `target/debug/examples/http` is there (`cargo build --example http`
+//! first).
 #![cfg(all(
     target_os = "linux",
     feature = "smol",
@@ -24,7 +25,7 @@
     feature = "http"
 ))]
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, Read, Write};
@@ -33,7 +34,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::example::{Example, WAIT, example_bin, program_available};
@@ -74,17 +75,9 @@ const WRK_CONNECTIONS: usize = 50;
 
 // --- scheduling -----------------------------------------------------------------------------
 
-static LOCK: RwLock<()> = RwLock::new(());
-
-/// A load test: runs alone.
-fn heavy() -> RwLockWriteGuard<'static, ()> {
-    LOCK.write().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A light test: may run beside other light tests, never beside a load test.
-fn light() -> RwLockReadGuard<'static, ()> {
-    LOCK.read().unwrap_or_else(|e| e.into_inner())
-}
+// A load test runs alone (`crate::heavy`, the cli binary's lock: nothing else of the binary
+// runs beside it); a light test may run beside other light tests (`crate::light`).
+use crate::{heavy, light};
 
 // --- outside programs -----------------------------------------------------------------------
 

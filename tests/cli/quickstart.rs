@@ -2,7 +2,7 @@
 //! exactly the README's code (checked here), and run as programs that serve and drain.
 #![cfg(all(target_os = "linux", feature = "smol", feature = "tokio"))]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -28,6 +28,7 @@ fn example_source(name: &str) -> String {
 
 #[test]
 fn the_readme_shows_exactly_the_examples_code() {
+    let _light = crate::light();
     assert_eq!(
         readme_block("## Quick start"),
         example_source("quickstart"),
@@ -69,6 +70,7 @@ fn drains_on_sigterm(program: Example, mut client: TcpStream) {
 
 #[test]
 fn the_quick_start_serves_and_drains_on_sigterm() {
+    let _light = crate::light();
     let program = Example::spawn("quickstart", &["127.0.0.1:0"]);
     let client = echo_once(&program.addr());
     drains_on_sigterm(program, client);
@@ -89,6 +91,7 @@ fn threads(pid: u32) -> Vec<String> {
 /// with no async-io reactor or smol executor thread beside tokio's.
 #[test]
 fn the_tokio_quick_start_serves_on_tokio_alone() {
+    let _light = crate::light();
     let program = Example::spawn("tokio_quickstart", &["127.0.0.1:0"]);
     let client = echo_once(&program.addr());
     let names = threads(program.child.id());

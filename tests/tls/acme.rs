@@ -3,7 +3,7 @@
 //! pebble validating TLS-ALPN-01 on the echo's port. Without pebble the tests are skipped
 //! (loudly), or fail under CI=true.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

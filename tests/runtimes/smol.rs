@@ -1,7 +1,7 @@
 //! The integration suite on the smol adapter.
 #![cfg(feature = "smol")]
 
-mod common;
-mod suite;
+use crate::common;
+use crate::suite;
 
 all_tests!(common::SmolRt);

@@ -9,7 +9,7 @@
 //! happen.
 #![cfg(all(feature = "smol", feature = "tokio", feature = "tls"))]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;

@@ -3,13 +3,13 @@
 //! replacing it; the session-ID cache for TLS 1.2 clients without tickets.
 //!
 //! In process with rustls clients; black box against the echo example with
-//! `openssl s_client -sess_out/-sess_in` and Python's `ssl` (`tests/resumption_client.py`),
+//! `openssl s_client -sess_out/-sess_in` and Python's `ssl` (`tests/tls/resumption_client.py`),
 //! TLS 1.2 and 1.3. Those fail when `CI=true` and the program is missing.
 //! Rotation by time (old tickets within their lifetime, expired ones) is unit-tested with
 //! an injected clock in `src/tls/tickets.rs`.
 #![cfg(all(unix, feature = "smol", feature = "tls"))]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
@@ -444,7 +444,7 @@ fn phase(json: &serde_json::Value, name: &str) -> Phase {
 }
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/resumption_client.py")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls/resumption_client.py")
 }
 
 /// Runs the Python client; `between` runs while it pauses between its two phases.

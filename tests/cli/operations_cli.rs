@@ -8,7 +8,7 @@
 //! read timeouts only to show that a client is *not* served.
 #![cfg(all(unix, feature = "smol", feature = "tls"))]
 
-mod common;
+use crate::common;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -299,11 +299,13 @@ fn evicts_the_idlest_at_the_descriptor_limit(runtime: &str) {
 
 #[test]
 fn evicts_the_idlest_at_the_descriptor_limit_smol() {
+    let _light = crate::light();
     evicts_the_idlest_at_the_descriptor_limit("smol");
 }
 
 #[test]
 fn evicts_the_idlest_at_the_descriptor_limit_tokio() {
+    let _light = crate::light();
     evicts_the_idlest_at_the_descriptor_limit("tokio");
 }
 
@@ -311,6 +313,7 @@ fn evicts_the_idlest_at_the_descriptor_limit_tokio() {
 /// closes.
 #[test]
 fn without_evict_idle_new_clients_wait_at_the_descriptor_limit() {
+    let _light = crate::light();
     let mut echo = Echo::spawn(Some(FD_LIMIT), &["--addr", "127.0.0.1:0"]);
     let addr = echo.addr();
     let Full {
@@ -514,11 +517,13 @@ fn handshake_flood_beside_established_connections(runtime: &str) {
 
 #[test]
 fn handshake_flood_beside_established_connections_smol() {
+    let _light = crate::light();
     handshake_flood_beside_established_connections("smol");
 }
 
 #[test]
 fn handshake_flood_beside_established_connections_tokio() {
+    let _light = crate::light();
     handshake_flood_beside_established_connections("tokio");
 }
 
@@ -632,10 +637,12 @@ fn tls_watch_reloads_replaced_files(runtime: &str) {
 
 #[test]
 fn tls_watch_reloads_replaced_files_smol() {
+    let _light = crate::light();
     tls_watch_reloads_replaced_files("smol");
 }
 
 #[test]
 fn tls_watch_reloads_replaced_files_tokio() {
+    let _light = crate::light();
     tls_watch_reloads_replaced_files("tokio");
 }

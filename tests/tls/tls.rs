@@ -3,7 +3,7 @@
 //! committed. Clients are rustls clients (futures-rustls).
 #![cfg(all(feature = "smol", feature = "tls"))]
 
-mod common;
+use crate::common;
 
 use std::io;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! a stalled handshake either completes or times out; every connection is accounted for.
 #![cfg(all(feature = "fault", feature = "smol", feature = "tls"))]
 
-mod common;
+use crate::common;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,7 +4,7 @@
 //! between requests only, header timeout, request timeout), and `Conn::busy` for any
 //! protocol.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -9,12 +9,12 @@
 //!
 //! Upgraded generations are children of the process they replace, so the test process is a
 //! child subreaper: each orphaned generation is reparented to it and its exit status read.
-//! The tests of this file run one at a time (a lock): each measures latencies or carries
-//! load. CI installs haproxy; with CI=true a missing haproxy fails the HAProxy tests,
-//! elsewhere they are skipped with a loud message.
+//! The tests of this file run one at a time, and alone in the cli binary (`crate::heavy`):
+//! each measures latencies or carries load. CI installs haproxy; with CI=true a missing
+//! haproxy fails the HAProxy tests, elsewhere they are skipped with a loud message.
 #![cfg(all(target_os = "linux", feature = "smol", feature = "tokio"))]
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -23,7 +23,7 @@ use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, RwLockWriteGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use common::example::{example_bin, program_available};
@@ -36,10 +36,10 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The runtimes the echo example serves on.
 const RUNTIMES: [&str; 2] = ["smol", "tokio"];
 
-/// The tests of this file run one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// The tests of this file run one at a time, and alone in the cli binary (its load tests'
+/// lock).
+fn serial() -> RwLockWriteGuard<'static, ()> {
+    crate::heavy()
 }
 
 /// A fresh directory under the system's temporary directory.

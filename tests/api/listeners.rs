@@ -2,7 +2,7 @@
 //! pool, one set of limits, one drain; events and connections know their listener.
 #![cfg(all(unix, feature = "smol", feature = "tls"))]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! bound socket passed to a child as fd 3 with LISTEN_FDS/LISTEN_PID).
 #![cfg(all(unix, feature = "smol"))]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

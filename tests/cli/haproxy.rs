@@ -4,7 +4,7 @@
 //! fails the test, elsewhere it is skipped with a loud message.
 #![cfg(all(unix, feature = "smol"))]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -67,6 +67,7 @@ fn start_haproxy(config: &str, frontend: u16) -> Haproxy {
 
 #[test]
 fn haproxy_send_proxy_v1_and_v2_reach_berth_with_the_client_address() {
+    let _light = crate::light();
     if !haproxy_available() {
         return;
     }
@@ -138,6 +139,7 @@ fn haproxy_send_proxy_v1_and_v2_reach_berth_with_the_client_address() {
 /// Unix peer as the proxy.
 #[test]
 fn haproxy_over_a_unix_socket_with_trusted_unix_peers() {
+    let _light = crate::light();
     if !haproxy_available() {
         return;
     }

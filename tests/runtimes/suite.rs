@@ -1,5 +1,5 @@
 //! The integration suite, generic over the runtime adapter. `instantiate!` turns every test
-//! here into a `#[test]` for one adapter (see `tests/smol.rs`, `tests/async_std.rs`).
+//! here into a `#[test]` for one adapter (see `smol.rs`, `async_std.rs`).
 #![allow(dead_code)]
 
 use std::io;

@@ -3,7 +3,7 @@
 //! accepts and serves), nor once it drains; a second shutdown, or `shutdown_within`, ends a
 //! lame duck at once.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
