@@ -662,6 +662,14 @@ impl ConnHandle {
         self.slot.state(self.generation) == SlotState::Open
     }
 
+    /// Whether its server is draining (or stopped): for a protocol that answers a request
+    /// in hand with "close after this" (HTTP's `Connection: close`), without waiting for the
+    /// connection's task to notice the drain.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn server_is_draining(&self) -> bool {
+        self.core.is_draining()
+    }
+
     /// Closes the connection: its pending and later I/O fails with `ConnectionAborted` and
     /// its handler is cancelled. Returns false if it was already closed or has ended.
     pub fn close(&self) -> bool {

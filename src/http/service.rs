@@ -115,6 +115,7 @@ where
         let timeout = self.request_timeout;
         let rt = self.info.rt.clone();
         let shared = self.shared.clone();
+        let info = self.info.clone();
         Box::pin(async move {
             let mut guard = guard;
             let outcome = match timeout {
@@ -137,7 +138,9 @@ where
                     response
                 }
             };
-            if shared.is_draining() {
+            // The server's state, not only the connection task's flag: a request answered
+            // right after the drain began, before the task saw it, is told to close too.
+            if shared.is_draining() || info.handle.server_is_draining() {
                 close_after(&mut response, version);
             }
             guard.status = Some(response.status());
