@@ -244,7 +244,7 @@ async fn bounded<T, E>(
 ) -> Result<T, E> {
     let timeout = core.config().handshake_timeout;
     let forced = async {
-        core.forced().await;
+        core.stop().forced().await;
         Err(forced())
     };
     match crate::runtime::timeout(&**core.runtime(), timeout, step.or(forced)).await {

@@ -58,6 +58,7 @@ mod acme;
 mod addr;
 mod admission;
 mod capacity;
+mod clock;
 mod config;
 mod conn;
 mod connection;
@@ -67,6 +68,8 @@ mod extensions;
 #[cfg(feature = "fault")]
 pub mod fault;
 mod handler;
+#[cfg(unix)]
+mod handovers;
 mod hooks;
 #[cfg(feature = "http")]
 pub mod http;
@@ -79,6 +82,7 @@ mod metrics;
 #[cfg(test)]
 mod micro;
 mod pool;
+mod pressure;
 mod proxy;
 mod readiness;
 #[cfg(feature = "tls")]
@@ -91,6 +95,7 @@ mod shutdown;
 #[cfg(all(unix, feature = "signal"))]
 pub mod signal;
 mod state;
+mod stop;
 mod sync;
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
 mod systemd;
@@ -112,7 +117,7 @@ pub use extensions::Extensions;
 pub use handler::Handler;
 pub use proxy::ProxyProtocol;
 pub use server::{Builder, Server, ServerHandle};
-pub use state::State;
+pub use stop::State;
 
 // The README's examples compile as doctests.
 #[cfg(doctest)]

@@ -175,7 +175,7 @@ impl Drop for Lifecycle {
             Phase::Failed(reason) => *reason,
             Phase::Registered { slot, generation } => self.registered_reason(slot, *generation),
             // Dropped after `Accepted` without a `Conn`: its task was dropped mid-handshake.
-            Phase::Accepted if self.core.is_forced() => CloseReason::ShutdownForced,
+            Phase::Accepted if self.core.stop().is_forced() => CloseReason::ShutdownForced,
             Phase::Accepted => CloseReason::Error,
         };
         self.core

@@ -103,7 +103,7 @@ pub(crate) async fn watch(
     let mut broken = None;
     loop {
         let stopped = async {
-            core.stopped().await;
+            core.stop().stopped().await;
             true
         };
         let slept = async {
@@ -164,7 +164,7 @@ pub(crate) async fn expiry_gauges(core: Arc<Core>) {
     loop {
         crate::tls::expiry::publish();
         let stopped = async {
-            core.stopped().await;
+            core.stop().stopped().await;
             true
         };
         let slept = async {
