@@ -42,16 +42,21 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-// The layers, bottom up (a module imports only from layers below it, or its own):
-// 1. vocabulary: addr, error, config, limits, proxy, tls, events, latch, runtime, listener,
-//    signal, fault;
-// 2. shared state: pool, capacity, hooks, admission, state (the server's `Core`);
-// 3. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task), the TLS
-//    handshake (tls), the PROXY reader;
-// 4. the connection: lifecycle, conn (the handler's view), connection (the task);
-// 5. the loop: accept;
-// 6. the front: server, handler, http (hyper on top of a handler), run (the process's
-//    lifecycle), and the re-exports below.
+// The layers, bottom up. A module imports only from layers below its own, or from its own
+// layer, except in a layer marked "alone", whose modules do not import one another. The
+// test in `layers.rs` holds the code to this list and every module to a place in it.
+// 1. vocabulary: addr, error, config, limits, events, metrics, extensions, unwind, sync,
+//    runtime, listener, signal, systemd, fault, proxy (the settings and the header reader),
+//    tls (the settings, the handshake, ticket keys, the ACME client);
+// 2. parts, alone: clock, capacity, stop, pressure, handovers, admission, pool, readiness,
+//    hooks;
+// 3. core: state (the `Core` that holds the parts);
+// 4. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task), watchdog;
+// 5. connection: lifecycle, conn (the handler's view), handler, connection (the task);
+// 6. loop: accept;
+// 7. front: server, http (hyper on top of a handler), run (the process's lifecycle), and
+//    the re-exports below;
+// 8. tests only: micro, layers.
 mod accept;
 #[cfg(feature = "acme")]
 mod acme;
@@ -74,6 +79,8 @@ mod hooks;
 #[cfg(feature = "http")]
 pub mod http;
 mod idle;
+#[cfg(test)]
+mod layers;
 mod lifecycle;
 pub mod limits;
 pub mod listener;
