@@ -36,16 +36,17 @@ pub(crate) async fn stop(
     grace: Duration,
     force_now: bool,
 ) -> Result<ShutdownReport, Error> {
-    if core.state() == State::Created {
+    let stop = core.stop();
+    if stop.state() == State::Created {
         // Not serving yet: nothing to stop, and serving later still works.
         return Ok(ShutdownReport::default());
     }
     if force_now {
-        core.stop().request_close();
+        stop.request_close();
     }
-    if !core.stop().claim() {
-        core.stop().stopped().await;
-        return core.stop().result();
+    if !stop.claim() {
+        stop.stopped().await;
+        return stop.result();
     }
     let rt = core.runtime().clone();
 
@@ -81,7 +82,7 @@ pub(crate) async fn stop(
         std::future::pending::<()>().await;
     };
     core.wait_all_closed()
-        .or(core.stop().close_requested())
+        .or(stop.close_requested())
         .or(deadline)
         .or(first_requests)
         .await;
@@ -94,7 +95,7 @@ pub(crate) async fn stop(
     // Not forced either: connections the server had already closed (idle timeout, eviction,
     // a handle) whose task has not ended yet.
     let open_at_deadline = core.open_connections();
-    core.stop().force();
+    stop.force();
     let mut not_forced = 0;
     core.for_each_registered(|slot, generation, state| {
         if state != SlotState::Open {
@@ -114,10 +115,10 @@ pub(crate) async fn stop(
         forced,
         still_open: core.open_connections(),
     };
-    core.stop().finish(report, grace);
+    stop.finish(report, grace);
     core.hooks().server(ServerEvent::Stopped {
         drained: report.drained,
         forced: report.forced,
     });
-    core.stop().result()
+    stop.result()
 }
