@@ -20,13 +20,14 @@ use futures_lite::FutureExt as _;
 
 use crate::addr::Addr;
 use crate::connection::{self, Spawn};
+use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::events::{OverloadAction, ServerEvent};
 use crate::hooks::Report;
 use crate::lifecycle::Lifecycle;
 use crate::listener::{Accepted, Listener};
 use crate::runtime::BoxFuture;
-use crate::state::{Core, Endpoint, Reservation};
+use crate::state::{Core, Reservation};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);

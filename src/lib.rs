@@ -49,7 +49,7 @@
 //    runtime, listener, signal, systemd, fault, proxy (the settings and the header reader),
 //    tls (the settings, the handshake, ticket keys, the ACME client);
 // 2. parts, alone: clock, capacity, stop, pressure, handovers, admission, pool, readiness,
-//    hooks;
+//    hooks, endpoint (one listener's name, address and current TLS configuration);
 // 3. core: state (the `Core` that holds the parts);
 // 4. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task), watchdog;
 // 5. connection: lifecycle, conn (the handler's view), handler, connection (the task);
@@ -67,6 +67,7 @@ mod clock;
 mod config;
 mod conn;
 mod connection;
+mod endpoint;
 mod error;
 mod events;
 mod extensions;

@@ -10,13 +10,14 @@ use crate::accept::Bound as BoundListener;
 use crate::addr::Addr;
 use crate::config::Config;
 use crate::connection::{Serving, Spawn, TuneHook};
+use crate::endpoint::{Endpoint, TlsSetting};
 use crate::error::{ConfigError, Error};
 use crate::events::{ConnEvent, ServerEvent, ShutdownReport, Stats};
 use crate::handler::Handler;
 use crate::hooks::Hooks;
 use crate::listener::{Listener, Socket};
 use crate::runtime::Runtime;
-use crate::state::{Core, Endpoint, TlsSetting};
+use crate::state::Core;
 use crate::stop::State;
 
 /// Builds a [`Server`]: a config, optionally a runtime, hooks and a tune hook, then
