@@ -149,5 +149,12 @@ done <<<"$MUTANTS_TABLE"
 rm -rf "$WORK/src" && cp -r "$WORK/.pristine-src" "$WORK/src"
 
 echo
+if [[ $CHECK == 1 ]]; then
+    # --check runs no test: it passes when every mutant applied and built.
+    built=$(printf '%s\n' "${results[@]}" | grep -c '^builds ' || true)
+    echo "$built of $total apply and build ($(( $(date +%s) - started )) s in all)"
+    [[ $built == "$total" ]]
+    exit
+fi
 echo "caught $caught of $total ($(( $(date +%s) - started )) s in all)"
 [[ $caught == "$total" ]]
