@@ -20,13 +20,14 @@ use futures_lite::FutureExt as _;
 
 use crate::addr::Addr;
 use crate::connection::{self, Spawn};
+use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::events::{OverloadAction, ServerEvent};
 use crate::hooks::Report;
 use crate::lifecycle::Lifecycle;
 use crate::listener::{Accepted, Listener};
 use crate::runtime::BoxFuture;
-use crate::state::{Core, Endpoint, Reservation};
+use crate::state::{Core, Reservation};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -150,9 +151,9 @@ async fn accept_loop<L: Listener>(
     // One wait for the stop, polled on every turn: it registers its listener once, not once
     // per accept. Once it completes the latch is set, and the loop ends before polling it
     // again.
-    let stopped = core.accepting_stopped();
+    let stopped = core.stop().accepting_stopped();
     futures_lite::pin!(stopped);
-    while !core.stop_accepting_requested() {
+    while !core.stop().stop_accepting_requested() {
         // At the limit, stop calling accept: clients wait in the kernel's backlog. Unless
         // idle connections may be evicted: then accept, and make room for the newcomer.
         if let (Some(max), None) = (max, evict) {
@@ -182,7 +183,7 @@ async fn accept_loop<L: Listener>(
                 local_addr,
             })) => {
                 backoff = None;
-                core.set_out_of_descriptors(false);
+                core.pressure().set_out_of_descriptors(false);
                 // Direct clients are admitted here, before any task or TLS work; clients of
                 // a trusted proxy are admitted on their original address once it is known.
                 let proxied = proxy.as_ref().is_some_and(|p| p.trusts(&peer_addr));
@@ -225,7 +226,7 @@ async fn accept_loop<L: Listener>(
             }
             Some(Err(e)) if is_per_connection(&e) => {}
             Some(Err(source)) => {
-                core.set_out_of_descriptors(true);
+                core.pressure().set_out_of_descriptors(true);
                 // Out of descriptors with eviction on and a client waiting: close the
                 // connection idle the longest and try again once its descriptor is free.
                 if let Some(min) = evict.filter(|_| listener.has_pending()) {
@@ -270,6 +271,6 @@ struct ListenerOwner<'a, L> {
 impl<L> Drop for ListenerOwner<'_, L> {
     fn drop(&mut self) {
         drop(self.listener.take());
-        self.core.accept_loop_ended();
+        self.core.stop().accept_loop_ended();
     }
 }

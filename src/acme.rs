@@ -68,7 +68,7 @@ async fn sleep(core: &Core, duration: Duration) -> bool {
         true
     };
     let draining = async {
-        core.draining().wait().await;
+        core.stop().draining().wait().await;
         false
     };
     slept.or(draining).await
@@ -108,14 +108,14 @@ pub(crate) async fn drive(core: Arc<Core>, acme: Arc<Acme>) {
                 }
             }
         }
-        if core.is_draining() {
+        if core.stop().is_draining() {
             return;
         }
         #[cfg(feature = "tracing")]
         tracing::info!(target: "berth", ?domains, directory = %acme.config().directory, "ACME order started");
         let ordered = async { Some(crate::tls::acme::order(&acme, &**core.runtime()).await) };
         let drained = async {
-            core.draining().wait().await;
+            core.stop().draining().wait().await;
             None
         };
         let result = ordered.or(drained).await;

@@ -21,11 +21,12 @@ use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::io::{ReadHalf, WriteHalf};
 
 use crate::addr::{Addr, PeerCred};
+use crate::endpoint::Endpoint;
 use crate::extensions::Extensions;
 use crate::lifecycle::Lifecycle;
 use crate::listener::ByteStream;
 use crate::pool::{LINGERING, PANICKED, SAW_DATA, SAW_EOF, SAW_ERROR, Slot, SlotState};
-use crate::state::{Core, Endpoint};
+use crate::state::Core;
 use crate::sync::EventListener;
 use crate::tls::TlsInfo;
 
@@ -190,7 +191,7 @@ impl Conn {
     /// just before the drain, or whose TLS handshake ended late, gets the time to send its
     /// first request).
     pub fn is_draining(&self) -> bool {
-        self.core.is_draining() && self.drain_due()
+        self.core.stop().is_draining() && self.drain_due()
     }
 
     /// Whether a drain applies to this connection yet (see `is_draining`).
@@ -541,7 +542,7 @@ impl Drop for Conn {
         if !linger.is_zero()
             && self.slot.flags() & (SAW_EOF | SAW_ERROR | PANICKED) == 0
             && self.slot.state(self.generation) == SlotState::Open
-            && !self.core.is_forced()
+            && !self.core.stop().is_forced()
         {
             self.slot.mark(LINGERING);
             let closed = ClosedByServer {
@@ -576,7 +577,7 @@ impl Open {
         };
         discard
             .or(core.runtime().sleep(timeout))
-            .or(core.forced())
+            .or(core.stop().forced())
             .or(by_server)
             .await;
     }
@@ -667,7 +668,7 @@ impl ConnHandle {
     /// connection's task to notice the drain.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn server_is_draining(&self) -> bool {
-        self.core.is_draining()
+        self.core.stop().is_draining()
     }
 
     /// Closes the connection: its pending and later I/O fails with `ConnectionAborted` and
@@ -764,7 +765,7 @@ impl Future for Draining {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
-            let draining = this.core.is_draining();
+            let draining = this.core.stop().is_draining();
             if draining && drain_due(&this.core, &this.slot, this.generation, this.opened_at) {
                 this.listener = None;
                 return Poll::Ready(());
@@ -777,8 +778,8 @@ impl Future for Draining {
                 // Listen, then loop to check again: a notify before `listen` is lost. While
                 // draining, what is left to wait for is the end of the first request's grace,
                 // looked at on each drain tick.
-                None if draining => this.listener = Some(this.core.drain_ticked().listen()),
-                None => this.listener = Some(this.core.draining().listen()),
+                None if draining => this.listener = Some(this.core.stop().drain_ticked().listen()),
+                None => this.listener = Some(this.core.stop().draining().listen()),
             }
         }
     }

@@ -21,13 +21,14 @@ use futures_lite::FutureExt as _;
 
 use crate::addr::Addr;
 use crate::conn::{Conn, ConnHandle, Meta};
+use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::events::CloseReason;
 use crate::handler::Handler;
 use crate::lifecycle::Lifecycle;
 use crate::limits::RejectReason;
 use crate::listener::{ByteStream, Prefixed, Socket};
-use crate::state::{Core, Endpoint};
+use crate::state::Core;
 
 /// A hook run on every accepted socket before its handler starts.
 pub(crate) type TuneHook = Arc<dyn Fn(&Socket<'_>) -> io::Result<()> + Send + Sync>;
@@ -244,7 +245,7 @@ async fn bounded<T, E>(
 ) -> Result<T, E> {
     let timeout = core.config().handshake_timeout;
     let forced = async {
-        core.forced().await;
+        core.stop().forced().await;
         Err(forced())
     };
     match crate::runtime::timeout(&**core.runtime(), timeout, step.or(forced)).await {

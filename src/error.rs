@@ -218,7 +218,7 @@ pub enum Error {
     /// An upgrade failed; the server keeps serving.
     #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
     #[error("upgrade failed: {0}")]
-    Upgrade(#[from] crate::upgrade::UpgradeError),
+    Upgrade(#[from] UpgradeError),
     /// Signal handlers could not be installed (see [`Signals`](crate::signal::Signals)).
     #[error("cannot install handlers for SIGTERM and SIGINT: {0}")]
     Signal(#[source] io::Error),
@@ -344,6 +344,46 @@ impl Error {
             Error::Upgrade(e) => f.debug_tuple("Upgrade").field(e).finish(),
         }
     }
+}
+
+// Public as `berth::upgrade::UpgradeError`; defined here so that `Error` can carry it
+// without the vocabulary importing the upgrade mechanism.
+/// Why an upgrade failed. The old process keeps serving; a later upgrade may be tried.
+#[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// Another upgrade of this server is under way.
+    #[error("another upgrade is under way: wait for it to finish")]
+    InProgress,
+    /// The server is not serving (not started, draining, or already upgraded).
+    #[error("the server is not serving (not started, shutting down, or already upgraded)")]
+    NotRunning,
+    /// The new program could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The new process exited before it was ready.
+    #[error("the new process exited before it was ready ({0})")]
+    Exited(String),
+    /// The new process was not ready in time; it was killed.
+    #[error("the new process was not ready within {0:?} (upgrade_timeout); it was killed")]
+    Timeout(Duration),
+    /// The handover channel failed.
+    #[error("handing the listeners over failed: {0}")]
+    Channel(#[source] io::Error),
+    /// A shutdown began while the new process was starting: it was stopped, and this
+    /// server stops as asked.
+    #[error("a shutdown began during the upgrade: the new process was stopped")]
+    ShuttingDown,
+    /// A socket to hand over has a name that is empty, not one line, or already used.
+    #[error("cannot hand over a socket named {0:?}: give it a unique, non-empty one-line name")]
+    BadName(String),
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The idle scanner: one task per server closes connections idle longer than the timeout.
 //!
 //! One timer per connection would cost a timer-wheel entry and a reset on every read and
-//! write. Instead the scanner keeps a coarse clock (`state::Clock`), and a connection's
+//! write. Instead the scanner keeps a coarse clock (`clock::Clock`), and a connection's
 //! read/write path only copies that clock into its slot (one relaxed load and store, no
 //! syscall, no lock). Every tick the scanner sweeps the open slots once, O(open connections)
 //! with no allocation.
@@ -26,6 +26,7 @@ use futures_lite::FutureExt as _;
 
 use crate::events::{OverloadAction, PressureLevel, ServerEvent};
 use crate::pool::SlotState;
+use crate::pressure::Reading;
 use crate::state::Core;
 
 /// The sweep interval for `timeout`: about an eighth of it, kept within 10 ms..1 s, and
@@ -67,7 +68,7 @@ pub(crate) async fn scan(core: Arc<Core>, idle_timeout: Option<Duration>) {
     loop {
         let now = core.now_ns();
         let periods = core.advance_clock(now, keep);
-        let high = overload.is_active() && watch_pressure(&core, &overload, shrunk, lag);
+        let high = overload.is_active() && watch_pressure(&core, shrunk, lag);
         if let Some(timeout) = if high {
             shrunk.or(idle_timeout)
         } else {
@@ -89,7 +90,7 @@ pub(crate) async fn scan(core: Arc<Core>, idle_timeout: Option<Duration>) {
         }
         let started = rt.now();
         let stopped = async {
-            core.stopped().await;
+            core.stop().stopped().await;
             true
         };
         let slept = async {
@@ -113,21 +114,12 @@ pub(crate) async fn scan(core: Arc<Core>, idle_timeout: Option<Duration>) {
 
 /// Measures the pressure, reports a change of level (and the idle timeout shrinking or
 /// coming back); whether the pressure is high.
-fn watch_pressure(
-    core: &Core,
-    overload: &crate::config::Overload,
-    shrunk: Option<Duration>,
-    lag: Duration,
-) -> bool {
-    let pressure = core.pressure(lag);
-    let level = if pressure >= 1.0 {
-        PressureLevel::Critical
-    } else if pressure >= overload.high_pressure {
-        PressureLevel::High
-    } else {
-        PressureLevel::Normal
-    };
-    let before = core.swap_pressure_level(level);
+fn watch_pressure(core: &Core, shrunk: Option<Duration>, lag: Duration) -> bool {
+    let Reading {
+        pressure,
+        level,
+        before,
+    } = core.pressure().update(core.in_use(), lag);
     if level != before {
         core.hooks()
             .server(ServerEvent::Pressure { level, pressure });

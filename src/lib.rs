@@ -42,16 +42,22 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-// The layers, bottom up (a module imports only from layers below it, or its own):
-// 1. vocabulary: addr, error, config, limits, proxy, tls, events, latch, runtime, listener,
-//    signal, fault;
-// 2. shared state: pool, capacity, hooks, admission, state (the server's `Core`);
-// 3. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task), the TLS
-//    handshake (tls), the PROXY reader;
-// 4. the connection: lifecycle, conn (the handler's view), connection (the task);
-// 5. the loop: accept;
-// 6. the front: server, handler, http (hyper on top of a handler), run (the process's
-//    lifecycle), and the re-exports below.
+// The layers, bottom up. A module imports only from layers below its own, or from its own
+// layer, except in a layer marked "alone", whose modules do not import one another. The
+// test in `layers.rs` holds the code to this list and every module to a place in it.
+// 1. vocabulary: addr, error, config, limits, events, metrics, extensions, unwind, sync,
+//    runtime, listener, signal, systemd, fault, proxy (the settings and the header reader),
+//    tls (the settings, the handshake, ticket keys, the ACME client);
+// 2. parts, alone: clock, capacity, stop, pressure, handovers, admission, pool, readiness,
+//    hooks, endpoint (one listener's name, address and current TLS configuration);
+// 3. core: state (the `Core` that holds the parts);
+// 4. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task), watchdog;
+// 5. connection: lifecycle, conn (the handler's view), handler, connection (the task);
+// 6. loop: accept;
+// 7. front: server, http (hyper on top of a handler), run (the process's lifecycle), and
+//    the re-exports below;
+// 8. tests only: micro, layers.
+
 /// The loom models of the lock-free parts, run by the workspace's `loom` crate
 /// (`RUSTFLAGS="--cfg berth_loom" cargo test --release -p berth-loom`, see `.ci/run`). Not
 /// part of the API: present only under that cfg.
@@ -69,19 +75,25 @@ mod acme;
 mod addr;
 mod admission;
 mod capacity;
+mod clock;
 mod config;
 mod conn;
 mod connection;
+mod endpoint;
 mod error;
 mod events;
 mod extensions;
 #[cfg(feature = "fault")]
 pub mod fault;
 mod handler;
+#[cfg(unix)]
+mod handovers;
 mod hooks;
 #[cfg(feature = "http")]
 pub mod http;
 mod idle;
+#[cfg(test)]
+mod layers;
 mod lifecycle;
 pub mod limits;
 pub mod listener;
@@ -90,6 +102,7 @@ mod metrics;
 #[cfg(test)]
 mod micro;
 mod pool;
+mod pressure;
 mod proxy;
 mod readiness;
 #[cfg(feature = "tls")]
@@ -102,6 +115,7 @@ mod shutdown;
 #[cfg(all(unix, feature = "signal"))]
 pub mod signal;
 mod state;
+mod stop;
 mod sync;
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
 mod systemd;
@@ -123,7 +137,7 @@ pub use extensions::Extensions;
 pub use handler::Handler;
 pub use proxy::ProxyProtocol;
 pub use server::{Builder, Server, ServerHandle};
-pub use state::State;
+pub use stop::State;
 
 // The README's examples compile as doctests.
 #[cfg(doctest)]

@@ -14,10 +14,11 @@ use std::time::Instant;
 
 use crate::addr::Addr;
 use crate::admission::IpKey;
+use crate::endpoint::Endpoint;
 use crate::events::{CloseReason, ConnEvent, Count};
 use crate::limits::RejectReason;
 use crate::pool::{PANICKED, SAW_EOF, SAW_ERROR, Slot};
-use crate::state::{Core, Endpoint};
+use crate::state::Core;
 
 /// One connection's bookkeeping. See the module docs.
 pub(crate) struct Lifecycle {
@@ -175,7 +176,7 @@ impl Drop for Lifecycle {
             Phase::Failed(reason) => *reason,
             Phase::Registered { slot, generation } => self.registered_reason(slot, *generation),
             // Dropped after `Accepted` without a `Conn`: its task was dropped mid-handshake.
-            Phase::Accepted if self.core.is_forced() => CloseReason::ShutdownForced,
+            Phase::Accepted if self.core.stop().is_forced() => CloseReason::ShutdownForced,
             Phase::Accepted => CloseReason::Error,
         };
         self.core

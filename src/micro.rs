@@ -8,8 +8,8 @@ use std::hint::black_box;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::clock::Clock;
 use crate::pool::{Pool, SlotState};
-use crate::state::Clock;
 
 fn per_op(label: &str, ops: u64, elapsed: Duration) {
     println!(

@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use futures_lite::FutureExt as _;
 
+use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::events::ServerEvent;
-use crate::state::{Core, Endpoint};
+use crate::state::Core;
 use crate::tls::{PemSource, Resumption, TlsConfig};
 
 /// What the watched files hold now, by path (`None` for a file that cannot be read).
@@ -103,7 +104,7 @@ pub(crate) async fn watch(
     let mut broken = None;
     loop {
         let stopped = async {
-            core.stopped().await;
+            core.stop().stopped().await;
             true
         };
         let slept = async {
@@ -164,7 +165,7 @@ pub(crate) async fn expiry_gauges(core: Arc<Core>) {
     loop {
         crate::tls::expiry::publish();
         let stopped = async {
-            core.stopped().await;
+            core.stop().stopped().await;
             true
         };
         let slept = async {

@@ -10,13 +10,15 @@ use crate::accept::Bound as BoundListener;
 use crate::addr::Addr;
 use crate::config::Config;
 use crate::connection::{Serving, Spawn, TuneHook};
+use crate::endpoint::{Endpoint, TlsSetting};
 use crate::error::{ConfigError, Error};
 use crate::events::{ConnEvent, ServerEvent, ShutdownReport, Stats};
 use crate::handler::Handler;
 use crate::hooks::Hooks;
 use crate::listener::{Listener, Socket};
 use crate::runtime::Runtime;
-use crate::state::{Core, Endpoint, State, TlsSetting};
+use crate::state::Core;
+use crate::stop::State;
 
 /// Builds a [`Server`]: a config, optionally a runtime, hooks and a tune hook, then
 /// [`bind`](Self::bind) (what the config says) or [`listener`](Self::listener) (a listener
@@ -586,7 +588,7 @@ impl Server {
     pub fn serve<H: Handler>(self, handler: H) -> ServerHandle {
         let core = self.core;
         let rt = core.runtime().clone();
-        core.set_state(State::Running);
+        core.stop().set_state(State::Running);
         let serving: Arc<dyn Spawn> = Arc::new(Serving {
             core: core.clone(),
             handler,
@@ -596,13 +598,13 @@ impl Server {
         rt.spawn(Box::pin(async move {
             reporter
                 .hooks()
-                .report_deferred(reporter.stopped_latch())
+                .report_deferred(reporter.stop().stopped_latch())
                 .await;
         }));
         let idle_timeout = core.config().idle_timeout;
         if idle_timeout.is_some() || core.config().overload.is_active() {
             if core.config().overload.is_active() {
-                core.measure_descriptors();
+                core.pressure().measure_descriptors();
             }
             rt.spawn(Box::pin(crate::idle::scan(core.clone(), idle_timeout)));
         }
@@ -624,7 +626,7 @@ impl Server {
             rt.spawn(Box::pin(crate::reload::expiry_gauges(core.clone())));
         }
         #[cfg(unix)]
-        core.keep_handovers(
+        core.handovers().keep(
             self.listeners
                 .iter()
                 .filter_map(|(endpoint, listener)| {
@@ -638,7 +640,7 @@ impl Server {
                 addr: endpoint.addr().clone(),
                 tls: endpoint.is_tls(),
             });
-            core.accept_loop_started();
+            core.stop().accept_loop_started();
             rt.spawn(listener.serve(core.clone(), endpoint, serving.clone()));
         }
         // Every listener accepts (the loops are spawned; connects queue until they run):
@@ -652,7 +654,7 @@ impl Server {
                     .error(&Error::Upgrade(crate::upgrade::UpgradeError::Channel(e)));
             }
             // The adopted Unix sockets' files are this server's from now on.
-            core.own_socket_files();
+            core.handovers().own_socket_files();
         }
         ServerHandle { core }
     }
@@ -683,7 +685,7 @@ impl ServerHandle {
     async fn lame_duck(&self, duration: Duration) {
         use futures_lite::FutureExt as _;
         let core = &self.core;
-        if core.state() != State::Running || core.stop_accepting_requested() {
+        if core.state() != State::Running || core.stop().stop_accepting_requested() {
             return;
         }
         let readiness = core.readiness();
@@ -697,7 +699,7 @@ impl ServerHandle {
         core.runtime()
             .sleep(duration)
             .or(readiness.lame_duck_skipped())
-            .or(core.stopped())
+            .or(core.stop().stopped())
             .await;
     }
 
@@ -794,7 +796,7 @@ impl ServerHandle {
         use futures_lite::FutureExt as _;
         let stopped_by = async { Some(stop.await) }
             .or(async {
-                self.core.stopped().await;
+                self.core.stop().stopped().await;
                 None
             })
             .await;
@@ -846,7 +848,7 @@ impl ServerHandle {
         if core.state() != State::Running {
             return Err(Error::Upgrade(UpgradeError::NotRunning));
         }
-        if !core.start_upgrade() {
+        if !core.handovers().start_upgrade() {
             return Err(Error::Upgrade(UpgradeError::InProgress));
         }
         // The upgrade runs as a task of its own: a caller that stops waiting (a timeout, a
@@ -877,7 +879,8 @@ impl ServerHandle {
             return Err(Error::Upgrade(crate::upgrade::UpgradeError::BadName(name)));
         }
         self.core
-            .add_handover(name.into(), crate::listener::Handover::new(socket));
+            .handovers()
+            .add(name.into(), crate::listener::Handover::new(socket));
         Ok(())
     }
 
@@ -888,13 +891,13 @@ impl ServerHandle {
     /// [`ShutdownReport::still_open`] meanwhile.
     pub async fn close(&self) -> ShutdownReport {
         let _ = crate::shutdown::stop(&self.core, Duration::ZERO, true).await;
-        self.core.stop_report()
+        self.core.stop().report()
     }
 
     /// The report of the shutdown that stopped the server (default before one finished).
     #[cfg(all(unix, feature = "signal", any(feature = "async-io", feature = "tokio")))]
     pub(crate) fn stop_report(&self) -> ShutdownReport {
-        self.core.stop_report()
+        self.core.stop().report()
     }
 
     /// Sends `error` to the error hook.
@@ -905,7 +908,7 @@ impl ServerHandle {
 
     /// Waits until the server has stopped (after a shutdown or `close`, called anywhere).
     pub async fn stopped(&self) {
-        self.core.stopped().await;
+        self.core.stop().stopped().await;
     }
 
     /// The current state.
@@ -1054,7 +1057,10 @@ async fn run_upgrade(
     }
     let handed = async {
         #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
-        let mut sockets = core.handover_sockets().map_err(UpgradeError::Channel)?;
+        let mut sockets = core
+            .handovers()
+            .duplicates()
+            .map_err(UpgradeError::Channel)?;
         let names: Vec<String> = sockets.iter().map(|(name, _)| name.clone()).collect();
         #[cfg(feature = "tls")]
         if let Some(keys) = ticket_keys(&core) {
@@ -1068,7 +1074,10 @@ async fn run_upgrade(
         .map_err(UpgradeError::Channel)??;
         // The new process accepts on every socket: stop here, keeping Unix socket files;
         // unless a shutdown began meanwhile, which wins: the new process must not serve on.
-        if !core.handed_over_unless_stopping() {
+        if !core
+            .handovers()
+            .handed_over_unless(|| core.stop().stop_accepting_requested())
+        {
             crate::upgrade::stop_child(child);
             return Err(UpgradeError::ShuttingDown);
         }
@@ -1098,7 +1107,7 @@ async fn run_upgrade(
             }));
         }
         Err(e) => {
-            core.end_upgrade();
+            core.handovers().end_upgrade();
             // The reload is over: this process serves on.
             if let Err(e) = crate::systemd::notify("READY=1\n") {
                 core.hooks().error(&Error::Notify(e));

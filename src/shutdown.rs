@@ -21,7 +21,8 @@ use futures_lite::FutureExt as _;
 use crate::error::Error;
 use crate::events::{ServerEvent, ShutdownReport};
 use crate::pool::{LINGERING, SlotState};
-use crate::state::{Core, State};
+use crate::state::Core;
+use crate::stop::State;
 
 /// How long `stop` waits for force-closed connections to actually drop their sockets, and
 /// for queued reports to reach the hooks. Cancelled handlers drop theirs as soon as their
@@ -35,16 +36,17 @@ pub(crate) async fn stop(
     grace: Duration,
     force_now: bool,
 ) -> Result<ShutdownReport, Error> {
-    if core.state() == State::Created {
+    let stop = core.stop();
+    if stop.state() == State::Created {
         // Not serving yet: nothing to stop, and serving later still works.
         return Ok(ShutdownReport::default());
     }
     if force_now {
-        core.request_close();
+        stop.request_close();
     }
-    if !core.claim_stop() {
-        core.stopped().await;
-        return core.stop_result();
+    if !stop.claim() {
+        stop.stopped().await;
+        return stop.result();
     }
     let rt = core.runtime().clone();
 
@@ -80,7 +82,7 @@ pub(crate) async fn stop(
         std::future::pending::<()>().await;
     };
     core.wait_all_closed()
-        .or(core.close_requested())
+        .or(stop.close_requested())
         .or(deadline)
         .or(first_requests)
         .await;
@@ -93,7 +95,7 @@ pub(crate) async fn stop(
     // Not forced either: connections the server had already closed (idle timeout, eviction,
     // a handle) whose task has not ended yet.
     let open_at_deadline = core.open_connections();
-    core.start_forcing();
+    stop.force();
     let mut not_forced = 0;
     core.for_each_registered(|slot, generation, state| {
         if state != SlotState::Open {
@@ -113,10 +115,10 @@ pub(crate) async fn stop(
         forced,
         still_open: core.open_connections(),
     };
-    core.finish_stop(report, grace);
+    stop.finish(report, grace);
     core.hooks().server(ServerEvent::Stopped {
         drained: report.drained,
         forced: report.forced,
     });
-    core.stop_result()
+    stop.result()
 }

@@ -55,42 +55,7 @@ const MAX_MESSAGE: usize = 64 * 1024;
 /// How often the parent looks whether the child has exited while it waits.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Why an upgrade failed. The old process keeps serving; a later upgrade may be tried.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum UpgradeError {
-    /// Another upgrade of this server is under way.
-    #[error("another upgrade is under way: wait for it to finish")]
-    InProgress,
-    /// The server is not serving (not started, draining, or already upgraded).
-    #[error("the server is not serving (not started, shutting down, or already upgraded)")]
-    NotRunning,
-    /// The new program could not be started.
-    #[error("cannot start {program}: {source}")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
-    },
-    /// The new process exited before it was ready.
-    #[error("the new process exited before it was ready ({0})")]
-    Exited(String),
-    /// The new process was not ready in time; it was killed.
-    #[error("the new process was not ready within {0:?} (upgrade_timeout); it was killed")]
-    Timeout(Duration),
-    /// The handover channel failed.
-    #[error("handing the listeners over failed: {0}")]
-    Channel(#[source] io::Error),
-    /// A shutdown began while the new process was starting: it was stopped, and this
-    /// server stops as asked.
-    #[error("a shutdown began during the upgrade: the new process was stopped")]
-    ShuttingDown,
-    /// A socket to hand over has a name that is empty, not one line, or already used.
-    #[error("cannot hand over a socket named {0:?}: give it a unique, non-empty one-line name")]
-    BadName(String),
-}
+pub use crate::error::UpgradeError;
 
 /// What a successful upgrade did.
 #[derive(Debug, Clone, PartialEq, Eq)]

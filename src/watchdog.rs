@@ -31,7 +31,7 @@ async fn keep_alive(core: Arc<Core>, period: Duration) {
     loop {
         let started = rt.now();
         let stopped = async {
-            core.stopped().await;
+            core.stop().stopped().await;
             true
         };
         let slept = async {

@@ -1,0 +1,337 @@
+//! The layer rule, checked: the layer list at the top of `lib.rs` is read as written, and
+//! every file under `src/` is scanned for the crate modules it names (`crate::m`,
+//! `use crate::{m, ..}`, and `super::m` where `super` is the crate root).
+//!
+//! A list in a comment is only worth reading if it is true, and import circles grow back one
+//! convenient `use` at a time; this keeps both in view on every `cargo test`. Test modules
+//! inside a file are skipped: what tests reach for does not shape the architecture.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// One layer of the list.
+#[derive(Debug)]
+struct Layer {
+    number: usize,
+    name: String,
+    /// Its modules do not import one another.
+    alone: bool,
+    modules: Vec<String>,
+}
+
+fn is_ident(word: &str) -> bool {
+    !word.is_empty()
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !word.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// The layers in `lib`'s comment: lines `// N. name[, alone]: m, m (what it is), ...;`,
+/// continued on indented comment lines. Items that are not one word are prose.
+fn layers(lib: &str) -> Vec<Layer> {
+    let mut entries: Vec<String> = Vec::new();
+    let mut in_list = false;
+    for line in lib.lines() {
+        let Some(text) = line.trim_start().strip_prefix("//") else {
+            if in_list {
+                break;
+            }
+            continue;
+        };
+        if text.trim_start().starts_with("The layers, bottom up") {
+            in_list = true;
+            continue;
+        }
+        if !in_list {
+            continue;
+        }
+        let trimmed = text.trim_start();
+        let numbered = trimmed
+            .split_once(". ")
+            .is_some_and(|(n, _)| n.parse::<usize>().is_ok());
+        if numbered {
+            entries.push(trimmed.to_string());
+        } else if let Some(last) = entries.last_mut() {
+            last.push(' ');
+            last.push_str(trimmed);
+        }
+    }
+    entries
+        .iter()
+        .map(|entry| {
+            let (number, rest) = entry.split_once(". ").unwrap();
+            let (name, list) = rest
+                .split_once(':')
+                .unwrap_or_else(|| panic!("layer {number} has no ':' before its modules"));
+            let (name, alone) = match name.strip_suffix(", alone") {
+                Some(name) => (name, true),
+                None => (name, false),
+            };
+            // Drop the parenthesised notes, then keep the one-word items.
+            let mut plain = String::new();
+            let mut depth = 0usize;
+            for c in list.chars() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth = depth.saturating_sub(1),
+                    _ if depth == 0 => plain.push(c),
+                    _ => {}
+                }
+            }
+            let modules = plain
+                .split([',', ';'])
+                .map(|item| item.trim().trim_end_matches('.'))
+                .filter(|item| is_ident(item))
+                .map(str::to_string)
+                .collect();
+            Layer {
+                number: number.parse().unwrap(),
+                name: name.trim().to_string(),
+                alone,
+                modules,
+            }
+        })
+        .collect()
+}
+
+/// The modules `lib` declares (`mod m;`, `pub mod m;`).
+fn declared(lib: &str) -> BTreeSet<String> {
+    lib.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let line = line.strip_prefix("pub ").unwrap_or(line);
+            let name = line.strip_prefix("mod ")?.strip_suffix(';')?;
+            is_ident(name).then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// Every `.rs` file under `dir`.
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// `text` without comment lines and without the modules under a `#[cfg(..test..)]`.
+fn strip(text: &str) -> String {
+    let text: String = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .flat_map(|line| [line, "\n"])
+        .collect();
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("#[cfg(") {
+        out.push_str(&rest[..at]);
+        let attr_end = rest[at..].find(']').map_or(rest.len(), |e| at + e + 1);
+        let attr = &rest[at..attr_end];
+        let after = rest[attr_end..].trim_start();
+        let is_test = attr
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .any(|word| word == "test");
+        let module = after.strip_prefix("pub ").unwrap_or(after);
+        if is_test && module.starts_with("mod ") {
+            // Skip to the brace that closes the module.
+            let open = attr_end + rest[attr_end..].find('{').unwrap();
+            let mut depth = 0usize;
+            let mut end = rest.len();
+            for (i, c) in rest[open..].char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = open + i + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            rest = &rest[end..];
+        } else {
+            out.push_str(attr);
+            rest = &rest[attr_end..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The first path segment of each item of the `{..}` group `text` starts with.
+fn group_heads(text: &str) -> Vec<String> {
+    let mut heads = Vec::new();
+    let mut depth = 0usize;
+    let mut item = String::new();
+    let mut at_start = true;
+    for c in text.chars() {
+        match c {
+            '{' => {
+                depth += 1;
+                if depth > 1 {
+                    at_start = false;
+                }
+            }
+            '}' | ',' if depth == 1 => {
+                if !item.is_empty() {
+                    heads.push(std::mem::take(&mut item));
+                }
+                at_start = true;
+                if c == '}' {
+                    break;
+                }
+            }
+            '}' => depth -= 1,
+            c if depth == 1 && at_start => {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    item.push(c);
+                } else if !item.is_empty() {
+                    at_start = false;
+                }
+            }
+            _ => {}
+        }
+    }
+    heads
+}
+
+/// The crate's top-level modules that `text`, a file `depth` modules below the crate root,
+/// names.
+fn imports(text: &str, depth: usize) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let ident_before = |at: usize| {
+        at > 0 && {
+            let c = bytes[at - 1];
+            c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c == b':'
+        }
+    };
+    let mut take = |rest: &str| {
+        if rest.starts_with('{') {
+            found.extend(group_heads(rest));
+        } else {
+            let word: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            found.insert(word);
+        }
+    };
+    for (at, _) in text.match_indices("crate::") {
+        if !ident_before(at) {
+            take(&text[at + "crate::".len()..]);
+        }
+    }
+    for (at, _) in text.match_indices("super::") {
+        if ident_before(at) {
+            continue;
+        }
+        let mut rest = &text[at..];
+        let mut n = 0;
+        while let Some(r) = rest.strip_prefix("super::") {
+            rest = r;
+            n += 1;
+        }
+        if n == depth {
+            take(rest);
+        }
+    }
+    found
+}
+
+#[test]
+fn the_layer_list_names_every_module_once() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(root.join("lib.rs")).unwrap();
+    let layers = layers(&lib);
+    assert!(
+        layers.len() >= 5,
+        "the layer list was not found: {layers:?}"
+    );
+    for (i, layer) in layers.iter().enumerate() {
+        assert_eq!(layer.number, i + 1, "layers are numbered 1, 2, ...");
+    }
+    let declared = declared(&lib);
+    let mut seen = BTreeMap::new();
+    for layer in &layers {
+        for module in &layer.modules {
+            assert!(
+                declared.contains(module),
+                "layer {} names `{module}`, which lib.rs does not declare",
+                layer.number
+            );
+            if let Some(other) = seen.insert(module.clone(), layer.number) {
+                panic!("`{module}` is in layers {other} and {}", layer.number);
+            }
+        }
+    }
+    let listed: BTreeSet<String> = seen.into_keys().collect();
+    let missing: Vec<_> = declared.difference(&listed).collect();
+    assert!(missing.is_empty(), "not in the layer list: {missing:?}");
+}
+
+#[test]
+fn no_module_imports_from_a_layer_above_its_own() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(root.join("lib.rs")).unwrap();
+    let layers = layers(&lib);
+    let layer_of: BTreeMap<&str, &Layer> = layers
+        .iter()
+        .flat_map(|layer| layer.modules.iter().map(move |m| (m.as_str(), layer)))
+        .collect();
+    let mut paths = Vec::new();
+    files(&root, &mut paths);
+    let mut violations = Vec::new();
+    for path in paths {
+        let rel = path.strip_prefix(&root).unwrap();
+        let parts: Vec<_> = rel.iter().map(|p| p.to_string_lossy()).collect();
+        let top = parts[0].trim_end_matches(".rs");
+        if top == "lib" {
+            continue;
+        }
+        let depth = parts.len() - usize::from(parts.last().is_some_and(|p| p == "mod.rs"));
+        let Some(own) = layer_of.get(top) else {
+            violations.push(format!("src/{}: `{top}` is in no layer", rel.display()));
+            continue;
+        };
+        let text = strip(&std::fs::read_to_string(&path).unwrap());
+        for target in imports(&text, depth) {
+            let Some(other) = layer_of.get(target.as_str()) else {
+                continue; // not a module: a macro, a type at the root, `self`
+            };
+            let above = other.number > own.number;
+            let beside = other.number == own.number && own.alone && target != top;
+            if above || beside {
+                violations.push(format!(
+                    "src/{}: `{top}` ({} {}) imports `{target}` ({} {})",
+                    rel.display(),
+                    own.number,
+                    own.name,
+                    other.number,
+                    other.name,
+                ));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "imports against the layer list in lib.rs:\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
+fn the_scan_sees_every_form_of_import() {
+    let text = "use crate::a::X;\nuse crate::{b, c::{D, e}, f::G};\nlet x = crate::h::y();\n\
+                use super::i;\nuse super::super::j;\nmy_crate::k();\n// crate::l\n\
+                #[cfg(test)]\nmod tests {\n    use crate::m;\n}\n";
+    let found = imports(&strip(text), 1);
+    let found: Vec<_> = found.iter().map(String::as_str).collect();
+    assert_eq!(found, ["a", "b", "c", "f", "h", "i"]);
+    assert!(imports(&strip(text), 2).contains("j"));
+}
