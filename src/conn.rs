@@ -101,10 +101,11 @@ pub(crate) struct Meta {
 
 impl Conn {
     /// Registers `life`'s connection (for the idle scanner and server-side closes) and wraps
-    /// its stream.
+    /// its stream, boxed once: a plain connection's socket is boxed at accept and that box
+    /// is the one every read and write goes through.
     pub(crate) fn new(
         mut life: Lifecycle,
-        io: impl ByteStream,
+        io: Box<dyn ByteStream>,
         meta: Meta,
         tls: Option<TlsInfo>,
     ) -> Conn {
@@ -120,7 +121,7 @@ impl Conn {
             endpoint: meta.endpoint,
             extensions: Extensions::default(),
             open: Some(Open {
-                io: Box::new(io),
+                io,
                 life,
                 tls: tls.is_some(),
                 closed: false,

@@ -228,7 +228,7 @@ async fn via_proxy(
             }
         }
     }
-    match open(life, Prefixed::new(header.rest, stream), meta) {
+    match open(life, Box::new(Prefixed::new(header.rest, stream)), meta) {
         Established::Ready(conn, span) => Some((conn, span)),
         Established::Pending(handshake) => handshake.await,
         Established::Ended => None,
@@ -255,7 +255,7 @@ async fn bounded<T, E>(
 }
 
 /// `Accepted`, then the TLS handshake when configured.
-fn open<S: ByteStream>(mut life: Lifecycle, stream: S, meta: Meta) -> Established {
+fn open(mut life: Lifecycle, stream: Box<dyn ByteStream>, meta: Meta) -> Established {
     let span = conn_span(&life, &meta);
     in_span_sync(&span, || life.accept(&meta.local_addr, &meta.endpoint));
     #[cfg(feature = "tls")]
@@ -322,7 +322,7 @@ async fn handshake<S: ByteStream>(
                 id: life.id(),
                 info: Box::new(info.clone()),
             });
-            Some(Conn::new(life, stream, meta, Some(info)))
+            Some(Conn::new(life, Box::new(stream), meta, Some(info)))
         }
         Err(reason) => {
             // The stream was dropped with the handshake: the socket is closed.

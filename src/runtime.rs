@@ -43,8 +43,22 @@ pub use self::smol::Smol;
 #[cfg(feature = "tokio")]
 pub use self::tokio::Tokio;
 
-/// A boxed, sendable future, as [`Runtime`] takes and returns them.
+/// A boxed, sendable future, as [`Runtime::spawn`] takes them.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A timer on a runtime's clock: a future that completes at its deadline.
+///
+/// [`reset`](Timer::reset) moves the deadline without allocating, so a connection re-arms
+/// one timer instead of making a new one for every request (hyper's `Timer::reset` and
+/// quinn's connection timers work the same way).
+pub trait Timer: Future<Output = ()> + Send + Sync {
+    /// Moves the deadline, earlier or later: the timer completes at the new one, also
+    /// after it had completed.
+    fn reset(self: Pin<&mut Self>, deadline: Instant);
+}
+
+/// A boxed [`Timer`], as [`Runtime::timer`] returns them.
+pub type BoxTimer = Pin<Box<dyn Timer>>;
 
 /// An async runtime as berth needs it: spawn, sleep, now, and its reactor.
 ///
@@ -54,9 +68,11 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 ///   the runtime uses. Panics never reach the runtime: berth catches them inside the task.
 ///   `spawn` must not panic: if the runtime is gone (shutting down, a crashed simulated
 ///   host), drop the future instead; berth keeps its bookkeeping in `Drop` for that case.
-/// - [`sleep`](Runtime::sleep) completes no earlier than `duration` after it is first polled,
-///   as measured by [`now`](Runtime::now).
-/// - [`now`](Runtime::now) is monotonic and is the same clock `sleep` uses. A simulator
+/// - [`timer`](Runtime::timer) completes no earlier than its deadline, as measured by
+///   [`now`](Runtime::now), and as soon after it as the runtime's timers allow; after a
+///   [`reset`](Timer::reset), no earlier than the new deadline. Making a timer needs no
+///   poll to start counting: a deadline is a point in time.
+/// - [`now`](Runtime::now) is monotonic and is the same clock `timer` uses. A simulator
 ///   returns its virtual time here.
 /// - [`reactor`](Runtime::reactor) names the I/O driver whose sockets this runtime's tasks
 ///   can poll. The default, [`Reactor::None`], is right for simulators and for runtimes
@@ -64,10 +80,15 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// Runs `future` in the background.
     fn spawn(&self, future: BoxFuture);
-    /// A future that completes after `duration`.
-    fn sleep(&self, duration: Duration) -> BoxFuture;
+    /// A timer that completes at `deadline` on this runtime's clock.
+    fn timer(&self, deadline: Instant) -> BoxTimer;
     /// The current time on this runtime's clock.
     fn now(&self) -> Instant;
+    /// A timer that completes `duration` from now (from this call, not from the first
+    /// poll). A duration too long to represent waits practically forever.
+    fn sleep(&self, duration: Duration) -> BoxTimer {
+        self.timer(deadline_after(self.now(), duration))
+    }
     /// The reactor berth's own listeners register sockets with on this runtime.
     fn reactor(&self) -> Reactor {
         Reactor::None
@@ -78,6 +99,26 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// default says yes.
     fn check(&self) -> Result<(), crate::error::ConfigError> {
         Ok(())
+    }
+}
+
+/// async-io's timer (smol's and async-std's) as a [`Timer`]: it resets in place.
+#[cfg(feature = "async-io")]
+struct IoTimer(async_io::Timer);
+
+#[cfg(feature = "async-io")]
+impl Future for IoTimer {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        Pin::new(&mut self.get_mut().0).poll(cx).map(drop)
+    }
+}
+
+#[cfg(feature = "async-io")]
+impl Timer for IoTimer {
+    fn reset(self: Pin<&mut Self>, deadline: Instant) {
+        self.get_mut().0.set_at(deadline);
     }
 }
 
@@ -115,6 +156,17 @@ pub fn default_runtime() -> Option<Arc<dyn Runtime>> {
     #[allow(unreachable_code)]
     None
 }
+
+/// `now + duration`, or a deadline about a century away when that does not fit in an
+/// `Instant` (`Duration::MAX` as "no timeout" must not panic).
+pub fn deadline_after(now: Instant, duration: Duration) -> Instant {
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(FOREVER))
+        .unwrap_or(now)
+}
+
+/// What "practically forever" is for a timer.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Races `future` against the runtime's clock: `None` if `duration` passed first.
 pub(crate) async fn timeout<T>(

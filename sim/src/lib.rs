@@ -157,10 +157,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use berth::listener::{Accepted, Listener};
-use berth::runtime::{BoxFuture, Runtime};
+use berth::runtime::{BoxFuture, BoxTimer, Runtime, Timer};
 use berth::{Builder, Handler, ServerHandle};
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
@@ -193,12 +193,39 @@ impl Runtime for Sim {
         drop(tokio::task::spawn_local(future));
     }
 
-    fn sleep(&self, duration: Duration) -> BoxFuture {
-        Box::pin(tokio::time::sleep(duration))
+    fn timer(&self, deadline: Instant) -> BoxTimer {
+        Box::pin(SimTimer {
+            sleep: tokio::time::sleep_until(deadline.into()),
+        })
     }
 
     fn now(&self) -> Instant {
         tokio::time::Instant::now().into_std()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A timer on the simulated clock (turmoil drives tokio's), reset in place.
+    struct SimTimer {
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
+}
+
+impl std::future::Future for SimTimer {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.project().sleep.poll(cx)
+    }
+}
+
+impl Timer for SimTimer {
+    fn reset(self: std::pin::Pin<&mut Self>, deadline: Instant) {
+        self.project().sleep.reset(deadline.into());
     }
 }
 

@@ -15,9 +15,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use berth::runtime::{BoxFuture, Runtime};
+use berth::runtime::{BoxFuture, BoxTimer, Runtime};
 
 use crate::Sim;
 use crate::rng::Rng;
@@ -89,8 +89,8 @@ impl Runtime for Shuffle {
         }));
     }
 
-    fn sleep(&self, duration: Duration) -> BoxFuture {
-        Sim.sleep(duration)
+    fn timer(&self, deadline: Instant) -> BoxTimer {
+        Sim.timer(deadline)
     }
 
     fn now(&self) -> Instant {

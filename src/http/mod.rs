@@ -75,7 +75,7 @@ use self::service::Svc;
 use self::state::Shared;
 use crate::conn::Conn;
 use crate::handler::Handler;
-use crate::runtime::BoxFuture;
+use crate::runtime::BoxTimer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -261,9 +261,12 @@ struct Driver {
     shut: bool,
     /// The quiet period being timed during a drain: its key (responses finished when it
     /// began) and its timer.
-    grace: Option<((u64, u64), BoxFuture)>,
-    /// The request head being timed: its key and its timer.
-    header: Option<(u64, BoxFuture)>,
+    grace: Option<((u64, u64), BoxTimer)>,
+    /// The header timeout's timer, made at the first head and set for the deadline of a
+    /// head awaited at some point. It is re-armed only when it fires before the current
+    /// head's deadline, so a request costs no timer operation (one re-arm per timeout's
+    /// length at most).
+    header: Option<BoxTimer>,
 }
 
 /// What the driver found that ends or changes the connection.
@@ -333,19 +336,19 @@ impl Driver {
             }
         }
         if let Some(timeout) = self.header_timeout {
-            match self.shared.head_started() {
-                Some((key, started)) => {
-                    if self.header.as_ref().is_none_or(|(k, _)| *k != key) {
-                        let left = (started + timeout).saturating_duration_since(self.rt.now());
-                        self.header = Some((key, self.rt.sleep(left)));
+            // Between requests the timer is not polled: it wakes nobody, and the next head
+            // finds it due at once if its deadline passed meanwhile, and re-arms it.
+            if let Some(started) = self.shared.head_started() {
+                let deadline = crate::runtime::deadline_after(started, timeout);
+                let rt = &self.rt;
+                let timer = self.header.get_or_insert_with(|| rt.timer(deadline));
+                while timer.as_mut().poll(cx).is_ready() {
+                    if rt.now() >= deadline {
+                        return Step::Close;
                     }
-                    if let Some((_, sleep)) = &mut self.header {
-                        if sleep.as_mut().poll(cx).is_ready() {
-                            return Step::Close;
-                        }
-                    }
+                    // Set for an earlier head: wait for this one's deadline instead.
+                    timer.as_mut().reset(deadline);
                 }
-                None => self.header = None,
             }
         }
         Step::Wait

@@ -2,11 +2,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::runtime::{BoxFuture, Runtime};
+use crate::runtime::{BoxTimer, Runtime};
 
 /// The runtime a connection runs on, in the forms hyper takes: an
 /// [`Executor`](hyper::rt::Executor) (HTTP/2 streams, a client's connection task) and a
@@ -50,11 +50,19 @@ where
 
 impl hyper::rt::Timer for HyperRuntime {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(Sleep(Mutex::new(self.rt.sleep(duration))))
+        Box::pin(Sleep(self.rt.sleep(duration)))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep(deadline.saturating_duration_since(self.rt.now()))
+        Box::pin(Sleep(self.rt.timer(deadline)))
+    }
+
+    /// Moves the runtime's timer in place when it is one of ours: no new timer.
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
+        match sleep.as_mut().downcast_mut_pin::<Sleep>() {
+            Some(ours) => ours.get_mut().0.as_mut().reset(new_deadline),
+            None => *sleep = self.sleep_until(new_deadline),
+        }
     }
 
     /// The runtime's clock (virtual under simulation), not the wall clock.
@@ -63,9 +71,8 @@ impl hyper::rt::Timer for HyperRuntime {
     }
 }
 
-/// A runtime's sleep as hyper's `Sleep`, which must be `Sync`: the mutex is never locked,
-/// only reached through `&mut` (`get_mut`), so it costs nothing.
-struct Sleep(Mutex<BoxFuture>);
+/// A runtime's timer as hyper's `Sleep`.
+struct Sleep(BoxTimer);
 
 impl hyper::rt::Sleep for Sleep {}
 
@@ -73,10 +80,6 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.get_mut().0.get_mut() {
-            Ok(sleep) => sleep.as_mut().poll(cx),
-            // Poisoned only by a panic inside a poll: that sleep is over.
-            Err(_) => Poll::Ready(()),
-        }
+        self.get_mut().0.as_mut().poll(cx)
     }
 }

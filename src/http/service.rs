@@ -105,48 +105,76 @@ where
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    // A named future, not a boxed one: no allocation and no copy of the user's future per
+    // request.
+    type Future = ResponseFuture<S::Future>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let version = req.version();
         let guard = RequestGuard::start(&self.shared, &self.info, &req);
         req.extensions_mut().insert(self.info.clone());
-        let future = self.inner.call(req);
-        let timeout = self.request_timeout;
-        let rt = self.info.rt.clone();
-        let shared = self.shared.clone();
-        let info = self.info.clone();
-        Box::pin(async move {
-            let mut guard = guard;
-            let outcome = match timeout {
-                Some(timeout) => crate::runtime::timeout(rt.as_ref(), timeout, future).await,
-                None => Some(future.await),
-            };
-            let mut response = match outcome {
-                Some(result) => result?.map(|body| TrackedBody {
-                    inner: Some(body),
-                    guard: None,
-                }),
-                None => {
+        ResponseFuture {
+            inner: self.inner.call(req),
+            timer: self
+                .request_timeout
+                .map(|timeout| self.info.rt.sleep(timeout)),
+            guard: Some(guard),
+            version,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The user's response future, raced against the request timeout; the response it
+    /// gives carries the request's guard in its body.
+    pub(super) struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        timer: Option<crate::runtime::BoxTimer>,
+        guard: Option<RequestGuard>,
+        version: Version,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match this.inner.poll(cx) {
+            Poll::Ready(result) => result?.map(|body| TrackedBody {
+                inner: Some(body),
+                guard: None,
+            }),
+            Poll::Pending => match this.timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => {
                     let mut response = Response::new(TrackedBody {
                         inner: None,
                         guard: None,
                     });
                     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                     // Whatever the handler left half-done on this connection goes with it.
-                    close_after(&mut response, version);
+                    close_after(&mut response, *this.version);
                     response
                 }
-            };
-            // The server's state, not only the connection task's flag: a request answered
-            // right after the drain began, before the task saw it, is told to close too.
-            if shared.is_draining() || info.handle.server_is_draining() {
-                close_after(&mut response, version);
-            }
-            guard.status = Some(response.status());
-            response.body_mut().guard = Some(guard);
-            Ok(response)
-        })
+                _ => return Poll::Pending,
+            },
+        };
+        let mut guard = this
+            .guard
+            .take()
+            .expect("ResponseFuture polled after it completed");
+        // The server's state, not only the connection task's flag: a request answered
+        // right after the drain began, before the task saw it, is told to close too.
+        if guard.shared.is_draining() || guard.info.handle.server_is_draining() {
+            close_after(&mut response, *this.version);
+        }
+        guard.status = Some(response.status());
+        response.body_mut().guard = Some(guard);
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -165,35 +193,29 @@ fn close_after<B>(response: &mut Response<B>, version: Version) {
 /// request counts in flight, and its end is measured.
 pub(super) struct RequestGuard {
     shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
     _busy: Busy,
     status: Option<StatusCode>,
     #[cfg(any(feature = "metrics", feature = "tracing"))]
     started: Instant,
-    #[cfg(any(feature = "metrics", feature = "tracing"))]
-    rt: Arc<dyn Runtime>,
     #[cfg(feature = "tracing")]
     method: hyper::Method,
-    #[cfg(feature = "tracing")]
-    id: u64,
 }
 
 impl RequestGuard {
-    fn start(shared: &Arc<Shared>, info: &ConnInfo, req: &Request<Incoming>) -> Self {
+    fn start(shared: &Arc<Shared>, info: &Arc<ConnInfo>, req: &Request<Incoming>) -> Self {
         shared.request_started(req.version() == Version::HTTP_2);
         #[cfg(feature = "metrics")]
         metrics::gauge!("berth_http_requests_in_flight").increment(1.0);
         RequestGuard {
             shared: shared.clone(),
+            info: info.clone(),
             _busy: info.handle.busy(),
             status: None,
             #[cfg(any(feature = "metrics", feature = "tracing"))]
             started: info.rt.now(),
-            #[cfg(any(feature = "metrics", feature = "tracing"))]
-            rt: info.rt.clone(),
             #[cfg(feature = "tracing")]
             method: req.method().clone(),
-            #[cfg(feature = "tracing")]
-            id: info.handle.id(),
         }
     }
 }
@@ -202,19 +224,14 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.shared.request_finished();
         #[cfg(any(feature = "metrics", feature = "tracing"))]
-        let took = self.rt.now().saturating_duration_since(self.started);
+        let took = self.info.rt.now().saturating_duration_since(self.started);
         let class = status_class(self.status);
         #[cfg(feature = "metrics")]
-        {
-            metrics::gauge!("berth_http_requests_in_flight").decrement(1.0);
-            metrics::counter!("berth_http_requests_total", "class" => class).increment(1);
-            metrics::histogram!("berth_http_request_duration_seconds", "class" => class)
-                .record(took.as_secs_f64());
-        }
+        record_request(class, took);
         #[cfg(feature = "tracing")]
         tracing::debug!(
             target: "berth::http",
-            conn = self.id,
+            conn = self.info.handle.id(),
             method = %self.method,
             status = self.status.map_or(0, |s| s.as_u16()),
             class,
@@ -222,6 +239,28 @@ impl Drop for RequestGuard {
             "request"
         );
         let _ = class;
+    }
+}
+
+/// A finished request in the metrics. Each class is spelled out so that every key is a
+/// static one: a label from a variable would build (and allocate) the key per request.
+#[cfg(feature = "metrics")]
+fn record_request(class: &'static str, took: std::time::Duration) {
+    macro_rules! record {
+        ($class:literal) => {{
+            metrics::counter!("berth_http_requests_total", "class" => $class).increment(1);
+            metrics::histogram!("berth_http_request_duration_seconds", "class" => $class)
+                .record(took.as_secs_f64());
+        }};
+    }
+    metrics::gauge!("berth_http_requests_in_flight").decrement(1.0);
+    match class {
+        "1xx" => record!("1xx"),
+        "2xx" => record!("2xx"),
+        "3xx" => record!("3xx"),
+        "4xx" => record!("4xx"),
+        "5xx" => record!("5xx"),
+        _ => record!("error"),
     }
 }
 

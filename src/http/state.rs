@@ -62,14 +62,13 @@ impl Shared {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// When the HTTP/1 request head being awaited began, with a key that changes with each
-    /// head; `None` between requests.
-    pub(super) fn head_started(&self) -> Option<(u64, Instant)> {
+    /// When the HTTP/1 request head being awaited began; `None` between requests.
+    pub(super) fn head_started(&self) -> Option<Instant> {
         let since = self.head_since.load(Ordering::Relaxed);
         if since == 0 || self.h2.load(Ordering::Relaxed) {
             return None;
         }
-        Some((since, self.base + Duration::from_nanos(since - 1)))
+        Some(self.base + Duration::from_nanos(since - 1))
     }
 
     /// Whether no request is in progress; if so, the key of this quiet period: it changes

@@ -1,8 +1,8 @@
 //! The async-std adapter.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{BoxFuture, Reactor, Runtime};
+use super::{BoxFuture, BoxTimer, Reactor, Runtime};
 
 /// Runs berth on async-std's global executor and timers.
 ///
@@ -18,8 +18,9 @@ impl Runtime for AsyncStd {
         drop(async_std::task::spawn(future));
     }
 
-    fn sleep(&self, duration: Duration) -> BoxFuture {
-        Box::pin(async_std::task::sleep(duration))
+    fn timer(&self, deadline: Instant) -> BoxTimer {
+        // async-std's own timers are async-io's.
+        Box::pin(super::IoTimer(async_io::Timer::at(deadline)))
     }
 
     fn now(&self) -> Instant {

@@ -2,11 +2,11 @@
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_executor::Executor;
 
-use super::{BoxFuture, Reactor, Runtime};
+use super::{BoxFuture, BoxTimer, Reactor, Runtime};
 
 /// Runs berth on an [`async_executor::Executor`], with async-io timers.
 ///
@@ -79,11 +79,8 @@ impl Runtime for Smol {
         self.executor.spawn(future).detach();
     }
 
-    fn sleep(&self, duration: Duration) -> BoxFuture {
-        let timer = async_io::Timer::after(duration);
-        Box::pin(async move {
-            timer.await;
-        })
+    fn timer(&self, deadline: Instant) -> BoxTimer {
+        Box::pin(super::IoTimer(async_io::Timer::at(deadline)))
     }
 
     fn now(&self) -> Instant {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{BoxFuture, Reactor, Runtime};
+use super::{BoxFuture, BoxTimer, Reactor, Runtime, Timer};
 
 /// Runs berth on a tokio runtime: tokio tasks, tokio's timers (so `tokio::time::pause` and
 /// simulators built on tokio's clock apply to berth's timeouts too) and tokio's sockets.
@@ -49,9 +49,9 @@ impl Runtime for Tokio {
         drop(self.handle.spawn(future));
     }
 
-    fn sleep(&self, duration: Duration) -> BoxFuture {
+    fn timer(&self, deadline: Instant) -> BoxTimer {
         let _guard = self.handle.enter();
-        Box::pin(tokio::time::sleep(duration))
+        Box::pin(tokio::time::sleep_until(deadline.into()))
     }
 
     fn now(&self) -> Instant {
@@ -69,5 +69,12 @@ impl Runtime for Tokio {
         let _guard = self.handle.enter();
         std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO)))
             .map_err(|_| crate::error::ConfigError::RuntimeDriverMissing("time"))
+    }
+}
+
+/// tokio's `Sleep` resets in place (its timer entry moves in the wheel).
+impl Timer for tokio::time::Sleep {
+    fn reset(self: std::pin::Pin<&mut Self>, deadline: Instant) {
+        tokio::time::Sleep::reset(self, deadline.into());
     }
 }

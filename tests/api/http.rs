@@ -333,6 +333,36 @@ fn the_header_timeout_closes_a_slow_head_while_others_are_served<R: Rt>() {
     });
 }
 
+/// One timer per connection serves every head: after many requests (its first deadline
+/// long past), a slow head is still given the whole timeout, counted from its own start.
+fn the_header_timeout_counts_from_each_head_on_a_long_connection<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let timeout = Duration::from_millis(300);
+        let (handle, addr) = serve::<R>(common::config(), http().header_timeout(Some(timeout)));
+        let mut stream = connect(addr).await;
+        // About 2.5 timeouts of requests (each takes 50 ms in the server) on one connection.
+        let first = Instant::now();
+        while first.elapsed() < timeout * 5 / 2 {
+            assert_eq!(get(&mut stream, "/slow?ms=50").await.status, 200);
+        }
+        let began = Instant::now();
+        stream.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        assert!(
+            matches!(
+                ending(&mut stream).await,
+                common::End::Eof { .. } | common::End::Error { .. }
+            ),
+            "the slow head is cut"
+        );
+        assert!(
+            began.elapsed() >= timeout,
+            "cut {:?} after its head began, before the timeout",
+            began.elapsed()
+        );
+        handle.close().await;
+    });
+}
+
 fn the_request_timeout_answers_503<R: Rt>() {
     run::<R>(LIMIT, async {
         let http = http().request_timeout(Some(Duration::from_millis(200)));
@@ -401,6 +431,7 @@ on_every_runtime!(
     a_drain_closes_a_quiet_keep_alive_connection_after_the_grace,
     a_request_in_flight_completes_through_a_drain,
     the_header_timeout_closes_a_slow_head_while_others_are_served,
+    the_header_timeout_counts_from_each_head_on_a_long_connection,
     the_request_timeout_answers_503,
     a_busy_connection_is_not_idle,
 );

@@ -66,6 +66,7 @@ macro_rules! all_tests {
             forced_shutdown_fails_pending_io_with_connection_aborted,
             server_and_error_hooks_are_replaceable_while_running,
             panicking_tune_hook_closes_only_that_connection,
+            timers_reset_in_place_and_never_fire_early,
         );
     };
 }
@@ -1866,5 +1867,68 @@ pub fn panicking_tune_hook_closes_only_that_connection<R: Rt>() {
             .shutdown_within(Duration::from_secs(5))
             .await
             .unwrap();
+    });
+}
+
+/// The `Runtime::timer` contract every adapter keeps: a timer completes at its deadline,
+/// never before it (on the runtime's own clock), and `reset` moves the deadline either way,
+/// also after the timer completed.
+pub fn timers_reset_in_place_and_never_fire_early<R: Rt>() {
+    use berth::runtime::Runtime as _;
+    run::<R>(LIMIT, async {
+        let rt = R::runtime();
+        let step = Duration::from_millis(40);
+        // Moved earlier: a timer set an hour ahead completes at the new, near deadline.
+        let start = rt.now();
+        let mut timer = rt.timer(start + Duration::from_secs(3600));
+        timer.as_mut().reset(start + step);
+        within(
+            Duration::from_secs(10),
+            "a timer moved earlier",
+            timer.as_mut(),
+        )
+        .await;
+        assert!(
+            rt.now() >= start + step,
+            "[{}] completed before its deadline",
+            R::NAME
+        );
+        // Reset after it completed: it completes again, at the new deadline.
+        let again = rt.now() + step;
+        timer.as_mut().reset(again);
+        within(
+            Duration::from_secs(10),
+            "a completed timer reset",
+            timer.as_mut(),
+        )
+        .await;
+        assert!(
+            rt.now() >= again,
+            "[{}] a reset timer completed early",
+            R::NAME
+        );
+        // Moved later: it does not complete at the old deadline.
+        let soon = rt.now() + step;
+        timer.as_mut().reset(soon);
+        timer.as_mut().reset(soon + Duration::from_secs(3600));
+        let early = completes_within(step * 3, timer.as_mut()).await;
+        assert!(
+            early.is_none(),
+            "[{}] a timer moved later completed at its old deadline",
+            R::NAME
+        );
+        // sleep counts from the call: a duration that does not fit an Instant waits, no panic.
+        let long = rt.sleep(Duration::MAX);
+        assert!(completes_within(step, long).await.is_none());
+        // ...from the call, not from its first poll: made, then left alone past its
+        // deadline, it is due at once.
+        let made = rt.now();
+        let short = rt.sleep(step);
+        rt.timer(made + step * 2).await;
+        assert!(
+            completes_within(step / 2, short).await.is_some(),
+            "[{}] a sleep counted from its first poll, not from its call",
+            R::NAME
+        );
     });
 }
