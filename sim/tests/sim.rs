@@ -1061,3 +1061,48 @@ fn resumed_sessions_and_ticket_rotation_under_time_travel() {
         "{stats:?}"
     );
 }
+
+/// `Runtime::timer` on the simulated clock: a reset moves the deadline either way (also
+/// after the timer completed), a timer never completes before its deadline, and `sleep`
+/// counts from its call.
+#[test]
+fn timers_reset_in_place_on_the_simulated_clock() {
+    use berth::runtime::Runtime as _;
+    let mut sim = sim(1, Duration::from_secs(7200)).build();
+    sim.client("timers", async {
+        let rt = berth_sim::Sim;
+        let start = rt.now();
+        let mut timer = rt.timer(start + Duration::from_secs(3600));
+        timer.as_mut().reset(start + Duration::from_secs(5));
+        timer.as_mut().await;
+        assert_eq!(rt.now() - start, Duration::from_secs(5), "moved earlier");
+        let again = rt.now() + Duration::from_secs(7);
+        timer.as_mut().reset(again);
+        timer.as_mut().await;
+        assert_eq!(rt.now(), again, "reset after it completed");
+        let soon = rt.now() + Duration::from_secs(1);
+        timer.as_mut().reset(soon);
+        timer.as_mut().reset(soon + Duration::from_secs(60));
+        let early = async {
+            timer.as_mut().await;
+            true
+        }
+        .or(async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            false
+        })
+        .await;
+        assert!(!early, "a timer moved later completed at its old deadline");
+        let made = rt.now();
+        let short = rt.sleep(Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        short.await;
+        assert_eq!(
+            rt.now() - made,
+            Duration::from_secs(3),
+            "sleep counts from its call"
+        );
+        Ok(())
+    });
+    sim.run().expect("simulation");
+}
