@@ -22,6 +22,10 @@
 //!
 //! The parent's side runs on a thread of its own (blocking I/O with timeouts), so it needs
 //! no reactor and works on any runtime.
+//!
+//! This file holds the handover itself, both processes' sides of the channel; `start.rs`
+//! runs an upgrade from the old process's side (claim it, hand over, then drain or serve
+//! on), and `tickets.rs` carries the TLS ticket keys (feature `tls`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
