@@ -567,7 +567,7 @@ impl Config {
 
 /// Parses `HOST:PORT` strictly, so that mistakes get a precise error instead of a DNS
 /// lookup of garbage.
-fn parse_address(address: &str) -> Result<SocketAddr, ConfigError> {
+pub(crate) fn parse_address(address: &str) -> Result<SocketAddr, ConfigError> {
     let trimmed = address.trim();
     if trimmed.is_empty() {
         return Err(ConfigError::EmptyAddress);

@@ -54,8 +54,9 @@
 // 4. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task), watchdog;
 // 5. connection: lifecycle, conn (the handler's view), handler, connection (the task);
 // 6. loop: accept;
-// 7. front: server, http (hyper on top of a handler), run (the process's lifecycle), and
-//    the re-exports below;
+// 7. front: server, bind (the listeners a config describes: bound, adopted or inherited),
+//    http (hyper on top of a handler), run (the process's lifecycle), and the re-exports
+//    below;
 // 8. tests only: micro, layers.
 
 /// The loom models of the lock-free parts, run by the workspace's `loom` crate
@@ -74,6 +75,7 @@ mod accept;
 mod acme;
 mod addr;
 mod admission;
+mod bind;
 mod capacity;
 mod clock;
 mod config;

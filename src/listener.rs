@@ -30,7 +30,7 @@ mod unix;
 
 pub(crate) use prefixed::Prefixed;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
-pub(crate) use socket::inherited_tcp;
+pub(crate) use socket::{SocketOptions, inherited_tcp};
 #[cfg(any(feature = "async-io", feature = "tokio"))]
 pub use tcp::{TcpListener, TcpStream};
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]

@@ -64,6 +64,16 @@ impl ServerHandle {
         }
     }
 
+    /// Upgrades when a shutdown was asked for by a SIGHUP (see
+    /// [`shutdown_on`](Self::shutdown_on)); a failure goes to the error hook.
+    pub(crate) async fn upgrade_on_hangup(&self, stopped_by: &dyn std::any::Any) {
+        if stopped_by.downcast_ref() == Some(&Signal::Hangup) {
+            if let Err(e) = self.upgrade().await {
+                self.report_error(&e);
+            }
+        }
+    }
+
     /// A graceful shutdown whose forced connections are in the report (see `run`).
     async fn stop(&self) -> Result<ShutdownReport, Error> {
         match self.shutdown().await {

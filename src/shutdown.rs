@@ -30,6 +30,27 @@ use crate::stop::State;
 /// hangs), so shutdown never hangs.
 const FORCED_DROP_WAIT: Duration = Duration::from_secs(1);
 
+/// The lame duck (`Config::lame_duck`): serving on, reported not ready, for `duration` or
+/// until skipped, before a graceful shutdown drains.
+pub(crate) async fn lame_duck(core: &Core, duration: Duration) {
+    if core.state() != State::Running || core.stop().stop_accepting_requested() {
+        return;
+    }
+    let readiness = core.readiness();
+    if !readiness.begin_lame_duck() {
+        readiness.skip_lame_duck(); // a second shutdown: no more waiting
+        return;
+    }
+    core.hooks().server(ServerEvent::LameDuck { duration });
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    crate::watchdog::stopping(core);
+    core.runtime()
+        .sleep(duration)
+        .or(readiness.lame_duck_skipped())
+        .or(core.stop().stopped())
+        .await;
+}
+
 /// Stops the server: drain for at most `grace`, then force. `force_now` is `close()`.
 pub(crate) async fn stop(
     core: &Core,

@@ -22,6 +22,10 @@
 //!
 //! The parent's side runs on a thread of its own (blocking I/O with timeouts), so it needs
 //! no reactor and works on any runtime.
+//!
+//! This file holds the handover itself, both processes' sides of the channel; `start.rs`
+//! runs an upgrade from the old process's side (claim it, hand over, then drain or serve
+//! on), and `tickets.rs` carries the TLS ticket keys (feature `tls`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -49,13 +53,17 @@ const HELLO: &str = "berth-upgrade 1";
 pub(crate) const MAX_LISTENERS: usize = 200;
 /// The reserved name of the socket that carries the TLS ticket keys.
 pub(crate) const TICKET_KEYS: &str = "berth/tls-ticket-keys";
-/// The largest message [`message`] carries (a socket pair's buffer holds it without a reader).
-#[cfg(feature = "tls")]
-const MAX_MESSAGE: usize = 64 * 1024;
 /// How often the parent looks whether the child has exited while it waits.
 const POLL: Duration = Duration::from_millis(50);
 
+mod start;
+#[cfg(feature = "tls")]
+mod tickets;
+
 pub use crate::error::UpgradeError;
+pub(crate) use start::{hand_over_too, serving, start};
+#[cfg(feature = "tls")]
+pub(crate) use tickets::import as inherited_ticket_keys;
 
 /// What a successful upgrade did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,35 +432,4 @@ impl Drop for Channel {
 /// reserved.
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.chars().any(char::is_control) && name != TICKET_KEYS
-}
-
-/// A socket holding `bytes` for the new process to read ([`read_message`]): the read end
-/// of a socket pair whose write end wrote them and closed. Errors when they do not fit.
-#[cfg(feature = "tls")]
-pub(crate) fn message(bytes: &[u8]) -> io::Result<OwnedFd> {
-    if bytes.len() > MAX_MESSAGE {
-        return Err(io::Error::other("the message is too long for the handover"));
-    }
-    let (mut writer, reader) = UnixStream::pair()?;
-    // Nobody reads until the new process runs: never block on a full buffer.
-    writer.set_nonblocking(true)?;
-    writer.write_all(bytes)?;
-    drop(writer);
-    Ok(reader.into())
-}
-
-/// Reads what [`message`] holds, from the socket handed over under `name`, if there is one.
-#[cfg(feature = "tls")]
-pub(crate) fn read_message(name: &str) -> io::Result<Option<Vec<u8>>> {
-    let Some(fd) = take_socket(name)? else {
-        return Ok(None);
-    };
-    use std::io::Read as _;
-    let stream = UnixStream::from(fd);
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut bytes = Vec::new();
-    stream
-        .take(MAX_MESSAGE as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
 }

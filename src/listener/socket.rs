@@ -22,10 +22,32 @@ pub(crate) fn inherited_tcp() -> Result<Option<std::net::TcpListener>, Error> {
         })
 }
 
-/// Validates `config` and returns a bound, listening std listener.
-pub(crate) fn bind_tcp(config: &Config) -> Result<std::net::TcpListener, Error> {
-    config.validate()?;
-    let addr = config.resolve_address()?;
+/// The socket options every listener of a server shares, from its config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SocketOptions {
+    /// The kernel's queue of connections not yet accepted.
+    pub(crate) backlog: u32,
+    /// `SO_REUSEPORT` on TCP listening sockets (Unix only).
+    pub(crate) reuse_port: bool,
+    /// `TCP_NODELAY` on accepted TCP streams.
+    pub(crate) nodelay: bool,
+}
+
+impl SocketOptions {
+    pub(crate) fn of(config: &Config) -> Self {
+        SocketOptions {
+            backlog: config.backlog,
+            reuse_port: config.reuse_port,
+            nodelay: config.nodelay,
+        }
+    }
+}
+
+/// A bound, listening std listener on `addr` (already resolved).
+pub(crate) fn bind_tcp(
+    addr: SocketAddr,
+    options: &SocketOptions,
+) -> Result<std::net::TcpListener, Error> {
     let bind_err = |source| Error::Bind {
         addr: addr.into(),
         source,
@@ -40,11 +62,11 @@ pub(crate) fn bind_tcp(config: &Config) -> Result<std::net::TcpListener, Error> 
         unix,
         not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
     ))]
-    if config.reuse_port {
+    if options.reuse_port {
         socket.set_reuse_port(true).map_err(bind_err)?;
     }
     socket.bind(&addr.into()).map_err(bind_err)?;
-    listen(socket, config.backlog)
+    listen(socket, options.backlog)
         .map(Into::into)
         .map_err(bind_err)
 }

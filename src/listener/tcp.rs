@@ -42,8 +42,22 @@ impl TcpListener {
     /// address not local).
     pub fn bind(config: &Config, reactor: &Reactor) -> Result<Self, Error> {
         super::socket::check_reactor(reactor)?;
-        let std = super::socket::bind_tcp(config)?;
-        Self::from_std(std, config.nodelay, reactor)
+        // Resolved once, then bound as it was resolved.
+        let addr = config.resolve_address()?;
+        config.validate_settings()?;
+        let options = super::socket::SocketOptions::of(config);
+        Self::bind_addr(addr, &options, reactor)
+    }
+
+    /// Binds `addr` (already resolved) with `options`, for `reactor`.
+    pub(crate) fn bind_addr(
+        addr: std::net::SocketAddr,
+        options: &super::socket::SocketOptions,
+        reactor: &Reactor,
+    ) -> Result<Self, Error> {
+        super::socket::check_reactor(reactor)?;
+        let std = super::socket::bind_tcp(addr, options)?;
+        Self::from_std(std, options.nodelay, reactor)
     }
 
     /// Serves an already-bound std listener (one inherited from a parent process, or bound

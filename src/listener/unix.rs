@@ -60,6 +60,16 @@ impl UnixListener {
         let Some(unix) = &config.unix else {
             return Err(ConfigError::ListenerMismatch("no `unix` settings to bind").into());
         };
+        Self::bind_path(unix, config.backlog, reactor)
+    }
+
+    /// Listens on `unix` (already validated) with `backlog`, for `reactor`.
+    pub(crate) fn bind_path(
+        unix: &UnixConfig,
+        backlog: u32,
+        reactor: &Reactor,
+    ) -> Result<Self, Error> {
+        super::socket::check_reactor(reactor)?;
         let path: Arc<Path> = Arc::from(unix.path.as_path());
         let err = |source| Error::Bind {
             addr: Addr::Unix(Some(path.clone())),
@@ -74,7 +84,7 @@ impl UnixListener {
             let created = std::fs::symlink_metadata(&path)?;
             set_owner_and_mode(&path, unix)?;
             // Only now can clients connect: before listen() they are refused.
-            let socket = super::socket::listen(socket, config.backlog)?;
+            let socket = super::socket::listen(socket, backlog)?;
             let inner = Backend::register(socket.into(), reactor)?;
             Ok((inner, (created.dev(), created.ino())))
         })();
