@@ -111,7 +111,7 @@ impl Key {
 /// Made by [`rotating`](Self::rotating) (random keys, a new one every rotation period) or
 /// [`from_file`](Self::from_file) (the keys of a file several instances share; no automatic
 /// rotation: whoever writes the file rotates). Servers make their own from
-/// [`TlsConfig`]'s `ticket_*` settings.
+/// [`TlsConfig`](super::TlsConfig)'s `ticket_*` settings.
 ///
 /// Its `Debug` output shows how many keys it holds, never their bytes.
 pub struct TicketKeys {
@@ -166,6 +166,8 @@ impl TicketKeys {
 
     /// The keys of a key file (see [`TlsConfig::ticket_key_file`] for the format), with
     /// `lifetime` announced to clients. They are not rotated here.
+    ///
+    /// [`TlsConfig::ticket_key_file`]: super::TlsConfig::ticket_key_file
     pub fn from_file(path: &Path, lifetime: Duration) -> Result<Arc<TicketKeys>, TlsError> {
         let bytes = std::fs::read(path).map_err(|e| key_file_error(path, e.to_string()))?;
         TicketKeys::from_bytes(path, &bytes, lifetime, Arc::new(Instant::now))
