@@ -1,5 +1,5 @@
 //! The places connections and handshakes take: the open count with the `max_connections`
-//! reservations, and the `max_handshakes` places.
+//! reservations, the `Closed` reports still under way, and the `max_handshakes` places.
 //!
 //! Lock-free counters plus an event that wakes waiters when a place is given back. Every
 //! wait checks, listens and checks again ([`until`]), and every give-back notifies after it
@@ -16,8 +16,10 @@ pub(crate) struct Capacity {
     open: AtomicUsize,
     /// Places under `max_connections` held by accept loops waiting in `accept`.
     reserved: AtomicUsize,
-    /// The open count went down or a reservation was given back (and, notified by the
-    /// core, a `Closed` report finished).
+    /// `Closed` events being reported (shutdown waits for them too).
+    reports: AtomicUsize,
+    /// The open count went down, a reservation was given back, or a `Closed` report
+    /// finished.
     closed: Event,
     /// TLS handshakes under way, and the event their ends notify (`max_handshakes`).
     handshakes: AtomicUsize,
@@ -81,10 +83,27 @@ impl Capacity {
         self.closed.notify(usize::MAX);
     }
 
-    /// Notified when the open count goes down or a reservation is given back; the core also
-    /// notifies it when a `Closed` report finished.
+    /// Notified when the open count goes down, a reservation is given back, or a `Closed`
+    /// report finished.
     pub(crate) fn closed(&self) -> &Event {
         &self.closed
+    }
+
+    /// A `Closed` event is about to be reported: [`all_closed`](Self::all_closed) waits for
+    /// it until [`report_done`](Self::report_done).
+    pub(crate) fn report_begun(&self) {
+        self.reports.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The `Closed` event begun with [`report_begun`](Self::report_begun) is out.
+    pub(crate) fn report_done(&self) {
+        self.reports.fetch_sub(1, Ordering::AcqRel);
+        self.closed.notify(usize::MAX);
+    }
+
+    /// Whether no connection is open and every `Closed` event has been reported.
+    pub(crate) fn all_closed(&self) -> bool {
+        self.open() == 0 && self.reports.load(Ordering::Acquire) == 0
     }
 
     /// Waits until fewer than `max` connections are open.

@@ -350,15 +350,22 @@ pub(crate) enum Count {
     TlsResumed,
 }
 
-/// The live counters behind [`Stats`]. Relaxed atomics: they are statistics, not
-/// synchronization.
+/// The live counters behind [`Stats`], and the connection ids handed out. Relaxed atomics:
+/// they are statistics and unique numbers, not synchronization.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     counts: [AtomicU64; 7],
     closed: [AtomicU64; CloseReason::ALL.len()],
+    /// Connection ids handed out so far (ids start at 1).
+    ids: AtomicU64,
 }
 
 impl Counters {
+    /// A new connection id, unique within the server: 1, 2, 3...
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     pub(crate) fn add(&self, what: Count) {
         self.counts[what as usize].fetch_add(1, Ordering::Relaxed);
     }

@@ -48,16 +48,18 @@
 // 1. vocabulary: addr, error, config, limits, events, metrics, extensions, unwind, sync,
 //    runtime, listener, signal, systemd, fault, proxy (the settings and the header reader),
 //    tls (the settings, the handshake, ticket keys, the ACME client);
-// 2. parts, alone: clock, capacity, stop, pressure, handovers, admission, pool, readiness,
+// 2. parts, alone: clock, capacity, pressure, handovers, admission, pool, readiness,
 //    hooks, endpoint (one listener's name, address and current TLS configuration);
-// 3. core: state (the `Core` that holds the parts);
-// 4. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task), watchdog;
-// 5. connection: lifecycle, conn (the handler's view), handler, connection (the task);
-// 6. loop: accept;
-// 7. front: server, bind (the listeners a config describes: bound, adopted or inherited),
+// 3. parts of parts, alone: stop (with the readiness), listeners (the endpoints, the
+//    hand-overs, the TLS choice);
+// 4. core: state (the `Core` that holds the parts);
+// 5. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task), watchdog;
+// 6. connection: lifecycle, conn (the handler's view), handler, connection (the task);
+// 7. loop: accept;
+// 8. front: server, bind (the listeners a config describes: bound, adopted or inherited),
 //    http (hyper on top of a handler), run (the process's lifecycle), and the re-exports
 //    below;
-// 8. tests only: micro, layers.
+// 9. tests only: micro, layers.
 
 /// The loom models of the lock-free parts, run by the workspace's `loom` crate
 /// (`RUSTFLAGS="--cfg berth_loom" cargo test --release -p berth-loom`, see `.ci/run`). Not
@@ -99,6 +101,7 @@ mod layers;
 mod lifecycle;
 pub mod limits;
 pub mod listener;
+mod listeners;
 #[cfg(feature = "metrics")]
 mod metrics;
 #[cfg(test)]

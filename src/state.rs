@@ -1,6 +1,7 @@
 //! The core every part of one server shares: its settings, runtime and hooks, and the owned
-//! parts it is made of (the clock, the capacity, the stop, the pressure, the hand-overs,
-//! admission, the slot pool) and the listeners (each an `Endpoint`).
+//! parts it is made of (the clock, the capacity, the stop with its readiness, the pressure,
+//! admission, the slot pool, the counters) and the listeners (their endpoints, kept sockets
+//! and TLS choice).
 //!
 //! Each part is a type in its own file that knows nothing of the core or of the other
 //! parts; [`Core`] holds them and does what spans several of them (counting a connection
@@ -10,7 +11,7 @@
 //! parts, so every mechanism can depend on it and nothing in it depends on a mechanism.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::addr::Addr;
@@ -24,6 +25,7 @@ use crate::error::Error;
 use crate::events::{CloseReason, ConnEvent, Count, Counters, Stats};
 use crate::hooks::{Hooks, Report};
 use crate::limits::RejectReason;
+use crate::listeners::Listeners;
 use crate::pool::{Pool, Slot, SlotState};
 use crate::pressure::Pressure;
 use crate::runtime::Runtime;
@@ -34,33 +36,23 @@ use crate::sync::until;
 pub(crate) struct Core {
     runtime: Arc<dyn Runtime>,
     config: Config,
-    /// The state, the shutdown latches and the shutdown's result.
+    /// The state, the shutdown latches and result, and the readiness.
     stop: Stop,
-    /// The open count, the `max_connections` reservations and the `max_handshakes`
-    /// places; its `closed` event is also notified when a `Closed` report finished.
+    /// The open count, the `max_connections` reservations, the `Closed` reports under way
+    /// and the `max_handshakes` places.
     capacity: Capacity,
-    /// `Closed` events being reported (shutdown waits for them too).
-    reports_in_flight: AtomicUsize,
     pool: Pool,
     clock: Clock,
     hooks: Hooks,
+    /// The statistics and the connection ids.
     counters: Counters,
-    next_id: AtomicU64,
     limiter: Limiter,
     pressure: Pressure,
-    /// The listeners, in the order they were configured.
-    endpoints: Vec<Arc<Endpoint>>,
-    /// Each listener's socket, to hand to a new process at an upgrade.
-    #[cfg(unix)]
-    handovers: crate::handovers::Handovers,
-    /// Chooses a connection's TLS configuration from its ClientHello.
-    #[cfg(feature = "tls")]
-    tls_select: Option<crate::tls::Select>,
+    /// The endpoints, the sockets kept for an upgrade and the TLS choice.
+    listeners: Listeners,
     /// Fault points, under simulation.
     #[cfg(feature = "fault")]
     faults: Option<crate::fault::Injector>,
-    /// Lame duck, hand-over and the user's conditions (see `ServerHandle::is_ready`).
-    readiness: crate::readiness::Readiness,
 }
 
 impl std::fmt::Debug for Core {
@@ -87,17 +79,10 @@ impl Core {
             config,
             stop: Stop::default(),
             capacity: Capacity::default(),
-            reports_in_flight: AtomicUsize::new(0),
             pool: Pool::default(),
             hooks,
             counters: Counters::default(),
-            next_id: AtomicU64::new(1),
-            endpoints,
-            #[cfg(unix)]
-            handovers: Default::default(),
-            readiness: Default::default(),
-            #[cfg(feature = "tls")]
-            tls_select: None,
+            listeners: Listeners::new(endpoints),
             #[cfg(feature = "fault")]
             faults: None,
         }
@@ -106,13 +91,13 @@ impl Core {
     /// Chooses each TLS connection's configuration from its ClientHello with `select`.
     #[cfg(feature = "tls")]
     pub(crate) fn with_tls_select(mut self, select: Option<crate::tls::Select>) -> Self {
-        self.tls_select = select;
+        self.listeners = self.listeners.with_select(select);
         self
     }
 
     #[cfg(feature = "tls")]
     pub(crate) fn tls_select(&self) -> Option<&crate::tls::Select> {
-        self.tls_select.as_ref()
+        self.listeners.select()
     }
 
     /// Waits for a place among the `max_handshakes` TLS handshakes that may run at once
@@ -178,12 +163,12 @@ impl Core {
     /// The sockets kept for an upgrade.
     #[cfg(unix)]
     pub(crate) fn handovers(&self) -> &crate::handovers::Handovers {
-        &self.handovers
+        self.listeners.handovers()
     }
 
-    /// Lame duck, hand-over and the user's readiness conditions.
+    /// Lame duck, hand-over and the user's readiness conditions (held by the stop).
     pub(crate) fn readiness(&self) -> &crate::readiness::Readiness {
-        &self.readiness
+        self.stop.readiness()
     }
 
     pub(crate) fn state(&self) -> State {
@@ -198,7 +183,7 @@ impl Core {
         // `Handovers::handed_over_unless`).
         self.stop.request_stop_accepting();
         #[cfg(unix)]
-        self.handovers.close_all();
+        self.listeners.handovers().close_all();
         self.stop.accept_loops_ended().await;
     }
 
@@ -265,7 +250,7 @@ impl Core {
 
     /// Whether no connection is open and every `Closed` event has fired.
     pub(crate) fn all_closed(&self) -> bool {
-        self.open_connections() == 0 && self.reports_in_flight.load(Ordering::Acquire) == 0
+        self.capacity.all_closed()
     }
 
     /// Waits until [`all_closed`](Self::all_closed).
@@ -274,7 +259,7 @@ impl Core {
     }
 
     pub(crate) fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        self.counters.next_id()
     }
 
     // --- the end of a connection ----------------------------------------------------------
@@ -291,7 +276,7 @@ impl Core {
         opened_at: Instant,
     ) {
         self.counters.closed(reason);
-        self.reports_in_flight.fetch_add(1, Ordering::AcqRel);
+        self.capacity.report_begun();
         self.count_down();
         self.hooks.conn(ConnEvent::Closed {
             id,
@@ -299,8 +284,7 @@ impl Core {
             reason,
             duration: self.runtime.now().saturating_duration_since(opened_at),
         });
-        self.reports_in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.capacity.closed().notify(usize::MAX);
+        self.capacity.report_done();
     }
 
     /// The end of a connection refused after it was counted (a bad PROXY header, admission
@@ -455,21 +439,17 @@ impl Core {
 
     /// The listeners, in the order they were configured.
     pub(crate) fn endpoints(&self) -> &[Arc<Endpoint>] {
-        &self.endpoints
+        self.listeners.endpoints()
     }
 
     /// Whether any listener serves TLS.
     pub(crate) fn is_tls(&self) -> bool {
-        self.endpoints.iter().any(|e| e.is_tls())
+        self.listeners.is_tls()
     }
 
     /// Replaces the TLS configuration of every TLS listener; false when none serves TLS.
     #[cfg(feature = "tls")]
     pub(crate) fn set_tls(&self, config: Arc<rustls::ServerConfig>) -> bool {
-        let mut any = false;
-        for endpoint in &self.endpoints {
-            any |= endpoint.set_tls(config.clone());
-        }
-        any
+        self.listeners.set_tls(config)
     }
 }

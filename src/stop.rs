@@ -1,5 +1,6 @@
 //! Where a server is in its life, and how it stops: the state, the latches a shutdown sets
-//! in order, the accept loops it waits for, the one call that drives it and its result.
+//! in order, the accept loops it waits for, the one call that drives it and its result, and
+//! the readiness it reports on the way (the lame duck, a hand-over; see `readiness`).
 //!
 //! Latches, not flags: every step of a shutdown is something others wait for (a connection
 //! for the drain, the driver for the accept loops, handles for the end), and a latch set
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::events::ShutdownReport;
+use crate::readiness::Readiness;
 use crate::sync::{Event, Latch, lock};
 
 /// Where a server is in its life. It only moves forward.
@@ -41,6 +43,8 @@ pub(crate) struct Stop {
     /// Claimed by the one call that drives a shutdown; the others wait for its result.
     claimed: AtomicBool,
     result: Mutex<Option<(ShutdownReport, Duration)>>,
+    /// Lame duck, hand-over and the user's conditions (see `ServerHandle::is_ready`).
+    readiness: Readiness,
 }
 
 /// The shutdown latches, in the order a shutdown sets them.
@@ -71,11 +75,17 @@ impl Default for Stop {
             drain_ticked: Event::new(),
             claimed: AtomicBool::new(false),
             result: Mutex::new(None),
+            readiness: Readiness::default(),
         }
     }
 }
 
 impl Stop {
+    /// Lame duck, hand-over and the user's readiness conditions.
+    pub(crate) fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
     // --- life cycle -----------------------------------------------------------------------
 
     pub(crate) fn state(&self) -> State {
