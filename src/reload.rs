@@ -100,7 +100,28 @@ pub(crate) async fn watch(
     interval: Duration,
 ) {
     let tls = Arc::new(tls);
-    let mut seen = Arc::new(snapshot(&tls));
+    // The first look too reads files: on a thread of its own, like every later one (a file
+    // that blocks on read, a FIFO or a hung network mount, must not stall the runtime).
+    let mut seen = loop {
+        let first = tls.clone();
+        match crate::sync::on_thread("berth-tls-watch", move || snapshot(&first)).await {
+            Ok(seen) => break Arc::new(seen),
+            Err(_) => {
+                // No thread to be had now: try again after an interval, unless stopping.
+                let stopped = async {
+                    core.stop().stopped().await;
+                    true
+                };
+                let slept = async {
+                    core.runtime().sleep(interval).await;
+                    false
+                };
+                if stopped.or(slept).await {
+                    return;
+                }
+            }
+        }
+    };
     let mut broken = None;
     loop {
         let stopped = async {
