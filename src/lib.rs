@@ -38,6 +38,21 @@
 //! Every type has one path: the crate root holds what every server uses; [`tls`],
 //! [`limits`], [`listener`], [`runtime`] and `signal` hold the rest. See the README for the
 //! defaults, the shutdown semantics and the list of events.
+//!
+//! # How it is built
+//!
+//! The server never names an async runtime: it spawns, sets deadline timers (which reset
+//! in place) and reads the clock through [`Runtime`](runtime::Runtime), one adapter per
+//! runtime, and takes connections from a [`Listener`](listener::Listener) (berth's TCP and
+//! Unix listeners register with the runtime's reactor; a simulator brings its own). Inside,
+//! the modules form layers, each importing only from those below: the vocabulary (settings,
+//! errors, events, the two seams), the parts of a server's shared state (each a type of its
+//! own: the coarse clock, the capacity, the stop, the pressure, admission, the slot pool,
+//! the listeners), the core that holds them, the mechanisms (idle scanner, drain, upgrade,
+//! certificate reload, ACME), the connection (its owned lifecycle, [`Conn`], its task), the
+//! accept loop, and the front ([`Builder`], [`Server`], [`ServerHandle`], binding, `http`).
+//! The list is at the top of `src/lib.rs`, held to the code by a test; the README's
+//! "Architecture and layout" describes each module.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
