@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures_lite::FutureExt as _;
 
 use crate::addr::Addr;
-use crate::connection::{self, Spawn};
+use crate::core::{Core, Reservation};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::events::{OverloadAction, ServerEvent};
@@ -27,7 +27,7 @@ use crate::hooks::Report;
 use crate::lifecycle::Lifecycle;
 use crate::listener::{Accepted, Listener};
 use crate::runtime::BoxFuture;
-use crate::state::{Core, Reservation};
+use crate::task::{self, Spawn};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -213,7 +213,7 @@ async fn accept_loop<L: Listener>(
                 let life = Lifecycle::new(core.clone(), peer_addr, admission);
                 // Counted as open now: the place it held goes back.
                 drop(place);
-                spawn.clone().spawn(Box::new(connection::Accepted {
+                spawn.clone().spawn(Box::new(task::Admitted {
                     life,
                     stream: Box::new(stream),
                     endpoint: endpoint.clone(),

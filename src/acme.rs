@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_lite::FutureExt as _;
 
+use crate::core::Core;
 use crate::error::Error;
 use crate::events::ServerEvent;
-use crate::state::Core;
 use crate::tls::acme::{Acme, CertificateOrigin, Served};
 
 /// The first retry's delay; it doubles up to [`RETRY_MAX`].

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use crate::accept::Bound;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
 use crate::config::{Config, ListenerConfig};
+use crate::core::Core;
 use crate::error::Error;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
 use crate::listener::SocketOptions;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
 use crate::runtime::Reactor;
-use crate::state::Core;
 
 /// What binding produced, before the server is built.
 pub(crate) struct Bindings {

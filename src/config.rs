@@ -250,18 +250,22 @@ impl Config {
             .idle_timeout
             .is_some_and(|t| t < Duration::from_millis(1))
         {
-            return Err(ConfigError::InvalidLimit(
-                "idle_timeout is below 1ms: the idle scanner would spin; give at least 1ms".into(),
-            ));
+            return Err(ConfigError::InvalidDuration {
+                name: "idle_timeout",
+                reason: "below 1ms the idle scanner would spin; give at least 1ms".into(),
+            });
         }
         let watches = std::iter::once(&self.tls)
             .chain(self.listeners.iter().map(|l| &l.tls))
             .filter_map(|tls| tls.as_ref()?.watch);
         for watch in watches {
             if watch < Duration::from_millis(10) {
-                return Err(ConfigError::InvalidLimit(format!(
-                    "tls.watch of {watch:?} would read the certificate files in a busy loop: look at most every 10ms (e.g. \"1s\")"
-                )));
+                return Err(ConfigError::InvalidDuration {
+                    name: "tls.watch",
+                    reason: format!(
+                        "{watch:?} would read the certificate files in a busy loop: look at most every 10ms (e.g. \"1s\")"
+                    ),
+                });
             }
         }
         if self.handshake_timeout.is_zero() {

@@ -21,12 +21,12 @@ use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::io::{ReadHalf, WriteHalf};
 
 use crate::addr::{Addr, PeerCred};
+use crate::core::Core;
 use crate::endpoint::Endpoint;
 use crate::extensions::Extensions;
 use crate::lifecycle::Lifecycle;
 use crate::listener::ByteStream;
 use crate::pool::{LINGERING, PANICKED, SAW_DATA, SAW_EOF, SAW_ERROR, Slot, SlotState};
-use crate::state::Core;
 use crate::sync::EventListener;
 use crate::tls::TlsInfo;
 

@@ -48,6 +48,15 @@ pub enum ConfigError {
     /// A connection limit is out of range.
     #[error("invalid limit: {0}")]
     InvalidLimit(String),
+    /// A duration setting is out of range (too short to be useful, or zero where that
+    /// means nothing).
+    #[error("invalid {name}: {reason}")]
+    InvalidDuration {
+        /// The setting, as written in a config file (`tls.watch`, `overload.max_lag`).
+        name: &'static str,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
     /// PROXY protocol is on but no proxy is trusted, so no connection could be served.
     #[error(
         "proxy_protocol is enabled but trusts no proxy: add the load balancer's addresses to trusted_proxies (e.g. \"10.0.0.0/8\"), or set trust_unix_peers for a proxy on a Unix socket"

@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use futures_lite::FutureExt as _;
 
+use crate::core::Core;
 use crate::events::{OverloadAction, PressureLevel, ServerEvent};
 use crate::pool::SlotState;
 use crate::pressure::Reading;
-use crate::state::Core;
 
 /// The sweep interval for `timeout`: about an eighth of it, kept within 10 ms..1 s, and
 /// adjusted so a whole number of ticks makes exactly one timeout.

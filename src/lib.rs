@@ -67,9 +67,9 @@
 //    hooks, endpoint (one listener's name, address and current TLS configuration);
 // 3. parts of parts, alone: stop (with the readiness), listeners (the endpoints, the
 //    hand-overs, the TLS choice);
-// 4. core: state (the `Core` that holds the parts);
+// 4. core: core (the `Core` that holds the parts);
 // 5. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task), watchdog;
-// 6. connection: lifecycle, conn (the handler's view), handler, connection (the task);
+// 6. connection: lifecycle, conn (the handler's view), handler, task (the connection's task);
 // 7. loop: accept;
 // 8. front: server, bind (the listeners a config describes: bound, adopted or inherited),
 //    http (hyper on top of a handler), run (the process's lifecycle), and the re-exports
@@ -97,7 +97,7 @@ mod capacity;
 mod clock;
 mod config;
 mod conn;
-mod connection;
+mod core;
 mod endpoint;
 mod error;
 mod events;
@@ -134,11 +134,11 @@ mod server;
 mod shutdown;
 #[cfg(all(unix, feature = "signal"))]
 pub mod signal;
-mod state;
 mod stop;
 mod sync;
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
 mod systemd;
+mod task;
 pub mod tls;
 mod unwind;
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]

@@ -14,11 +14,11 @@ use std::time::Instant;
 
 use crate::addr::Addr;
 use crate::admission::IpKey;
+use crate::core::Core;
 use crate::endpoint::Endpoint;
 use crate::events::{CloseReason, ConnEvent, Count};
 use crate::limits::RejectReason;
 use crate::pool::{PANICKED, SAW_EOF, SAW_ERROR, Slot};
-use crate::state::Core;
 
 /// One connection's bookkeeping. See the module docs.
 pub(crate) struct Lifecycle {

@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use futures_lite::FutureExt as _;
 
+use crate::core::Core;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::events::ServerEvent;
-use crate::state::Core;
 use crate::tls::{PemSource, Resumption, TlsConfig};
 
 /// What the watched files hold now, by path (`None` for a file that cannot be read).

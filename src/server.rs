@@ -10,7 +10,7 @@ use crate::accept::Bound;
 use crate::addr::Addr;
 use crate::bind::{Bindings, Listening, Tls};
 use crate::config::Config;
-use crate::connection::{Serving, Spawn, TuneHook};
+use crate::core::Core;
 use crate::endpoint::Endpoint;
 use crate::error::{ConfigError, Error};
 use crate::events::{ConnEvent, ServerEvent, ShutdownReport, Stats};
@@ -18,8 +18,8 @@ use crate::handler::Handler;
 use crate::hooks::Hooks;
 use crate::listener::{Listener, Socket};
 use crate::runtime::Runtime;
-use crate::state::Core;
 use crate::stop::State;
+use crate::task::{Serving, Spawn, TuneHook};
 
 /// Each listener's endpoint, and the listener its accept loop takes.
 type Listeners = Vec<(Arc<Endpoint>, Box<dyn Bound>)>;

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use futures_lite::FutureExt as _;
 
+use crate::core::Core;
 use crate::error::Error;
 use crate::events::{ServerEvent, ShutdownReport};
 use crate::pool::{LINGERING, SlotState};
-use crate::state::Core;
 use crate::stop::State;
 
 /// How long `stop` waits for force-closed connections to actually drop their sockets, and

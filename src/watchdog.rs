@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures_lite::FutureExt as _;
 
+use crate::core::Core;
 use crate::error::Error;
-use crate::state::Core;
 use crate::systemd;
 
 /// The server serves: tells systemd (at a first start) and starts the watchdog task.

@@ -709,6 +709,14 @@ fn broken(rule: impl Into<String>, reports: impl Fn(&ConfigError) -> bool + 'sta
     }
 }
 
+/// An `InvalidDuration` of `field`.
+fn bad_duration(field: &'static str) -> Broken {
+    broken(
+        field,
+        move |e| matches!(e, ConfigError::InvalidDuration { name, .. } if *name == field),
+    )
+}
+
 /// An `InvalidLimit` whose message names `field`.
 fn limit(field: &'static str) -> Broken {
     broken(
@@ -749,7 +757,7 @@ fn rules_broken(c: &Config) -> Vec<Broken> {
         Some(t) if t.is_zero() => out.push(broken("idle_timeout zero", |e| {
             matches!(e, ConfigError::ZeroIdleTimeout)
         })),
-        Some(t) if t < Duration::from_millis(1) => out.push(limit("idle_timeout")),
+        Some(t) if t < Duration::from_millis(1) => out.push(bad_duration("idle_timeout")),
         _ => {}
     }
     let tls = std::iter::once(&c.tls).chain(c.listeners.iter().map(|l| &l.tls));
@@ -757,7 +765,7 @@ fn rules_broken(c: &Config) -> Vec<Broken> {
         .flatten()
         .any(|t| t.watch.is_some_and(|w| w < Duration::from_millis(10)))
     {
-        out.push(limit("tls.watch"));
+        out.push(bad_duration("tls.watch"));
     }
     if c.handshake_timeout.is_zero() {
         out.push(broken("handshake_timeout zero", |e| {
@@ -820,10 +828,10 @@ fn rules_broken(c: &Config) -> Vec<Broken> {
         out.push(limit("high_pressure"));
     }
     if o.shrink_idle_timeout == Some(Duration::ZERO) {
-        out.push(limit("shrink_idle_timeout"));
+        out.push(bad_duration("overload.shrink_idle_timeout"));
     }
     if o.max_lag == Some(Duration::ZERO) {
-        out.push(limit("max_lag"));
+        out.push(bad_duration("overload.max_lag"));
     }
     if c.proxy_protocol
         .as_ref()

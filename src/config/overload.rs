@@ -71,11 +71,16 @@ impl Overload {
                 self.high_pressure
             )));
         }
-        if self.shrink_idle_timeout == Some(Duration::ZERO) || self.max_lag == Some(Duration::ZERO)
-        {
-            return Err(ConfigError::InvalidLimit(
-                "overload.shrink_idle_timeout and overload.max_lag must be positive".into(),
-            ));
+        for (name, value) in [
+            ("overload.shrink_idle_timeout", self.shrink_idle_timeout),
+            ("overload.max_lag", self.max_lag),
+        ] {
+            if value == Some(Duration::ZERO) {
+                return Err(ConfigError::InvalidDuration {
+                    name,
+                    reason: "zero: give a positive duration, or leave it unset".into(),
+                });
+            }
         }
         Ok(())
     }

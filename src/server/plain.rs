@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use super::{Builder, Listeners};
 use crate::bind::{Bindings, Listening, Tls};
+use crate::core::Core;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::runtime::Runtime;
-use crate::state::Core;
 
 impl Builder {
     /// Each bound listener's endpoint.

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use super::{Builder, Listeners, ServerHandle};
 use crate::bind::{Bindings, Inheritance, Listening, Tls};
+use crate::core::Core;
 use crate::endpoint::{Endpoint, TlsSetting};
 use crate::error::Error;
 use crate::runtime::Runtime;
-use crate::state::Core;
 
 impl Builder {
     /// Chooses each TLS connection's configuration from its ClientHello (server name,

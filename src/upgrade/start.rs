@@ -6,9 +6,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use super::{UpgradeError, Upgraded};
+use crate::core::Core;
 use crate::error::Error;
 use crate::events::ServerEvent;
-use crate::state::Core;
 use crate::stop::State;
 
 /// Starts an upgrade to the program `command` starts and waits for its result (see

@@ -10,9 +10,9 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use super::{TICKET_KEYS, UpgradeError};
+use crate::core::Core;
 use crate::error::Error;
 use crate::hooks::Hooks;
-use crate::state::Core;
 
 /// The largest message [`message`] carries (a socket pair's buffer holds it without a reader).
 const MAX_MESSAGE: usize = 64 * 1024;

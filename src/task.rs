@@ -21,6 +21,7 @@ use futures_lite::FutureExt as _;
 
 use crate::addr::Addr;
 use crate::conn::{Conn, ConnHandle, Meta};
+use crate::core::Core;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::events::CloseReason;
@@ -28,13 +29,12 @@ use crate::handler::Handler;
 use crate::lifecycle::Lifecycle;
 use crate::limits::RejectReason;
 use crate::listener::{ByteStream, Prefixed, Socket};
-use crate::state::Core;
 
 /// A hook run on every accepted socket before its handler starts.
 pub(crate) type TuneHook = Arc<dyn Fn(&Socket<'_>) -> io::Result<()> + Send + Sync>;
 
-/// An accepted connection, as the accept loop hands it to its task.
-pub(crate) struct Accepted {
+/// An accepted and admitted connection, as the accept loop hands it to its task.
+pub(crate) struct Admitted {
     pub(crate) life: Lifecycle,
     pub(crate) stream: Box<dyn ByteStream>,
     /// The listener that accepted it.
@@ -46,7 +46,7 @@ pub(crate) struct Accepted {
 
 /// Starts connection tasks; what an accept loop knows of the server it feeds.
 pub(crate) trait Spawn: Send + Sync {
-    fn spawn(self: Arc<Self>, accepted: Box<Accepted>);
+    fn spawn(self: Arc<Self>, accepted: Box<Admitted>);
 }
 
 /// What every connection of one server needs, shared by its tasks.
@@ -57,7 +57,7 @@ pub(crate) struct Serving<H> {
 }
 
 impl<H: Handler> Spawn for Serving<H> {
-    fn spawn(self: Arc<Self>, accepted: Box<Accepted>) {
+    fn spawn(self: Arc<Self>, accepted: Box<Admitted>) {
         let runtime = self.core.runtime().clone();
         #[cfg(feature = "fault")]
         if let Some(delay) = self.core.fault_delay(crate::fault::Point::DelayedSpawn) {
@@ -72,7 +72,7 @@ impl<H: Handler> Spawn for Serving<H> {
 }
 
 /// Runs one connection.
-async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Accepted>) {
+async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Admitted>) {
     // In a block of its own, so the `Conn` the setup returns does not keep a slot in the
     // task's state beside the handler's future, which holds it from then on (an async fn
     // keeps every local that lives across an `.await`, even once it is moved out).
@@ -134,8 +134,8 @@ enum Established {
 
 /// Everything before the handler: the tune hook, the PROXY header, `Accepted`, the TLS
 /// handshake. Synchronous for a plain connection.
-fn establish<H>(serving: &Serving<H>, accepted: Accepted) -> Established {
-    let Accepted {
+fn establish<H>(serving: &Serving<H>, accepted: Admitted) -> Established {
+    let Admitted {
         mut life,
         stream,
         endpoint,
@@ -558,7 +558,7 @@ mod tests {
             },
             tune: None,
         });
-        let accepted = Box::new(Accepted {
+        let accepted = Box::new(Admitted {
             life: Lifecycle::new(core.clone(), addr(2), None),
             stream: Box::new(Idle),
             endpoint: core.endpoints()[0].clone(),

@@ -57,7 +57,7 @@ pub(crate) struct Core {
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
+        f.debug_struct("Core")
             .field("state", &self.state())
             .field("open_connections", &self.open_connections())
             .finish_non_exhaustive()
