@@ -10,12 +10,10 @@
 //! connection's [`Lifecycle`] travel together (as `Open`), and the lifecycle's `Drop` does
 //! the bookkeeping, so it also happens when a handler is cancelled or panics.
 
-use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::task::{Context, Poll};
 
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::io::{ReadHalf, WriteHalf};
@@ -26,9 +24,15 @@ use crate::endpoint::Endpoint;
 use crate::extensions::Extensions;
 use crate::lifecycle::Lifecycle;
 use crate::listener::ByteStream;
-use crate::pool::{LINGERING, PANICKED, SAW_DATA, SAW_EOF, SAW_ERROR, Slot, SlotState};
-use crate::sync::EventListener;
+use crate::pool::{SAW_DATA, SAW_EOF, SAW_ERROR, Slot, SlotState};
 use crate::tls::TlsInfo;
+
+mod close;
+mod handle;
+mod wait;
+
+pub use handle::{Busy, ConnHandle};
+pub use wait::{Draining, Readable};
 
 /// One client connection, as the handler sees it.
 ///
@@ -527,99 +531,6 @@ impl AsyncWrite for Conn {
     }
 }
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        // A handler future that panics drops its locals while unwinding, before the
-        // supervisor sees the panic: that is a panic close too.
-        if std::thread::panicking() {
-            self.slot.mark(PANICKED);
-        }
-        let Some(open) = self.open.take() else {
-            return;
-        };
-        // The handler returned on its own while the peer may still be sending: linger.
-        // Everything else (peer closed, error, panic, closed by the server) closes now.
-        let linger = self.core.config().linger_timeout;
-        if !linger.is_zero()
-            && self.slot.flags() & (SAW_EOF | SAW_ERROR | PANICKED) == 0
-            && self.slot.state(self.generation) == SlotState::Open
-            && !self.core.stop().is_forced()
-        {
-            self.slot.mark(LINGERING);
-            let closed = ClosedByServer {
-                slot: self.slot.clone(),
-                generation: self.generation,
-            };
-            self.core
-                .runtime()
-                .spawn(Box::pin(open.linger(linger, closed)));
-        }
-    }
-}
-
-impl Open {
-    /// Lingering close. Closing a TCP socket that still has unread incoming data makes the
-    /// kernel send a reset and discard what it has not sent yet: the peer could lose
-    /// responses the handler wrote just before returning. So: half-close (our FIN goes after
-    /// all our data), then discard what the peer still sends until it closes, the linger
-    /// timeout passes, or the server closes it (shutdown forces, the idle timeout, a
-    /// handle). Dropping `self` then ends the connection.
-    async fn linger(mut self, timeout: Duration, by_server: ClosedByServer) {
-        use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
-        let core = self.life.core().clone();
-        let io = &mut self.io;
-        let closed = &mut self.closed;
-        let discard = async {
-            if io.close().await.is_ok() {
-                *closed = true;
-                let mut sink = [0u8; 512];
-                while let Ok(1..) = io.read(&mut sink).await {}
-            }
-        };
-        discard
-            .or(core.runtime().sleep(timeout))
-            .or(core.stop().forced())
-            .or(by_server)
-            .await;
-    }
-}
-
-/// Completes when the server closes a connection whose handler is done (its slot's task
-/// waker is free then).
-struct ClosedByServer {
-    slot: Arc<Slot>,
-    generation: u64,
-}
-
-impl Future for ClosedByServer {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let closed = || self.slot.state(self.generation).close_reason().is_some();
-        if closed() {
-            return Poll::Ready(());
-        }
-        self.slot.task_waker.register(cx.waker());
-        if closed() {
-            return Poll::Ready(());
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        // A TLS session ends with close_notify, also when the server cut it (idle timeout,
-        // forced shutdown, a handle): one poll, never a wait, so a peer that does not read
-        // cannot hold the close; it goes out when the socket has room, as it usually does.
-        if self.tls && !self.closed {
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            let _ = Pin::new(&mut self.io).poll_close(&mut cx);
-        }
-        // Then the fields drop in order: the socket closes, then the lifecycle finishes.
-    }
-}
-
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
@@ -628,179 +539,5 @@ impl std::fmt::Debug for Conn {
             .field("local_addr", &self.local_addr)
             .field("connected", &self.is_connected())
             .finish_non_exhaustive()
-    }
-}
-
-/// Observes or closes one connection from outside its handler.
-///
-/// Cheap to clone. A handle outlives its connection harmlessly: once the connection has
-/// ended, `is_connected` is false and `close` does nothing, even when the server has reused
-/// the connection's bookkeeping slot for a newer connection.
-#[derive(Clone)]
-pub struct ConnHandle {
-    slot: Arc<Slot>,
-    generation: u64,
-    id: u64,
-    core: Arc<Core>,
-}
-
-impl std::fmt::Debug for ConnHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnHandle")
-            .field("id", &self.id)
-            .field("connected", &self.is_connected())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ConnHandle {
-    /// The connection's id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// True while the connection is open and not closed by the server.
-    pub fn is_connected(&self) -> bool {
-        self.slot.state(self.generation) == SlotState::Open
-    }
-
-    /// Whether its server is draining (or stopped): for a protocol that answers a request
-    /// in hand with "close after this" (HTTP's `Connection: close`), without waiting for the
-    /// connection's task to notice the drain.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn server_is_draining(&self) -> bool {
-        self.core.stop().is_draining()
-    }
-
-    /// Closes the connection: its pending and later I/O fails with `ConnectionAborted` and
-    /// its handler is cancelled. Returns false if it was already closed or has ended.
-    pub fn close(&self) -> bool {
-        self.slot.close(self.generation, SlotState::Aborted)
-    }
-
-    /// Marks the connection busy until the guard is dropped: see [`Conn::busy`]. Once the
-    /// connection has ended the guard does nothing.
-    pub fn busy(&self) -> Busy {
-        Busy::new(self.slot.clone(), self.generation, self.core.clone())
-    }
-}
-
-/// A connection marked busy: see [`Conn::busy`]. Dropping it ends the mark and counts as
-/// activity.
-#[must_use = "the connection is busy only while the guard is held"]
-pub struct Busy {
-    slot: Arc<Slot>,
-    generation: u64,
-    core: Arc<Core>,
-    held: bool,
-}
-
-impl Busy {
-    fn new(slot: Arc<Slot>, generation: u64, core: Arc<Core>) -> Busy {
-        let held = slot.enter_busy(generation);
-        Busy {
-            slot,
-            generation,
-            core,
-            held,
-        }
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        if self.held {
-            self.slot.leave_busy(self.generation, self.core.stamp());
-        }
-    }
-}
-
-impl std::fmt::Debug for Busy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Busy").field("held", &self.held).finish()
-    }
-}
-
-/// Completes when a connection has something to read. See [`Conn::readable`].
-#[derive(Debug)]
-#[must_use = "futures do nothing unless awaited"]
-pub struct Readable<'a> {
-    conn: &'a mut Conn,
-}
-
-impl Future for Readable<'_> {
-    type Output = io::Result<()>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let conn = &mut *self.get_mut().conn;
-        if let Some(e) = conn.closed_error() {
-            return Poll::Ready(Err(e));
-        }
-        if conn.is_draining() {
-            return Poll::Ready(Ok(()));
-        }
-        let poll = conn.poll_io(cx, false, |open, cx| open.io.poll_readable(cx), |_| false);
-        // Drain began between the check above and the registration: the sweep may have
-        // missed this waker.
-        if poll.is_pending() && conn.is_draining() {
-            return Poll::Ready(Ok(()));
-        }
-        poll
-    }
-}
-
-/// Completes when the server starts draining. See [`Conn::draining`].
-#[derive(Debug)]
-#[must_use = "futures do nothing unless awaited"]
-pub struct Draining {
-    core: Arc<Core>,
-    slot: Arc<Slot>,
-    generation: u64,
-    opened_at: Option<std::time::Instant>,
-    listener: Option<EventListener>,
-}
-
-impl Future for Draining {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        loop {
-            let draining = this.core.stop().is_draining();
-            if draining && drain_due(&this.core, &this.slot, this.generation, this.opened_at) {
-                this.listener = None;
-                return Poll::Ready(());
-            }
-            match &mut this.listener {
-                Some(listener) => {
-                    ready!(Pin::new(listener).poll(cx));
-                    this.listener = None;
-                }
-                // Listen, then loop to check again: a notify before `listen` is lost. While
-                // draining, what is left to wait for is the end of the first request's grace,
-                // looked at on each drain tick.
-                None if draining => this.listener = Some(this.core.stop().drain_ticked().listen()),
-                None => this.listener = Some(this.core.stop().draining().listen()),
-            }
-        }
-    }
-}
-
-impl ConnHandle {
-    /// Whether the server (not the handler) closed the connection: idle timeout, forced
-    /// shutdown, [`close`](Self::close).
-    pub(crate) fn closed_by_server(&self) -> bool {
-        self.slot.state(self.generation).close_reason().is_some()
-    }
-
-    /// Marks the connection as panicked, so its `Closed` event says so.
-    pub(crate) fn mark_panicked(&self) {
-        self.slot.mark(PANICKED);
-    }
-
-    /// Registers the waker of the task that runs the handler: a server-side close wakes it
-    /// so it can cancel the handler.
-    pub(crate) fn register_task(&self, waker: &std::task::Waker) {
-        self.slot.task_waker.register(waker);
     }
 }
