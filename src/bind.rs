@@ -20,22 +20,23 @@ use crate::runtime::Reactor;
 
 /// What binding produced, before the server is built.
 pub(crate) struct Bindings {
-    pub(crate) listeners: Vec<Listening>,
+    pub(crate) listeners: Vec<Binding>,
     pub(crate) inheritance: Inheritance,
 }
 
 impl Bindings {
     /// One listener of your own, nothing inherited.
-    pub(crate) fn one(listening: Listening) -> Self {
+    pub(crate) fn one(binding: Binding) -> Self {
         Bindings {
-            listeners: vec![listening],
+            listeners: vec![binding],
             inheritance: Inheritance::default(),
         }
     }
 }
 
-/// A bound listener, before the server is built.
-pub(crate) struct Listening {
+/// One bound listener with its name and TLS settings, before the server is built (then it
+/// is an `Endpoint` and its accept loop).
+pub(crate) struct Binding {
     pub(crate) name: String,
     pub(crate) listener: Box<dyn Bound>,
     pub(crate) tls: Tls,
@@ -136,7 +137,7 @@ pub(crate) fn bind_all(
         };
         #[cfg(not(unix))]
         let listener = bind_one(&spec, &options, reactor, &mut inherited)?;
-        listeners.push(Listening {
+        listeners.push(Binding {
             name,
             listener,
             tls: Tls::from_settings(spec.tls.as_ref()),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Builder, Listeners};
-use crate::bind::{Bindings, Listening, Tls};
+use crate::bind::{Binding, Bindings, Tls};
 use crate::core::Core;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
@@ -18,7 +18,7 @@ impl Builder {
         bindings: &mut Bindings,
     ) -> Result<(Listeners, Tasks), Error> {
         let mut listeners = Vec::with_capacity(bindings.listeners.len());
-        for Listening {
+        for Binding {
             name,
             listener,
             tls,

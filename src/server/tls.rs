@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::{Builder, Listeners, ServerHandle};
-use crate::bind::{Bindings, Inheritance, Listening, Tls};
+use crate::bind::{Binding, Bindings, Inheritance, Tls};
 use crate::core::Core;
 use crate::endpoint::{Endpoint, TlsSetting};
 use crate::error::Error;
@@ -57,7 +57,7 @@ impl Builder {
         }
         let mut tasks = Tasks::default();
         let mut listeners = Vec::with_capacity(bindings.listeners.len());
-        for Listening {
+        for Binding {
             name,
             listener,
             tls,
