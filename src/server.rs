@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::accept::Bound;
 use crate::addr::Addr;
-use crate::bind::{Bindings, Listening, Tls};
+use crate::bind::{Binding, Bindings, Tls};
 use crate::config::Config;
 use crate::core::Core;
 use crate::endpoint::Endpoint;
@@ -162,12 +162,12 @@ impl Builder {
         let listener: Box<dyn Bound> = Box::new(listener);
         let bound = crate::bind::local_addr(&*listener).and_then(|addr| {
             let runtime = self.checked()?;
-            let listening = Listening {
+            let binding = Binding {
                 name: addr.to_string(),
                 listener,
                 tls: Tls::from_settings(self.config.tls.as_ref()),
             };
-            Ok((runtime, Bindings::one(listening)))
+            Ok((runtime, Bindings::one(binding)))
         });
         self.finish(bound)
     }
