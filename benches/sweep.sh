@@ -17,7 +17,8 @@ idle=${IDLE:-18000}
 secs=${SECS:-20}
 reps=${REPS:-3}
 threads=${THREADS:-2}
-ulimit -n 100000
+# 18,000 descriptors in each of the server and the holder: raise the soft limit to the hard one.
+ulimit -n "$(ulimit -Hn)"
 
 cargo build -q --release --example echo --bench load
 echo_bin=${ECHO:-target/release/examples/echo}
