@@ -47,7 +47,7 @@ run() { # idle-connections rep
     "$load" idle --addr "$addr" --conns "$1" --pid "$server" --hold < "$dir/hold" > "$dir/load.log" 2>&1 9>&- &
     holder=$!
     for _ in $(seq 1200); do
-      grep -q "^held" "$dir/load.log" && break
+      grep -qs "^held" "$dir/load.log" && break
       kill -0 "$holder" 2>/dev/null || { cat "$dir/load.log" >&2; exit 1; }
       sleep 0.25
     done
