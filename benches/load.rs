@@ -15,6 +15,8 @@
 //! With `--tls-ca CA.pem`, `echo` and `connect` speak TLS (server name "localhost").
 //! `idle`: opens N connections (spread over 127.0.0.x source addresses), confirms each with
 //! one echo, then reports the server's RSS growth per connection.
+//! `fresh`: one fresh client at a time, in a loop: connect, one echo, close; prints the
+//! latency percentiles of that whole exchange (see benches/sweep.sh).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -78,6 +80,15 @@ enum Mode {
         /// Where to write the JSON summary.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        #[arg(long, hide = true)]
+        bench: bool,
+    },
+    /// One fresh client at a time: connect, one echo, close; latency percentiles.
+    Fresh {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
         #[arg(long, hide = true)]
         bench: bool,
     },
@@ -183,6 +194,7 @@ fn main() {
             ..
         } => idle(addr, conns, pid, hold, shutdown),
         Mode::Report { input, json, .. } => report(&input, json.as_deref()),
+        Mode::Fresh { addr, secs, .. } => fresh(addr, Duration::from_secs_f64(secs)),
     }
 }
 
@@ -451,6 +463,56 @@ fn echo(
         );
     }
     println!();
+}
+
+/// Connect + one 64-byte echo + close, one client at a time, from source addresses
+/// 127.255.x.y in turn (the client closes first, so each exchange leaves a port in TIME-WAIT:
+/// 250 addresses give each one time to leave it). Prints percentiles of the whole exchange.
+fn fresh(addr: SocketAddr, secs: Duration) {
+    let mut lat = async_io::block_on(async {
+        let deadline = Instant::now() + secs;
+        let mut lat = Vec::new();
+        let msg = [7u8; 64];
+        let mut back = [0u8; 64];
+        let mut i = 0u32;
+        while Instant::now() < deadline {
+            let src = IpAddr::V4(Ipv4Addr::new(
+                127,
+                255,
+                (i / 250 % 250) as u8,
+                (i % 250 + 1) as u8,
+            ));
+            i = i.wrapping_add(1);
+            let started = Instant::now();
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            sock.bind(&SocketAddr::new(src, 0).into())
+                .expect("bind source");
+            sock.set_nonblocking(true).unwrap();
+            sock.set_tcp_nodelay(true).unwrap();
+            let _ = sock.connect(&addr.into());
+            let std: std::net::TcpStream = sock.into();
+            let s = async_io::Async::new(std).expect("register");
+            s.writable().await.expect("connect");
+            let mut s = async_net::TcpStream::from(s);
+            s.write_all(&msg).await.expect("write");
+            s.read_exact(&mut back).await.expect("echo");
+            assert_eq!(back, msg);
+            drop(s);
+            lat.push(started.elapsed().as_nanos() as u64);
+        }
+        lat
+    });
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    println!(
+        "fresh connections={} p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1}",
+        lat.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0)
+    );
 }
 
 fn idle(addr: SocketAddr, conns: usize, pid: u32, hold: bool, shutdown: bool) {

@@ -182,3 +182,53 @@ fn micro_admission_at_the_cap() {
         start.elapsed(),
     );
 }
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture in release mode"]
+fn micro_accept_and_close_behind_sweeps_18k() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    // 18,000 open slots swept back to back on one thread (as the idle scanner does once a
+    // tick), while another registers and releases one slot at a time (an accept and a
+    // close): how long that pair waits behind the sweeps (see `Pool::walk`).
+    let pool = Arc::new(Pool::default());
+    let held: Vec<_> = (0..18_000).map(|_| pool.open(0, || ())).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sweeper = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut sweeps, started) = (0u32, Instant::now());
+            while !stop.load(Ordering::Relaxed) {
+                pool.for_each_open(|slot, generation| {
+                    if slot.last_active.load(Ordering::Relaxed) > black_box(u64::MAX - 1) {
+                        slot.close(generation, SlotState::IdleTimeout);
+                    }
+                });
+                sweeps += 1;
+            }
+            started.elapsed() / sweeps.max(1)
+        })
+    };
+    let mut each = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        let one = Instant::now();
+        let (slot, generation) = pool.open(0, || ());
+        pool.release(&slot, generation);
+        each.push(one.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sweep = sweeper.join().unwrap();
+    each.sort_unstable();
+    let at = |q: f64| each[((each.len() - 1) as f64 * q) as usize];
+    println!(
+        "open + release during back-to-back sweeps of 18,000 slots ({sweep:?} per sweep): \
+         p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?} ({} pairs)",
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        at(1.0),
+        each.len()
+    );
+    drop(held);
+}

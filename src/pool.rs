@@ -185,15 +185,39 @@ impl Slot {
 }
 
 /// The registry of open connections plus the free list.
+///
+/// Walks over the open connections (the idle sweep, the drain's wakes, shutdown's final
+/// sweep, the eviction scan) never hold the registry lock that accepts (`open`) and closes
+/// (`release`) take for more than [`WALK_CHUNK`] keys: they copy a chunk of slots out under
+/// the lock and look at them after letting it go (see `walk`).
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
-    open: Mutex<Slab<Arc<Slot>>>,
+    open: Mutex<Registry>,
     free: Mutex<Vec<Arc<Slot>>>,
+}
+
+/// The open slots by key.
+#[derive(Debug, Default)]
+struct Registry {
+    slots: Slab<Arc<Slot>>,
+    /// One past the highest key ever used: a walk looks at the keys below it. (A slab
+    /// keeps its keys where they are and reuses the freed ones first, so this is its
+    /// length, which it does not expose.)
+    end: usize,
 }
 
 /// The most free slots kept for reuse; beyond this, released slots are freed, so a burst
 /// does not pin its peak memory forever.
 const MAX_FREE: usize = 4096;
+
+/// How many registry keys a walk looks at per hold of the registry lock: what bounds the
+/// wait of an accept or a close behind a walk (copying this many `Arc`s, well under a
+/// microsecond), whatever the number of connections. One under loom, so the models see a
+/// walk let go of the lock between any two slots.
+#[cfg(not(berth_loom))]
+const WALK_CHUNK: usize = 64;
+#[cfg(berth_loom)]
+const WALK_CHUNK: usize = 1;
 
 impl Pool {
     /// Takes a free slot (or allocates one), registers it as open and returns it with its
@@ -212,7 +236,12 @@ impl Pool {
         drop(slot.read_waker.take());
         drop(slot.write_waker.take());
         drop(slot.task_waker.take());
-        let key = lock(&self.open).insert(slot.clone());
+        let key = {
+            let mut open = lock(&self.open);
+            let key = open.slots.insert(slot.clone());
+            open.end = open.end.max(key + 1);
+            key
+        };
         slot.key.store(key, Ordering::Relaxed);
         slot.word
             .store(pack(generation, SlotState::Open), Ordering::Release);
@@ -223,7 +252,9 @@ impl Pool {
     /// reference harmless by bumping the generation, and returns the slot to the free list.
     /// Returns the slot's final state as that connection saw it.
     pub(crate) fn release(&self, slot: &Arc<Slot>, generation: u64) -> SlotState {
-        lock(&self.open).remove(slot.key.load(Ordering::Relaxed));
+        lock(&self.open)
+            .slots
+            .remove(slot.key.load(Ordering::Relaxed));
         let old = slot
             .word
             .swap(pack(generation + 1, SlotState::Finished), Ordering::AcqRel);
@@ -234,42 +265,88 @@ impl Pool {
         SlotState::from_bits(old as u8)
     }
 
-    /// Runs `f` on every open slot with its generation, under the registry lock.
-    pub(crate) fn for_each_open(&self, mut f: impl FnMut(&Slot, u64)) {
-        for (_, slot) in lock(&self.open).iter() {
-            let word = slot.word.load(Ordering::Acquire);
-            if SlotState::from_bits(word as u8) == SlotState::Open {
-                f(slot, word >> STATE_BITS);
+    /// Runs `f` on every registered slot with its word (generation and state) as it was
+    /// when the slot was copied out, holding the registry lock for at most [`WALK_CHUNK`]
+    /// keys at a time and never while `f` runs.
+    ///
+    /// What a walk sees, and why that is all its callers need:
+    /// - A slot registered before the walk began and still registered when the walk reaches
+    ///   its key is seen: a slot keeps its key while registered, and the walk goes through
+    ///   the keys in order up to the end it reads under each hold.
+    /// - A slot registered while the walk runs may be seen or not (its key may be behind
+    ///   the walk), as a slot registered just after a walk under one lock was not seen.
+    ///   Shutdown's final sweep relies on this only through the fences in `Stop::force` and
+    ///   `Core::register`: every hold of the lock comes after the force latch and its fence,
+    ///   so a registration the walk does not see (its key visited before it was inserted:
+    ///   that hold came first in the lock's order) sees the latch and closes itself. The
+    ///   loom model `a_chunked_walk_misses_no_registration_the_latch_does_not_catch`
+    ///   checks it.
+    /// - The word is read under the lock, while the slot is registered for that
+    ///   generation, so it is never `Finished` there except for a slot still being
+    ///   registered (as before). By the time `f` runs the connection may have ended and the
+    ///   slot been reused: what `f` reads of the slot (activity, busy mark, flags) may then
+    ///   be the next connection's, but what it does goes through the generation it was
+    ///   given (`Slot::close` compares it), so it cannot touch the next connection; a waker
+    ///   it wakes may be the next connection's, a spurious wake its task tolerates.
+    fn walk(&self, mut f: impl FnMut(&Arc<Slot>, u64)) {
+        // On the stack: a sweep allocates nothing.
+        let mut chunk: [Option<(Arc<Slot>, u64)>; WALK_CHUNK] = std::array::from_fn(|_| None);
+        let mut key = 0;
+        loop {
+            let mut copied = 0;
+            let more = {
+                let open = lock(&self.open);
+                let stop = open.end.min(key + WALK_CHUNK);
+                while key < stop {
+                    if let Some(slot) = open.slots.get(key) {
+                        chunk[copied] = Some((slot.clone(), slot.word.load(Ordering::Acquire)));
+                        copied += 1;
+                    }
+                    key += 1;
+                }
+                key < open.end
+            };
+            for (slot, word) in chunk[..copied].iter_mut().filter_map(Option::take) {
+                f(&slot, word);
+            }
+            if !more {
+                return;
             }
         }
     }
 
+    /// Runs `f` on every open slot with its generation (see `walk` for which it sees).
+    pub(crate) fn for_each_open(&self, mut f: impl FnMut(&Slot, u64)) {
+        self.walk(|slot, word| {
+            if SlotState::from_bits(word as u8) == SlotState::Open {
+                f(slot, word >> STATE_BITS);
+            }
+        });
+    }
+
     /// Runs `f` on every registered slot (open, or closed by the server while its task has
-    /// not ended yet) with its generation and state, under the registry lock.
+    /// not ended yet) with its generation and state (see `walk` for which it sees).
     pub(crate) fn for_each_registered(&self, mut f: impl FnMut(&Slot, u64, SlotState)) {
-        for (_, slot) in lock(&self.open).iter() {
-            let word = slot.word.load(Ordering::Acquire);
-            f(slot, word >> STATE_BITS, SlotState::from_bits(word as u8));
-        }
+        self.walk(|slot, word| f(slot, word >> STATE_BITS, SlotState::from_bits(word as u8)));
     }
 
     /// The open slot whose last activity is the oldest, if at or before `before`, with its
-    /// generation: one scan of the open slots. Busy slots are never the idlest.
+    /// generation: one walk over the open slots. Busy slots are never the idlest. Activity
+    /// moves while the walk runs (with or without the lock), so "oldest" is as of when each
+    /// slot was looked at; the caller closes the result through its generation.
     pub(crate) fn idlest(&self, before: u64) -> Option<(Arc<Slot>, u64)> {
-        let mut best: Option<(&Arc<Slot>, u64, u64)> = None;
-        let open = lock(&self.open);
-        for (_, slot) in open.iter() {
-            let word = slot.word.load(Ordering::Acquire);
+        let mut best: Option<(Arc<Slot>, u64, u64)> = None;
+        self.walk(|slot, word| {
             let last = slot.last_active.load(Ordering::Relaxed);
             if SlotState::from_bits(word as u8) == SlotState::Open
                 && !slot.is_busy()
                 && last <= before
-                && best.is_none_or(|(_, _, oldest)| last < oldest)
+                && best.as_ref().is_none_or(|&(_, _, oldest)| last < oldest)
             {
-                best = Some((slot, word >> STATE_BITS, last));
+                best = Some((slot.clone(), word >> STATE_BITS, last));
             }
-        }
-        best.map(|(slot, generation, _)| (slot.clone(), generation))
+        });
+        best.map(|(slot, generation, _)| (slot, generation))
     }
 }
 
@@ -331,6 +408,50 @@ mod tests {
         let mut n = 0;
         pool.for_each_open(|_, _| n += 1);
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_walk_in_chunks_sees_every_registered_slot_once() {
+        let pool = Pool::default();
+        let slots: Vec<_> = (0..3 * WALK_CHUNK as u64 + 5)
+            .map(|stamp| pool.open(stamp + 10, || ()))
+            .collect();
+        // Holes in every chunk, and the last key freed (the end stays where it was).
+        for (slot, generation) in slots.iter().step_by(3).chain(slots.last()) {
+            pool.release(slot, *generation);
+        }
+        let mut seen = Vec::new();
+        pool.for_each_registered(|slot, generation, _| {
+            seen.push((slot.key.load(Ordering::Relaxed), generation))
+        });
+        let mut expected: Vec<_> = slots[..slots.len() - 1]
+            .iter()
+            .filter(|(slot, _)| slot.key.load(Ordering::Relaxed) % 3 != 0)
+            .map(|(slot, generation)| (slot.key.load(Ordering::Relaxed), *generation))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(seen, expected, "in key order, each once");
+        // The idlest is found past the first chunk.
+        let (oldest, generation) = &slots[2 * WALK_CHUNK + 2];
+        oldest.last_active.store(1, Ordering::Relaxed);
+        let (found, found_generation) = pool.idlest(5).expect("one is old enough");
+        assert!(Arc::ptr_eq(&found, oldest));
+        assert_eq!(found_generation, *generation);
+        assert!(pool.idlest(0).is_none());
+    }
+
+    #[test]
+    fn a_walk_does_not_hold_the_registry_lock_while_it_looks() {
+        let pool = Pool::default();
+        let (_slot, _) = pool.open(0, || ());
+        let mut opened = Vec::new();
+        // An accept and a close from inside the walk (they would deadlock under the lock).
+        pool.for_each_open(|_, _| {
+            let (slot, generation) = pool.open(0, || ());
+            pool.release(&slot, generation);
+            opened.push(pool.open(0, || ()));
+        });
+        assert_eq!(opened.len(), 1);
     }
 }
 
@@ -426,6 +547,57 @@ pub mod loom_models {
             assert_eq!(slot.state(generation), won);
             assert_eq!(pool.release(&slot, generation), won);
         });
+    }
+
+    /// Shutdown's final sweep walks the registry a slot per hold of the lock (`WALK_CHUNK`
+    /// under loom) while a connection ends and another registers into the key it freed,
+    /// behind the walk or ahead of it, fenced against the force latch as `Core::register`
+    /// and `Stop::force` do: the one registered throughout is forced by the sweep, and the
+    /// late one is forced too, by the sweep or by itself on seeing the latch.
+    pub fn a_chunked_walk_misses_no_registration_the_latch_does_not_catch() {
+        use crate::sync::atomic::{AtomicBool, fence};
+        explore(
+            "pool: chunked final sweep vs release + register",
+            None,
+            || {
+                let pool = Arc::new(Pool::default());
+                let forced = Arc::new(AtomicBool::default());
+                let (ending, first) = pool.open(0, || ());
+                let (staying, kept) = pool.open(0, || ());
+                let churn = {
+                    let (pool, forced) = (pool.clone(), forced.clone());
+                    thread::spawn(move || {
+                        pool.release(&ending, first);
+                        // As `Core::register`.
+                        let (slot, generation) = pool.open(0, || ());
+                        fence(Ordering::SeqCst);
+                        if forced.load(Ordering::Acquire) {
+                            slot.close(generation, SlotState::ShutdownForced);
+                        }
+                        (slot, generation)
+                    })
+                };
+                // As `Stop::force`, then the sweep in `shutdown`.
+                forced.store(true, Ordering::Release);
+                fence(Ordering::SeqCst);
+                pool.for_each_registered(|slot, generation, state| {
+                    if state == SlotState::Open {
+                        slot.close(generation, SlotState::ShutdownForced);
+                    }
+                });
+                let (late, generation) = churn.join().unwrap();
+                assert_eq!(
+                    staying.state(kept),
+                    SlotState::ShutdownForced,
+                    "registered throughout: seen"
+                );
+                assert_eq!(
+                    late.state(generation),
+                    SlotState::ShutdownForced,
+                    "registered during the sweep: seen, or saw the latch"
+                );
+            },
+        );
     }
 
     /// The idle scanner looks at a busy mark as it ends: if it sees the mark gone, it sees

@@ -51,6 +51,11 @@ fn pool_a_sweep_that_sees_a_busy_mark_end_sees_its_stamp() {
 }
 
 #[test]
+fn pool_a_chunked_walk_misses_no_registration_the_latch_does_not_catch() {
+    models::pool::a_chunked_walk_misses_no_registration_the_latch_does_not_catch();
+}
+
+#[test]
 fn capacity_two_accept_loops_share_max_connections() {
     models::capacity::two_accept_loops_share_max_connections();
 }
