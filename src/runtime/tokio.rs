@@ -50,11 +50,17 @@ impl Runtime for Tokio {
     }
 
     fn timer(&self, deadline: Instant) -> BoxTimer {
+        if in_task() {
+            return Box::pin(tokio::time::sleep_until(deadline.into()));
+        }
         let _guard = self.handle.enter();
         Box::pin(tokio::time::sleep_until(deadline.into()))
     }
 
     fn now(&self) -> Instant {
+        if in_task() {
+            return tokio::time::Instant::now().into_std();
+        }
         let _guard = self.handle.enter();
         tokio::time::Instant::now().into_std()
     }
@@ -70,6 +76,15 @@ impl Runtime for Tokio {
         std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO)))
             .map_err(|_| crate::error::ConfigError::RuntimeDriverMissing("time"))
     }
+}
+
+/// Whether the caller is a tokio task, so a runtime's context is entered already: berth's
+/// own calls come from the tasks it spawned on this runtime, and entering the context again
+/// costs a handle clone per call (the HTTP path reads the clock a few times per request).
+/// From anywhere else (a user's thread) the adapter enters its runtime first, so that
+/// tokio's clock, paused under `test-util`, is the one read.
+fn in_task() -> bool {
+    tokio::task::try_id().is_some()
 }
 
 /// tokio's `Sleep` resets in place (its timer entry moves in the wheel).
