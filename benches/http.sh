@@ -2,6 +2,9 @@
 # The HTTP example (hyper on berth) side by side with bare hyper on tokio, interleaved:
 #   berth-smol   - examples/http.rs --runtime smol --threads 1
 #   berth-tokio  - examples/http.rs --runtime tokio --threads 1
+#   hyper-smol   - benches/hyper_smol_peer.rs --threads 1: bare hyper on smol with smol-hyper's
+#                  glue (async-net accept loop, async-executor, async-io timer): what berth on
+#                  smol costs beside hyper on the same runtime
 #   hyper-tokio  - benches/hyper_peer.rs --threads 1: a tokio TcpListener accept loop and
 #                  hyper-util's auto builder, the peer every ratio is taken against
 # Each server runs pinned to CPU 0, the load generator pinned to CPU 1, loopback only, every
@@ -37,7 +40,7 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: bash benches/http.sh [--quick | syscalls]" >&2; exit 2 ;;
 esac
-servers=${SERVERS:-berth-smol berth-tokio hyper-tokio}
+servers=${SERVERS:-berth-smol hyper-smol berth-tokio hyper-tokio}
 # NICE=-20 (root) runs the server and the load generator at that priority: on a machine that
 # cannot be made quiet, other work then gets little of their cores (it still gets some).
 prio=""
@@ -48,7 +51,7 @@ for tool in wrk h2load taskset; do
   command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }
 done
 
-cargo build -q --release --example http --bench hyper_peer
+cargo build -q --release --example http --bench hyper_peer --bench hyper_smol_peer
 # The newest bench binary, found as compare.sh finds its peers.
 # shellcheck disable=SC2010
 bin() { ls -t target/release/deps/"$1"-* | grep -v '\.d$' | head -1; }
@@ -62,11 +65,13 @@ trap '[ -z "$pid" ] || kill -KILL "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
 # meanwhile (someone else's cargo build).
 cp target/release/examples/http "$tmp/http"
 cp "$(bin hyper_peer)" "$tmp/hyper_peer"
+cp "$(bin hyper_smol_peer)" "$tmp/hyper_smol_peer"
 
 server_cmd() {
   case $1 in
     berth-smol) echo "$tmp/http --runtime smol --threads 1 --addr 127.0.0.1:0" ;;
     berth-tokio) echo "$tmp/http --runtime tokio --threads 1 --addr 127.0.0.1:0" ;;
+    hyper-smol) echo "$tmp/hyper_smol_peer --threads 1 --addr 127.0.0.1:0" ;;
     hyper-tokio) echo "$tmp/hyper_peer --threads 1 --addr 127.0.0.1:0" ;;
     *) echo "unknown server $1" >&2; exit 2 ;;
   esac

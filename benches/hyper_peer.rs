@@ -6,16 +6,14 @@
 //!
 //! `cargo bench --bench hyper_peer -- --addr 127.0.0.1:8082 --threads 1`
 
-use std::convert::Infallible;
 use std::io::Write as _;
-use std::time::Duration;
 
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+
+#[path = "common/http_routes.rs"]
+mod routes;
 
 #[derive(Parser)]
 struct Args {
@@ -63,44 +61,10 @@ fn main() {
                 let _ = builder
                     .serve_connection_with_upgrades(
                         TokioIo::new(stream),
-                        hyper::service::service_fn(route),
+                        hyper::service::service_fn(|req| routes::route(req, tokio::time::sleep)),
                     )
                     .await;
             });
         }
     });
-}
-
-type Reply = Response<Full<Bytes>>;
-
-async fn route(req: Request<Incoming>) -> Result<Reply, Infallible> {
-    let reply = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/") => text(StatusCode::OK, "hello\n"),
-        (&Method::GET, "/slow") => {
-            let ms = req
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
-                .and_then(|ms| ms.parse::<u64>().ok());
-            match ms {
-                Some(ms) => {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    text(StatusCode::OK, "slow\n")
-                }
-                None => text(StatusCode::BAD_REQUEST, "usage: /slow?ms=N\n"),
-            }
-        }
-        (&Method::POST, "/echo") => match req.into_body().collect().await {
-            Ok(body) => Response::new(Full::new(body.to_bytes())),
-            Err(_) => text(StatusCode::BAD_REQUEST, "cannot read the body\n"),
-        },
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    };
-    Ok(reply)
-}
-
-fn text(status: StatusCode, body: &'static str) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *reply.status_mut() = status;
-    reply
 }
