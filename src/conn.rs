@@ -240,6 +240,7 @@ impl Conn {
             generation: self.generation,
             opened_at: self.opened_at(),
             listener: None,
+            waker: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use super::{Conn, drain_due};
 use crate::core::Core;
@@ -49,6 +49,8 @@ pub struct Draining {
     pub(super) generation: u64,
     pub(super) opened_at: Option<std::time::Instant>,
     pub(super) listener: Option<EventListener>,
+    /// The waker the listener holds, while waiting for the drain to begin.
+    pub(super) waker: Option<std::task::Waker>,
 }
 
 impl Future for Draining {
@@ -56,6 +58,16 @@ impl Future for Draining {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        // Polled on every wake of its task (an HTTP connection's, per request): while no
+        // drain has begun and the listener holds this task's waker, the latch's flag is all
+        // there is to look at, not the listener (whose poll takes its event's lock).
+        if this.listener.is_some()
+            && !this.core.stop().is_draining()
+            && this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        this.waker = None;
         loop {
             let draining = this.core.stop().is_draining();
             if draining && drain_due(&this.core, &this.slot, this.generation, this.opened_at) {
@@ -64,7 +76,12 @@ impl Future for Draining {
             }
             match &mut this.listener {
                 Some(listener) => {
-                    ready!(Pin::new(listener).poll(cx));
+                    if Pin::new(listener).poll(cx).is_pending() {
+                        if !draining {
+                            this.waker = Some(cx.waker().clone());
+                        }
+                        return Poll::Pending;
+                    }
                     this.listener = None;
                 }
                 // Listen, then loop to check again: a notify before `listen` is lost. While
