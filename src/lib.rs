@@ -149,7 +149,7 @@ mod watchdog;
 pub use addr::{Addr, PeerCred};
 pub use config::{Config, ListenerConfig, Overload, UnixConfig};
 pub use conn::{Busy, Conn, ConnHandle, Draining, Readable};
-pub use error::{ConfigError, Error};
+pub use error::{ConfigError, Error, ServeError};
 pub use events::{
     CloseReason, ConnEvent, OverloadAction, PressureLevel, ServerEvent, ShutdownReport, Stats,
 };
