@@ -513,4 +513,23 @@ mod tests {
         };
         assert!(!format!("{accept:?}").contains("caused by"), "{accept:?}");
     }
+
+    #[test]
+    fn a_failure_told_to_the_hook_reads_as_the_call_returns_it() {
+        let tls = || crate::tls::TlsError::Read {
+            path: "cert.pem".into(),
+            reason: "No such file or directory (os error 2)".into(),
+        };
+        let reload = ServeError::TlsReload(tls());
+        assert_eq!(reload.to_string(), Error::Tls(tls()).to_string());
+        let returned = bind("127.0.0.1:7000", io::ErrorKind::AddrInUse);
+        let (text, debug) = (returned.to_string(), format!("{returned:?}"));
+        let start = ServeError::Start(returned);
+        assert_eq!(start.to_string(), text);
+        assert_eq!(format!("{start:?}"), debug);
+        assert!(
+            format!("{start:#?}").starts_with("Start(\n    Bind {"),
+            "{start:#?}"
+        );
+    }
 }
