@@ -21,7 +21,7 @@ use futures_lite::FutureExt as _;
 use crate::addr::Addr;
 use crate::core::{Core, Reservation};
 use crate::endpoint::Endpoint;
-use crate::error::Error;
+use crate::error::ServeError;
 use crate::events::{OverloadAction, ServerEvent};
 use crate::hooks::Report;
 use crate::lifecycle::Lifecycle;
@@ -249,7 +249,7 @@ async fn accept_loop<L: Listener>(
                     BACKOFF_MAX
                 };
                 let delay = backoff.map_or(BACKOFF_MIN, |d| (d * 2).min(max_delay));
-                let first = backoff.is_none().then_some(Error::Accept {
+                let first = backoff.is_none().then_some(ServeError::Accept {
                     source,
                     backoff: delay,
                 });

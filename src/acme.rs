@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_lite::FutureExt as _;
 
 use crate::core::Core;
-use crate::error::Error;
+use crate::error::ServeError;
 use crate::events::ServerEvent;
 use crate::tls::acme::{Acme, CertificateOrigin, Served};
 
@@ -139,7 +139,7 @@ pub(crate) async fn drive(core: Arc<Core>, acme: Arc<Acme>) {
                     reason: source.to_string(),
                     retry_in,
                 });
-                core.hooks().error(&Error::Acme {
+                core.hooks().error(&ServeError::Acme {
                     domains: domains.join(","),
                     source,
                     retry_in,

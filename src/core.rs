@@ -21,7 +21,7 @@ pub(crate) use crate::capacity::{HandshakePlace, Reservation};
 use crate::clock::{Clock, Periods};
 use crate::config::Config;
 use crate::endpoint::Endpoint;
-use crate::error::Error;
+use crate::error::ServeError;
 use crate::events::{CloseReason, ConnEvent, Count, Counters, Stats};
 use crate::hooks::{Hooks, Report};
 use crate::limits::RejectReason;
@@ -309,7 +309,7 @@ impl Core {
     }
 
     /// An accept error, counted now and reported off the loop.
-    pub(crate) fn accept_error(&self, error: Option<Error>) {
+    pub(crate) fn accept_error(&self, error: Option<ServeError>) {
         self.counters.add(Count::AcceptError);
         #[cfg(feature = "metrics")]
         crate::metrics::accept_error();

@@ -1,8 +1,11 @@
 //! The crate's error types.
 //!
 //! Configuration problems are [`ConfigError`]s (each names the bad input and how to fix it);
-//! everything the server reports at run time is an [`Error`]. Connection I/O itself uses
-//! `std::io::Error`, as every `AsyncRead`/`AsyncWrite` does.
+//! what a call (binding, reloading, upgrading, stopping) returns is an [`Error`]; what goes
+//! wrong while serving, with no caller to return it to, reaches the error hook as a
+//! [`ServeError`]. A failure that can happen both ways (TLS settings that cannot be loaded,
+//! an upgrade that fails) has a variant in each, around the same inner error. Connection
+//! I/O itself uses `std::io::Error`, as every `AsyncRead`/`AsyncWrite` does.
 
 use std::io;
 use std::path::PathBuf;
@@ -144,7 +147,10 @@ pub enum ConfigError {
     ListenerMismatch(&'static str),
 }
 
-/// Everything that can go wrong while binding, serving or stopping a server.
+/// What a call returns when it fails: binding ([`Builder::bind`](crate::Builder::bind),
+/// [`Server::bind`](crate::Server::bind)), reloading TLS settings, upgrading, installing
+/// signal handlers, stopping. What goes wrong while serving reaches the error hook as a
+/// [`ServeError`] instead.
 ///
 /// Its `Debug` output is its message (with the cause), so `fn main() -> Result<(),
 /// berth::Error>` prints a sentence, not a struct dump; `{:#?}` shows the structure.
@@ -157,8 +163,64 @@ pub enum Error {
     /// The TLS settings cannot be used.
     #[error("invalid TLS configuration: {0}")]
     Tls(#[from] crate::tls::TlsError),
-    /// A configured certificate is expired or not yet valid (reported to the error hook at
-    /// load time; serving goes on, but clients will reject the certificate).
+    /// The listening socket could not be created or bound.
+    #[error(
+        "cannot listen on {addr}: {source}; {}", bind_hint(.addr, .source)
+    )]
+    Bind {
+        /// The address berth tried to bind.
+        addr: Addr,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// An upgrade failed; the server keeps serving.
+    #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+    #[error("upgrade failed: {0}")]
+    Upgrade(#[from] UpgradeError),
+    /// Signal handlers could not be installed (see [`Signals`](crate::signal::Signals)).
+    #[error("cannot install handlers for SIGTERM and SIGINT: {0}")]
+    Signal(#[source] io::Error),
+    /// Graceful shutdown hit its deadline and force-closed the connections still open.
+    ///
+    /// Its message starts with golib's "timeout on stopping socket".
+    #[error(
+        "timeout on stopping socket: {forced} connection(s) force-closed after the {grace:?} grace period ({drained} drained)"
+    )]
+    ShutdownTimeout {
+        /// Connections that were still open at the deadline and were force-closed.
+        forced: usize,
+        /// Connections that finished by themselves while draining.
+        drained: usize,
+        /// The grace period that ran out.
+        grace: Duration,
+    },
+}
+
+/// What goes wrong while a server serves, with no call to return it to: the error hook
+/// ([`Builder::on_error`](crate::Builder::on_error),
+/// [`ServerHandle::on_error`](crate::ServerHandle::on_error)) receives it. The server
+/// carries on after each (only [`Start`](Self::Start) means there is no server).
+///
+/// Like [`Error`], its `Debug` output is its message; `{:#?}` shows the structure.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Binding or building the server failed ([`Builder::bind`](crate::Builder::bind),
+    /// [`Builder::listener`](crate::Builder::listener)). The call returns the same error;
+    /// the hook is told too, so that one hook sees every failure (a hook that prints and a
+    /// `main` that prints the returned error print it twice).
+    #[error(transparent)]
+    Start(Error),
+    /// Certificates re-read by the TLS watch (`tls.watch`) cannot be used; the previous
+    /// ones stay in force (also reported as
+    /// [`ServerEvent::TlsReloadFailed`](crate::ServerEvent::TlsReloadFailed)).
+    /// [`ServerHandle::reload_tls`](crate::ServerHandle::reload_tls) returns the same
+    /// failure as [`Error::Tls`].
+    #[error("invalid TLS configuration: {0}")]
+    TlsReload(crate::tls::TlsError),
+    /// A configured certificate is expired or not yet valid (reported at load time: at
+    /// bind, at a reload; serving goes on, but clients will reject the certificate).
     #[error("certificate {} is outside its validity period (valid from {} to {}, Unix seconds): renew it", .0.source, .0.not_before, .0.not_after)]
     CertificateNotValid(crate::tls::ValidityWarning),
     /// A certificate could not be obtained or renewed from the ACME directory
@@ -175,17 +237,6 @@ pub enum Error {
         source: crate::tls::acme::AcmeError,
         /// When berth tries again.
         retry_in: Duration,
-    },
-    /// The listening socket could not be created or bound.
-    #[error(
-        "cannot listen on {addr}: {source}; {}", bind_hint(.addr, .source)
-    )]
-    Bind {
-        /// The address berth tried to bind.
-        addr: Addr,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
     },
     /// `accept` failed in a way that makes berth back off (for example EMFILE: too many open
     /// files). Reported once per episode; accepting resumes by itself when the cause clears.
@@ -224,31 +275,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// An upgrade failed; the server keeps serving.
+    /// An upgrade failed where no caller waits for it (one SIGHUP started, in
+    /// [`ServerHandle::run`](crate::ServerHandle::run) or `shutdown_on`), or the handover
+    /// channel failed in a way that is not fatal (ticket keys that cannot be passed or
+    /// read, the new process's ready message); the server keeps serving.
+    /// [`ServerHandle::upgrade`](crate::ServerHandle::upgrade) returns its failure as
+    /// [`Error::Upgrade`].
     #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
     #[error("upgrade failed: {0}")]
-    Upgrade(#[from] UpgradeError),
-    /// Signal handlers could not be installed (see [`Signals`](crate::signal::Signals)).
-    #[error("cannot install handlers for SIGTERM and SIGINT: {0}")]
-    Signal(#[source] io::Error),
+    Upgrade(UpgradeError),
     /// A message to systemd (`NOTIFY_SOCKET`: `READY=1`, `WATCHDOG=1`, `STOPPING=1`...)
     /// could not be sent; the server serves on. Check the socket systemd passed.
     #[error("cannot notify systemd through NOTIFY_SOCKET: {0}")]
     Notify(#[source] io::Error),
-    /// Graceful shutdown hit its deadline and force-closed the connections still open.
-    ///
-    /// Its message starts with golib's "timeout on stopping socket".
-    #[error(
-        "timeout on stopping socket: {forced} connection(s) force-closed after the {grace:?} grace period ({drained} drained)"
-    )]
-    ShutdownTimeout {
-        /// Connections that were still open at the deadline and were force-closed.
-        forced: usize,
-        /// Connections that finished by themselves while draining.
-        drained: usize,
-        /// The grace period that ran out.
-        grace: Duration,
-    },
 }
 
 /// What to do when binding `addr` failed with `source`.
@@ -281,19 +320,36 @@ impl std::fmt::Debug for Error {
         if f.alternate() {
             return self.fmt_structure(f);
         }
-        // What `?` in main prints: the message, then each cause not already in it.
-        std::fmt::Display::fmt(self, f)?;
-        let message = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if !message.contains(&text) {
-                write!(f, "\n  caused by: {text}")?;
-            }
-            source = cause.source();
-        }
-        Ok(())
+        fmt_sentence(self, f)
     }
+}
+
+// The hook's errors print like the calls': a hook that logs `{e:?}` gets a sentence too.
+impl std::fmt::Debug for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if f.alternate() {
+            return self.fmt_structure(f);
+        }
+        fmt_sentence(self, f)
+    }
+}
+
+/// What `?` in main prints: the message, then each cause not already in it.
+fn fmt_sentence(
+    error: &dyn std::error::Error,
+    f: &mut std::fmt::Formatter<'_>,
+) -> std::fmt::Result {
+    let message = error.to_string();
+    f.write_str(&message)?;
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            write!(f, "\n  caused by: {text}")?;
+        }
+        source = cause.source();
+    }
+    Ok(())
 }
 
 impl Error {
@@ -301,40 +357,9 @@ impl Error {
         match self {
             Error::Config(e) => f.debug_tuple("Config").field(e).finish(),
             Error::Tls(e) => f.debug_tuple("Tls").field(e).finish(),
-            Error::CertificateNotValid(w) => f.debug_tuple("CertificateNotValid").field(w).finish(),
-            Error::Acme {
-                domains,
-                source,
-                retry_in,
-            } => f
-                .debug_struct("Acme")
-                .field("domains", domains)
-                .field("source", source)
-                .field("retry_in", retry_in)
-                .finish(),
             Error::Bind { addr, source } => f
                 .debug_struct("Bind")
                 .field("addr", addr)
-                .field("source", source)
-                .finish(),
-            Error::Accept { source, backoff } => f
-                .debug_struct("Accept")
-                .field("source", source)
-                .field("backoff", backoff)
-                .finish(),
-            Error::HandlerPanicked { conn_id, message } => f
-                .debug_struct("HandlerPanicked")
-                .field("conn_id", conn_id)
-                .field("message", message)
-                .finish(),
-            Error::HookPanicked { hook, message } => f
-                .debug_struct("HookPanicked")
-                .field("hook", hook)
-                .field("message", message)
-                .finish(),
-            Error::Tune { peer, source } => f
-                .debug_struct("Tune")
-                .field("peer", peer)
                 .field("source", source)
                 .finish(),
             Error::ShutdownTimeout {
@@ -348,15 +373,59 @@ impl Error {
                 .field("grace", grace)
                 .finish(),
             Error::Signal(e) => f.debug_tuple("Signal").field(e).finish(),
-            Error::Notify(e) => f.debug_tuple("Notify").field(e).finish(),
             #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
             Error::Upgrade(e) => f.debug_tuple("Upgrade").field(e).finish(),
         }
     }
 }
 
-// Public as `berth::upgrade::UpgradeError`; defined here so that `Error` can carry it
-// without the vocabulary importing the upgrade mechanism.
+impl ServeError {
+    fn fmt_structure(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Start(e) => f.debug_tuple("Start").field(e).finish(),
+            ServeError::TlsReload(e) => f.debug_tuple("TlsReload").field(e).finish(),
+            ServeError::CertificateNotValid(w) => {
+                f.debug_tuple("CertificateNotValid").field(w).finish()
+            }
+            ServeError::Acme {
+                domains,
+                source,
+                retry_in,
+            } => f
+                .debug_struct("Acme")
+                .field("domains", domains)
+                .field("source", source)
+                .field("retry_in", retry_in)
+                .finish(),
+            ServeError::Accept { source, backoff } => f
+                .debug_struct("Accept")
+                .field("source", source)
+                .field("backoff", backoff)
+                .finish(),
+            ServeError::HandlerPanicked { conn_id, message } => f
+                .debug_struct("HandlerPanicked")
+                .field("conn_id", conn_id)
+                .field("message", message)
+                .finish(),
+            ServeError::HookPanicked { hook, message } => f
+                .debug_struct("HookPanicked")
+                .field("hook", hook)
+                .field("message", message)
+                .finish(),
+            ServeError::Tune { peer, source } => f
+                .debug_struct("Tune")
+                .field("peer", peer)
+                .field("source", source)
+                .finish(),
+            ServeError::Notify(e) => f.debug_tuple("Notify").field(e).finish(),
+            #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
+            ServeError::Upgrade(e) => f.debug_tuple("Upgrade").field(e).finish(),
+        }
+    }
+}
+
+// Public as `berth::upgrade::UpgradeError`; defined here so that `Error` and `ServeError`
+// can carry it without the vocabulary importing the upgrade mechanism.
 /// Why an upgrade failed. The old process keeps serving; a later upgrade may be tried.
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
 #[derive(Debug, thiserror::Error)]
@@ -438,10 +507,29 @@ mod tests {
         // The structure is one `#` away.
         assert!(format!("{tls:#?}").starts_with("Tls("), "{tls:#?}");
         // A cause not already in the message is added.
-        let accept = Error::Accept {
+        let accept = ServeError::Accept {
             source: io::Error::other("too many open files"),
             backoff: Duration::from_millis(5),
         };
         assert!(!format!("{accept:?}").contains("caused by"), "{accept:?}");
+    }
+
+    #[test]
+    fn a_failure_told_to_the_hook_reads_as_the_call_returns_it() {
+        let tls = || crate::tls::TlsError::Read {
+            path: "cert.pem".into(),
+            reason: "No such file or directory (os error 2)".into(),
+        };
+        let reload = ServeError::TlsReload(tls());
+        assert_eq!(reload.to_string(), Error::Tls(tls()).to_string());
+        let returned = bind("127.0.0.1:7000", io::ErrorKind::AddrInUse);
+        let (text, debug) = (returned.to_string(), format!("{returned:?}"));
+        let start = ServeError::Start(returned);
+        assert_eq!(start.to_string(), text);
+        assert_eq!(format!("{start:?}"), debug);
+        assert!(
+            format!("{start:#?}").starts_with("Start(\n    Bind {"),
+            "{start:#?}"
+        );
     }
 }

@@ -181,7 +181,7 @@ pub enum ServerEvent {
     },
     /// A certificate could not be obtained or renewed from the ACME directory; berth tries
     /// again after `retry_in`, serving the current certificate (if any) meanwhile. The
-    /// error hook gets the same failure as [`Error::Acme`](crate::Error::Acme).
+    /// error hook gets the same failure as [`ServeError::Acme`](crate::ServeError::Acme).
     AcmeFailed {
         /// The names of the certificate.
         domains: Vec<String>,

@@ -4,7 +4,7 @@
 //! them short (forward to a channel if you need to do I/O). They can be set or replaced at
 //! any time, also while serving, through [`ServerHandle`](crate::ServerHandle) or the
 //! [`Builder`](crate::Builder). A hook that panics is contained: the panic is reported to the
-//! error hook as [`Error::HookPanicked`] and the server carries on.
+//! error hook as [`ServeError::HookPanicked`] and the server carries on.
 //!
 //! What the accept loop has to report (a refused connection, an accept error, an eviction)
 //! is not reported on the loop: it is queued and a reporter task runs the hooks, so a slow hook
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use futures_lite::FutureExt as _;
 
-use crate::error::Error;
+use crate::error::ServeError;
 use crate::events::{ConnEvent, ServerEvent};
 use crate::sync::{Event, Latch, lock, read, until, write};
 
@@ -33,7 +33,7 @@ type Hook<T> = Arc<dyn Fn(&T) + Send + Sync>;
 pub(crate) struct Hooks {
     conn: RwLock<Option<Hook<ConnEvent>>>,
     server: RwLock<Option<Hook<ServerEvent>>>,
-    error: RwLock<Option<Hook<Error>>>,
+    error: RwLock<Option<Hook<ServeError>>>,
     deferred: Deferred,
 }
 
@@ -41,7 +41,7 @@ pub(crate) struct Hooks {
 pub(crate) enum Report {
     Conn(ConnEvent),
     Server(ServerEvent),
-    Error(Error),
+    Error(ServeError),
 }
 
 #[derive(Default)]
@@ -72,7 +72,7 @@ impl Hooks {
     pub(crate) fn set_server(&self, hook: Option<Hook<ServerEvent>>) {
         store(&self.server, hook);
     }
-    pub(crate) fn set_error(&self, hook: Option<Hook<Error>>) {
+    pub(crate) fn set_error(&self, hook: Option<Hook<ServeError>>) {
         store(&self.error, hook);
     }
 
@@ -96,7 +96,7 @@ impl Hooks {
         }
     }
 
-    pub(crate) fn error(&self, error: &Error) {
+    pub(crate) fn error(&self, error: &ServeError) {
         #[cfg(feature = "tracing")]
         tracing::warn!(target: "berth", error = %error, "server error");
         if let Some(hook) = load(&self.error) {
@@ -164,7 +164,7 @@ impl Hooks {
 
     fn call(&self, hook: &'static str, f: impl FnOnce()) {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-            self.error(&Error::HookPanicked {
+            self.error(&ServeError::HookPanicked {
                 hook,
                 message: crate::unwind::message(&*payload),
             });

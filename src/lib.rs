@@ -39,6 +39,11 @@
 //! [`limits`], [`listener`], [`runtime`] and `signal` hold the rest. See the README for the
 //! defaults, the shutdown semantics and the list of events.
 //!
+//! A call that fails returns an [`Error`] (a [`ConfigError`] inside it for a bad setting);
+//! what goes wrong while serving, with no caller to return it to (an accept back-off, a
+//! panicking handler, a certificate reload that fails), reaches the error hook
+//! ([`Builder::on_error`]) as a [`ServeError`].
+//!
 //! # How it is built
 //!
 //! The server never names an async runtime: it spawns, sets deadline timers (which reset
@@ -149,7 +154,7 @@ mod watchdog;
 pub use addr::{Addr, PeerCred};
 pub use config::{Config, ListenerConfig, Overload, UnixConfig};
 pub use conn::{Busy, Conn, ConnHandle, Draining, Readable};
-pub use error::{ConfigError, Error};
+pub use error::{ConfigError, Error, ServeError};
 pub use events::{
     CloseReason, ConnEvent, OverloadAction, PressureLevel, ServerEvent, ShutdownReport, Stats,
 };

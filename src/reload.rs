@@ -24,7 +24,7 @@ use futures_lite::FutureExt as _;
 
 use crate::core::Core;
 use crate::endpoint::Endpoint;
-use crate::error::Error;
+use crate::error::ServeError;
 use crate::events::ServerEvent;
 use crate::tls::{PemSource, Resumption, TlsConfig};
 
@@ -153,7 +153,7 @@ pub(crate) async fn watch(
             None => {
                 if let Some(e) = broken.take() {
                     let reason = crate::tls::TlsError::to_string(&e);
-                    core.hooks().error(&Error::Tls(e));
+                    core.hooks().error(&ServeError::TlsReload(e));
                     core.hooks()
                         .server(ServerEvent::TlsReloadFailed { listener, reason });
                 }
@@ -169,7 +169,8 @@ pub(crate) async fn watch(
                 }
                 endpoint.set_tls(config);
                 for warning in warnings {
-                    core.hooks().error(&Error::CertificateNotValid(warning));
+                    core.hooks()
+                        .error(&ServeError::CertificateNotValid(warning));
                 }
                 core.hooks().server(ServerEvent::TlsReloaded { listener });
             }

@@ -1,7 +1,7 @@
 //! One call for a process's life: serve until SIGTERM or SIGINT, upgrade on SIGHUP, drain,
 //! return the report.
 
-use crate::error::Error;
+use crate::error::{Error, ServeError};
 use crate::events::ShutdownReport;
 use crate::server::ServerHandle;
 use crate::signal::{Signal, Signals};
@@ -57,9 +57,9 @@ impl ServerHandle {
                 };
                 return self.stop().or(skip).await;
             }
-            match self.upgrade().await {
+            match self.upgrade_on_signal().await {
                 Ok(_) => return self.stop().await,
-                Err(e) => self.report_error(&e),
+                Err(e) => self.report_error(&ServeError::Upgrade(e)),
             }
         }
     }
@@ -68,8 +68,8 @@ impl ServerHandle {
     /// [`shutdown_on`](Self::shutdown_on)); a failure goes to the error hook.
     pub(crate) async fn upgrade_on_hangup(&self, stopped_by: &dyn std::any::Any) {
         if stopped_by.downcast_ref() == Some(&Signal::Hangup) {
-            if let Err(e) = self.upgrade().await {
-                self.report_error(&e);
+            if let Err(e) = self.upgrade_on_signal().await {
+                self.report_error(&ServeError::Upgrade(e));
             }
         }
     }

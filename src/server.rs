@@ -12,7 +12,7 @@ use crate::bind::{Binding, Bindings, Tls};
 use crate::config::Config;
 use crate::core::Core;
 use crate::endpoint::Endpoint;
-use crate::error::{ConfigError, Error};
+use crate::error::{ConfigError, Error, ServeError};
 use crate::events::{ConnEvent, ServerEvent, ShutdownReport, Stats};
 use crate::handler::Handler;
 use crate::hooks::Hooks;
@@ -108,10 +108,11 @@ impl Builder {
         self
     }
 
-    /// Calls `hook` for every error, including a failed bind (which is also returned: a
-    /// hook that prints and a `main` that prints the returned error print it twice, so
-    /// attach printing hooks after binding, with [`ServerHandle::on_error`]).
-    pub fn on_error(self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+    /// Calls `hook` for every error while serving (a [`ServeError`]), and for a failed bind
+    /// ([`ServeError::Start`], which is also returned: a hook that prints and a `main` that
+    /// prints the returned error print it twice, so attach printing hooks after binding,
+    /// with [`ServerHandle::on_error`]).
+    pub fn on_error(self, hook: impl Fn(&ServeError) + Send + Sync + 'static) -> Self {
         self.hooks.set_error(Some(Arc::new(hook)));
         self
     }
@@ -188,7 +189,11 @@ impl Builder {
         let (runtime, listeners, tasks, inheritance) = match built {
             Ok(built) => built,
             Err(e) => {
+                let e = ServeError::Start(e);
                 self.hooks.error(&e);
+                let ServeError::Start(e) = e else {
+                    unreachable!("built as Start just above")
+                };
                 return Err(e);
             }
         };
@@ -531,8 +536,8 @@ impl ServerHandle {
         self.core.hooks().set_server(Some(Arc::new(hook)));
     }
 
-    /// Sets (or replaces) the error hook.
-    pub fn on_error(&self, hook: impl Fn(&Error) + Send + Sync + 'static) {
+    /// Sets (or replaces) the error hook, which is told every [`ServeError`].
+    pub fn on_error(&self, hook: impl Fn(&ServeError) + Send + Sync + 'static) {
         self.core.hooks().set_error(Some(Arc::new(hook)));
     }
 
@@ -559,7 +564,7 @@ impl ServerHandle {
     }
 
     /// Sends `error` to the error hook.
-    pub(crate) fn report_error(&self, error: &Error) {
+    pub(crate) fn report_error(&self, error: &ServeError) {
         self.core.hooks().error(error);
     }
 }

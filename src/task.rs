@@ -23,7 +23,7 @@ use crate::addr::Addr;
 use crate::conn::{Conn, ConnHandle, Meta};
 use crate::core::Core;
 use crate::endpoint::Endpoint;
-use crate::error::Error;
+use crate::error::ServeError;
 use crate::events::CloseReason;
 use crate::handler::Handler;
 use crate::lifecycle::Lifecycle;
@@ -87,7 +87,7 @@ async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Admitted>) {
                 Ok(None) => return,
                 // A hook in the setup panicked; the connection was dropped with it.
                 Err(payload) => {
-                    return core.hooks().error(&Error::HookPanicked {
+                    return core.hooks().error(&ServeError::HookPanicked {
                         hook: "connection setup",
                         message: crate::unwind::message(&*payload),
                     });
@@ -101,7 +101,7 @@ async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Admitted>) {
         match catch_unwind(AssertUnwindSafe(|| serving.handler.call(conn))) {
             Ok(future) => (id, in_span(Supervised::new(future, handle), span)),
             Err(payload) => {
-                return core.hooks().error(&Error::HandlerPanicked {
+                return core.hooks().error(&ServeError::HandlerPanicked {
                     conn_id: id,
                     message: crate::unwind::message(&*payload),
                 });
@@ -109,7 +109,7 @@ async fn run<H: Handler>(serving: Arc<Serving<H>>, accepted: Box<Admitted>) {
         }
     };
     if let Outcome::Panicked(message) = handler.await {
-        core.hooks().error(&Error::HandlerPanicked {
+        core.hooks().error(&ServeError::HandlerPanicked {
             conn_id: id,
             message,
         });
@@ -168,17 +168,17 @@ fn establish<H>(serving: &Serving<H>, accepted: Admitted) -> Established {
 }
 
 /// Runs the tune hook on the stream's socket (if it has one), containing a panic.
-fn tune_socket(tune: &TuneHook, stream: &dyn ByteStream, peer: &Addr) -> Result<(), Error> {
+fn tune_socket(tune: &TuneHook, stream: &dyn ByteStream, peer: &Addr) -> Result<(), ServeError> {
     let Some(socket) = stream.socket() else {
         return Ok(());
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tune(&socket))) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(Error::Tune {
+        Ok(Err(source)) => Err(ServeError::Tune {
             peer: peer.clone(),
             source,
         }),
-        Err(payload) => Err(Error::HookPanicked {
+        Err(payload) => Err(ServeError::HookPanicked {
             hook: "tune",
             message: crate::unwind::message(&*payload),
         }),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_lite::FutureExt as _;
 
 use crate::core::Core;
-use crate::error::Error;
+use crate::error::ServeError;
 use crate::systemd;
 
 /// The server serves: tells systemd (at a first start) and starts the watchdog task.
@@ -60,6 +60,6 @@ pub(crate) fn stopping(core: &Core) {
 
 fn report(core: &Core, sent: std::io::Result<bool>) {
     if let Err(e) = sent {
-        core.hooks().error(&Error::Notify(e));
+        core.hooks().error(&ServeError::Notify(e));
     }
 }

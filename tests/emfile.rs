@@ -168,7 +168,7 @@ fn child() {
     let r = reported.clone();
     let server = berth::Builder::new(berth::Config::new("127.0.0.1:0"))
         .on_error(move |e| {
-            if let berth::Error::Accept { .. } = e {
+            if let berth::ServeError::Accept { .. } = e {
                 r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 println!("ACCEPT-ERROR {e}");
             }

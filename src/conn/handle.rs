@@ -52,14 +52,14 @@ impl ConnHandle {
         self.slot.close(self.generation, SlotState::Aborted)
     }
 
-    /// Marks the connection busy until the guard is dropped: see [`Conn::busy`]. Once the
+    /// Marks the connection busy until the guard is dropped: see [`Conn::busy`](crate::Conn::busy). Once the
     /// connection has ended the guard does nothing.
     pub fn busy(&self) -> Busy {
         Busy::new(self.slot.clone(), self.generation, self.core.clone())
     }
 }
 
-/// A connection marked busy: see [`Conn::busy`]. Dropping it ends the mark and counts as
+/// A connection marked busy: see [`Conn::busy`](crate::Conn::busy). Dropping it ends the mark and counts as
 /// activity.
 #[must_use = "the connection is busy only while the guard is held"]
 pub struct Busy {

@@ -11,7 +11,7 @@ use super::{Builder, Listeners, ServerHandle};
 use crate::bind::{Binding, Bindings, Inheritance, Tls};
 use crate::core::Core;
 use crate::endpoint::{Endpoint, TlsSetting};
-use crate::error::Error;
+use crate::error::{Error, ServeError};
 use crate::runtime::Runtime;
 
 impl Builder {
@@ -102,7 +102,7 @@ impl Builder {
                 }
                 let (config, warnings) = tls.load_with(&crate::tls::read_pem, Some(&resumption))?;
                 for warning in warnings {
-                    self.hooks.error(&Error::CertificateNotValid(warning));
+                    self.hooks.error(&ServeError::CertificateNotValid(warning));
                 }
                 Ok((Some(config), Some(resumption)))
             }
@@ -205,7 +205,7 @@ impl ServerHandle {
         for warning in warned {
             self.core
                 .hooks()
-                .error(&Error::CertificateNotValid(warning));
+                .error(&ServeError::CertificateNotValid(warning));
         }
         Ok(())
     }

@@ -9,8 +9,16 @@ impl ServerHandle {
     /// with the same arguments) and hands it every listening socket by name; see
     /// [`upgrade_with`](Self::upgrade_with).
     pub async fn upgrade(&self) -> Result<crate::upgrade::Upgraded, Error> {
-        let command = crate::upgrade::default_command().map_err(Error::Upgrade)?;
-        self.upgrade_with(command).await
+        Ok(self.upgrade_on_signal().await?)
+    }
+
+    /// [`upgrade`](Self::upgrade) started by a signal: no caller waits for it, so its
+    /// failure goes to the error hook, as the upgrade's own error.
+    pub(crate) async fn upgrade_on_signal(
+        &self,
+    ) -> Result<crate::upgrade::Upgraded, crate::upgrade::UpgradeError> {
+        let command = crate::upgrade::default_command()?;
+        crate::upgrade::start(&self.core, command).await
     }
 
     /// Zero-downtime upgrade to the program `command` starts: hands it every listening
@@ -34,7 +42,7 @@ impl ServerHandle {
         &self,
         command: std::process::Command,
     ) -> Result<crate::upgrade::Upgraded, Error> {
-        crate::upgrade::start(&self.core, command).await
+        Ok(crate::upgrade::start(&self.core, command).await?)
     }
 
     /// Hands `socket` (a duplicate of a listening socket of your own: a metrics or admin

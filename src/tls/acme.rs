@@ -27,7 +27,7 @@
 //! - **Reports**: [`ServerEvent::AcmeCertificate`](crate::ServerEvent::AcmeCertificate)
 //!   for a certificate served (from the cache, issued, renewed),
 //!   [`ServerEvent::AcmeFailed`](crate::ServerEvent::AcmeFailed) plus
-//!   [`Error::Acme`](crate::Error::Acme) on the error hook for a failure, and metrics
+//!   [`ServeError::Acme`](crate::ServeError::Acme) on the error hook for a failure, and metrics
 //!   (`berth_acme_certificates_total`, `berth_acme_failures_total`,
 //!   `berth_tls_certificate_expiry_seconds`).
 //!

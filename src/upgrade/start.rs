@@ -7,18 +7,18 @@ use std::sync::Arc;
 
 use super::{UpgradeError, Upgraded};
 use crate::core::Core;
-use crate::error::Error;
+use crate::error::{Error, ServeError};
 use crate::events::ServerEvent;
 use crate::stop::State;
 
 /// Starts an upgrade to the program `command` starts and waits for its result (see
 /// [`ServerHandle::upgrade_with`](crate::ServerHandle::upgrade_with)).
-pub(crate) async fn start(core: &Arc<Core>, command: Command) -> Result<Upgraded, Error> {
+pub(crate) async fn start(core: &Arc<Core>, command: Command) -> Result<Upgraded, UpgradeError> {
     if core.state() != State::Running {
-        return Err(Error::Upgrade(UpgradeError::NotRunning));
+        return Err(UpgradeError::NotRunning);
     }
     if !core.handovers().start_upgrade() {
-        return Err(Error::Upgrade(UpgradeError::InProgress));
+        return Err(UpgradeError::InProgress);
     }
     // The upgrade runs as a task of its own: a caller that stops waiting (a timeout, a
     // select) does not cut it half-way, and the next upgrade is possible once it ends.
@@ -26,7 +26,7 @@ pub(crate) async fn start(core: &Arc<Core>, command: Command) -> Result<Upgraded
     let result = done.clone();
     core.runtime()
         .spawn(Box::pin(run(core.clone(), command, done)));
-    result.recv().await.map_err(Error::Upgrade)
+    result.recv().await
 }
 
 /// Adds `socket` to what an upgrade hands over, under `name` (see
@@ -52,7 +52,7 @@ async fn run(
     done: crate::sync::Oneshot<Result<Upgraded, UpgradeError>>,
 ) {
     if let Err(e) = crate::systemd::reloading() {
-        core.hooks().error(&Error::Notify(e));
+        core.hooks().error(&ServeError::Notify(e));
     }
     let handed = async {
         #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
@@ -95,7 +95,7 @@ async fn run(
             core.readiness().set_handed_over();
             let announced = format!("MAINPID={}\nREADY=1\n", upgraded.pid);
             if let Err(e) = crate::systemd::notify(&announced) {
-                core.hooks().error(&Error::Notify(e));
+                core.hooks().error(&ServeError::Notify(e));
             }
             core.hooks()
                 .server(ServerEvent::Upgraded { pid: upgraded.pid });
@@ -109,7 +109,7 @@ async fn run(
             core.handovers().end_upgrade();
             // The reload is over: this process serves on.
             if let Err(e) = crate::systemd::notify("READY=1\n") {
-                core.hooks().error(&Error::Notify(e));
+                core.hooks().error(&ServeError::Notify(e));
             }
             core.hooks().server(ServerEvent::UpgradeFailed {
                 reason: e.to_string(),
@@ -127,7 +127,7 @@ pub(crate) fn serving(core: &Arc<Core>, predecessor: Option<super::Inherited>) {
     if let Some(predecessor) = predecessor {
         if let Err(e) = predecessor.ready() {
             core.hooks()
-                .error(&Error::Upgrade(UpgradeError::Channel(e)));
+                .error(&ServeError::Upgrade(UpgradeError::Channel(e)));
         }
         // The adopted Unix sockets' files are this server's from now on.
         core.handovers().own_socket_files();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::{TICKET_KEYS, UpgradeError};
 use crate::core::Core;
-use crate::error::Error;
+use crate::error::ServeError;
 use crate::hooks::Hooks;
 
 /// The largest message [`message`] carries (a socket pair's buffer holds it without a reader).
@@ -36,7 +36,7 @@ pub(crate) fn export(core: &Core) -> Option<OwnedFd> {
     message(&bytes)
         .map_err(|e| {
             core.hooks()
-                .error(&Error::Upgrade(UpgradeError::Channel(e)))
+                .error(&ServeError::Upgrade(UpgradeError::Channel(e)))
         })
         .ok()
 }
@@ -52,11 +52,11 @@ pub(crate) fn import(hooks: &Hooks) -> BTreeMap<String, Vec<u8>> {
                 io::ErrorKind::InvalidData,
                 "the ticket keys handed over are malformed: new keys are used",
             );
-            hooks.error(&Error::Upgrade(UpgradeError::Channel(e)));
+            hooks.error(&ServeError::Upgrade(UpgradeError::Channel(e)));
             Default::default()
         }),
         Err(e) => {
-            hooks.error(&Error::Upgrade(UpgradeError::Channel(e)));
+            hooks.error(&ServeError::Upgrade(UpgradeError::Channel(e)));
             Default::default()
         }
     }

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use berth::{
-    Builder, CloseReason, Config, ConfigError, Conn, ConnEvent, Error, ServerEvent, State,
+    Builder, CloseReason, Config, ConfigError, Conn, ConnEvent, Error, ServeError, ServerEvent,
+    State,
 };
 use futures_lite::io::BufReader;
 use futures_lite::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
@@ -1775,7 +1776,7 @@ pub fn server_and_error_hooks_are_replaceable_while_running<R: Rt>() {
         let (errors_tx, errors) = async_channel::unbounded();
         handle.on_error(move |e| {
             let described = match e {
-                Error::HandlerPanicked { conn_id, message } => (*conn_id, message.clone()),
+                ServeError::HandlerPanicked { conn_id, message } => (*conn_id, message.clone()),
                 other => panic!("unexpected error {other}"),
             };
             errors_tx.try_send(described).unwrap();
@@ -1833,7 +1834,7 @@ pub fn panicking_tune_hook_closes_only_that_connection<R: Rt>() {
             .attach(Builder::new(config()).runtime(R::runtime()))
             .on_error(move |e| {
                 let described = match e {
-                    Error::HookPanicked { hook, message } => (*hook, message.clone()),
+                    ServeError::HookPanicked { hook, message } => (*hook, message.clone()),
                     other => panic!("unexpected error {other}"),
                 };
                 errors_tx.try_send(described).unwrap();
