@@ -15,6 +15,7 @@
 #![cfg(all(target_os = "linux", feature = "smol", feature = "tokio"))]
 
 use crate::common;
+use crate::common::free_ports;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -53,14 +54,6 @@ fn temp_dir(what: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// `N` distinct ports that were free a moment ago.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 fn local(port: u16) -> SocketAddr {

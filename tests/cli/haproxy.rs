@@ -5,6 +5,7 @@
 #![cfg(all(unix, feature = "smol"))]
 
 use crate::common;
+use crate::common::free_ports;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,14 +19,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn haproxy_available() -> bool {
     common::example::program_available("haproxy", "-v")
-}
-
-/// `N` ports that were free a moment ago, and distinct (all are held until all are chosen).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 struct Haproxy(Child);

@@ -357,3 +357,41 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `N` distinct loopback ports free now, for a process that a test starts with a fixed port
+/// (every one is held until all are chosen).
+///
+/// They are taken below the kernel's ephemeral range, not from the OS's own pick: a port the
+/// OS picks is from that range, so between the moment it is released here and the bind
+/// that follows, any test's outgoing connection may be given it as its local port (a
+/// `cannot serve metrics on 127.0.0.1:34379: Address already in use` seen once). Each
+/// process starts at a different place, so tests in parallel seldom probe the same ports.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    // The ephemeral range's first port (32768 by default on Linux).
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOW);
+    let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(N);
+    if span < 1_000 {
+        // Too small a range below it: the OS's pick, as before.
+        held.extend((0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()));
+    } else {
+        let start = std::process::id().wrapping_mul(7_919) % span;
+        let first = NEXT.fetch_add(N as u32 * 3, Ordering::Relaxed);
+        let mut tried = 0;
+        while held.len() < N {
+            assert!(tried < span, "no {N} free ports below {ephemeral}");
+            let port = (LOW + (start + first + tried) % span) as u16;
+            tried += 1;
+            if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                held.push(listener);
+            }
+        }
+    }
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}

@@ -2,7 +2,7 @@
 //! answering 127.0.0.1 for every name, on free ports, in a directory of its own.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -12,13 +12,10 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::pki::Pki;
 
-/// A port nobody listens on now (the OS's pick, released at once).
+/// A port nobody listens on now (see [`super::free_ports`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let [port] = super::free_ports();
+    port
 }
 
 /// Whether pebble and pebble-challtestsrv are installed (under CI=true: must be).
