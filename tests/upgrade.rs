@@ -1538,10 +1538,8 @@ fn plain_tls_and_unix_listeners_are_handed_over_as_a_whole() {
 
 /// A free loopback port a moment ago.
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    let [port] = common::free_ports();
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// `GET /metrics` answered with 200.

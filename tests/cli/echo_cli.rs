@@ -93,8 +93,8 @@ fn echo_serves_and_drains_on_sigterm() {
 
 /// The address of a port that was free a moment ago (for --metrics-addr).
 fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    let [port] = crate::common::free_ports();
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// Clients that connect and never send a byte are idle between requests: SIGTERM lets them
