@@ -2,9 +2,10 @@
 //!
 //! Each accept loop is generic over its [`Listener`]; the stream it accepts is boxed once, as
 //! a [`ByteStream`], so that one connection task serves every listener of a server. The same
-//! server runs over real TCP and Unix sockets ([`TcpListener`], [`UnixListener`], on
-//! async-io's or tokio's reactor, whichever the runtime has), over turmoil's simulated TCP
-//! (the `berth-sim` crate), or over anything else that yields futures-io streams.
+//! server runs over real TCP and Unix sockets ([`TcpListener`], [`UnixListener`], on the
+//! [`Reactor`] of the runtime that serves them: each runtime adapter registers the sockets
+//! with its own I/O driver), over turmoil's simulated TCP (the `berth-sim` crate), or over
+//! anything else that yields futures-io streams.
 
 use std::future::Future;
 use std::io;
@@ -14,21 +15,17 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::addr::{Addr, PeerCred};
 
-#[cfg(feature = "async-io")]
-mod async_io;
 mod prefixed;
+mod reactor;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
 mod socket;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
-mod stream;
-#[cfg(any(feature = "async-io", feature = "tokio"))]
 mod tcp;
-#[cfg(feature = "tokio")]
-mod tokio;
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
 mod unix;
 
 pub(crate) use prefixed::Prefixed;
+pub use reactor::{ListeningSocket, Reactor};
 #[cfg(any(feature = "async-io", feature = "tokio"))]
 pub(crate) use socket::{SocketOptions, inherited_tcp};
 #[cfg(any(feature = "async-io", feature = "tokio"))]
@@ -128,6 +125,16 @@ pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     fn socket(&self) -> Option<Socket<'_>> {
         None
     }
+
+    /// This stream, boxed, as a connection holds it. A stream that already wraps a boxed
+    /// one (berth's [`TcpStream`] and [`UnixStream`]) hands that box over instead of boxing
+    /// itself again: one allocation per connection, not two.
+    fn boxed(self) -> Box<dyn ByteStream>
+    where
+        Self: Sized,
+    {
+        Box::new(self)
+    }
 }
 
 /// Readable when rustls already holds decrypted bytes, else when the socket is.
@@ -162,6 +169,10 @@ impl ByteStream for Box<dyn ByteStream> {
 
     fn socket(&self) -> Option<Socket<'_>> {
         (**self).socket()
+    }
+
+    fn boxed(self) -> Box<dyn ByteStream> {
+        self
     }
 }
 
@@ -213,6 +224,31 @@ impl<'a> Socket<'a> {
         Socket {
             socket: socket.as_socket(),
         }
+    }
+}
+
+impl Socket<'_> {
+    /// The credentials of the process at the other end of a Unix domain socket
+    /// (`SO_PEERCRED`); `None` where the platform has no such option or the call fails.
+    /// For [`ByteStream::peer_cred`] of Unix streams.
+    pub fn peer_cred(&self) -> Option<PeerCred> {
+        #[cfg(all(
+            any(target_os = "linux", target_os = "android"),
+            any(feature = "async-io", feature = "tokio")
+        ))]
+        {
+            let cred = rustix::net::sockopt::socket_peercred(self.fd).ok()?;
+            Some(PeerCred {
+                uid: cred.uid.as_raw(),
+                gid: cred.gid.as_raw(),
+                pid: Some(cred.pid.as_raw_pid()),
+            })
+        }
+        #[cfg(not(all(
+            any(target_os = "linux", target_os = "android"),
+            any(feature = "async-io", feature = "tokio")
+        )))]
+        None
     }
 }
 
