@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::listener::Reactor;
+use crate::stream::Reactor;
 
 #[cfg(feature = "async-io")]
 mod async_io;

@@ -40,7 +40,7 @@ impl std::fmt::Debug for TcpStream {
 
 impl TcpListener {
     /// Validates `config` and binds its address, for `reactor` (a runtime's
-    /// [`reactor`](crate::runtime::Runtime::reactor); `None` when it has none).
+    /// `Runtime::reactor`; `None` when it has none).
     ///
     /// Errors: [`Error::Config`] for an invalid config or a runtime without a reactor,
     /// [`Error::Bind`] when the operating system refuses (address in use, no permission,

@@ -48,7 +48,7 @@ impl std::fmt::Debug for UnixStream {
 
 impl UnixListener {
     /// Validates `config` and listens on `config.unix`, for `reactor` (a runtime's
-    /// [`reactor`](crate::runtime::Runtime::reactor)).
+    /// `Runtime::reactor`).
     ///
     /// Errors: [`Error::Config`] for an invalid config, when `config.unix` is `None`, or for
     /// a runtime without a reactor; [`Error::Bind`] when a server is already listening on

@@ -10,7 +10,7 @@ use std::time::Instant;
 use async_io::Async;
 
 use crate::addr::{Addr, PeerCred};
-use crate::listener::{ByteStream, ListeningSocket, Reactor, Socket};
+use crate::stream::{ByteStream, ListeningSocket, Reactor, Socket};
 
 /// async-io's reactor, as berth's TCP and Unix listeners use it: what
 /// [`Smol`](super::Smol) and `AsyncStd` return from

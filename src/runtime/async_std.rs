@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use super::async_io::{AsyncIo, IoTimer};
 use super::{BoxFuture, BoxTimer, Runtime};
-use crate::listener::Reactor;
+use crate::stream::Reactor;
 
 /// Runs berth on async-std's global executor and timers.
 ///

@@ -8,7 +8,7 @@ use async_executor::Executor;
 
 use super::async_io::{AsyncIo, IoTimer};
 use super::{BoxFuture, BoxTimer, Runtime};
-use crate::listener::Reactor;
+use crate::stream::Reactor;
 
 /// Runs berth on an [`async_executor::Executor`], with async-io timers.
 ///

@@ -4,7 +4,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::{BoxFuture, BoxTimer, Runtime, Timer};
-use crate::listener::{ListeningSocket, Reactor};
+use crate::stream::{ListeningSocket, Reactor};
 
 mod stream;
 

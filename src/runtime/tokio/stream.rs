@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use crate::addr::{Addr, PeerCred};
-use crate::listener::{ByteStream, ListeningSocket, Socket};
+use crate::stream::{ByteStream, ListeningSocket, Socket};
 
 impl ListeningSocket for tokio::net::TcpListener {
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Box<dyn ByteStream>, Addr)>> {
