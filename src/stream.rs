@@ -94,9 +94,8 @@ impl ByteStream for Box<dyn ByteStream> {
     }
 }
 
-/// A runtime's I/O driver, as berth's `TcpListener` and
-/// `UnixListener` use it; a runtime names its own with
-/// `Runtime::reactor`.
+/// A runtime's I/O driver, as berth's `TcpListener` and `UnixListener` use it; a runtime
+/// names its own with `Runtime::reactor`.
 ///
 /// Adding a runtime with real sockets is implementing this trait in its adapter: register
 /// the listening socket (already listening and non-blocking), and wrap each accepted stream

@@ -3,6 +3,10 @@
 
 use std::future::Future;
 use std::io;
+#[cfg(unix)]
+use std::os::fd::AsFd as OsSocket;
+#[cfg(windows)]
+use std::os::windows::io::AsSocket as OsSocket;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -136,11 +140,6 @@ struct AsyncIoStream<T> {
     /// The last read was short: the socket was empty after it.
     drained: bool,
 }
-
-#[cfg(unix)]
-use std::os::fd::AsFd as OsSocket;
-#[cfg(windows)]
-use std::os::windows::io::AsSocket as OsSocket;
 
 /// std's TCP and Unix streams, as an accepted stream needs them.
 trait StdSocket: OsSocket + Send + Sync + 'static {
