@@ -25,7 +25,7 @@ use crate::error::ServeError;
 use crate::events::{OverloadAction, ServerEvent};
 use crate::hooks::Report;
 use crate::lifecycle::Lifecycle;
-use crate::listener::{Accepted, Listener};
+use crate::listener::{Accepted, ByteStream as _, Listener};
 use crate::runtime::BoxFuture;
 use crate::task::{self, Spawn};
 
@@ -215,7 +215,7 @@ async fn accept_loop<L: Listener>(
                 drop(place);
                 spawn.clone().spawn(Box::new(task::Admitted {
                     life,
-                    stream: Box::new(stream),
+                    stream: stream.boxed(),
                     endpoint: endpoint.clone(),
                     local_addr,
                     proxied,

@@ -14,9 +14,9 @@ use crate::config::{Config, ListenerConfig};
 use crate::core::Core;
 use crate::error::Error;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
-use crate::listener::SocketOptions;
+use crate::listener::Reactor;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
-use crate::runtime::Reactor;
+use crate::listener::SocketOptions;
 
 /// What binding produced, before the server is built.
 pub(crate) struct Bindings {
@@ -109,7 +109,7 @@ impl Inheritance {
 #[cfg(any(feature = "async-io", feature = "tokio"))]
 pub(crate) fn bind_all(
     config: &Config,
-    reactor: &Reactor,
+    reactor: Option<&dyn Reactor>,
     #[cfg_attr(not(all(unix, feature = "tls")), allow(unused_variables))]
     hooks: &crate::hooks::Hooks,
 ) -> Result<Bindings, Error> {
@@ -154,7 +154,7 @@ pub(crate) fn bind_all(
 fn adopt(
     fd: std::os::fd::OwnedFd,
     options: &SocketOptions,
-    reactor: &Reactor,
+    reactor: Option<&dyn Reactor>,
 ) -> Result<Box<dyn Bound>, Error> {
     let unix = socket2::SockRef::from(&fd)
         .local_addr()
@@ -179,7 +179,7 @@ fn adopt(
 fn bind_one(
     spec: &ListenerConfig,
     options: &SocketOptions,
-    reactor: &Reactor,
+    reactor: Option<&dyn Reactor>,
     inherited: &mut Option<std::net::TcpListener>,
 ) -> Result<Box<dyn Bound>, Error> {
     use crate::listener::TcpListener;

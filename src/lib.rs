@@ -49,8 +49,9 @@
 //! The server never names an async runtime: it spawns, sets deadline timers (which reset
 //! in place) and reads the clock through [`Runtime`](runtime::Runtime), one adapter per
 //! runtime, and takes connections from a [`Listener`](listener::Listener) (berth's TCP and
-//! Unix listeners register with the runtime's reactor; a simulator brings its own). Inside,
-//! the modules form layers, each importing only from those below: the vocabulary (settings,
+//! Unix listeners hand their sockets to the runtime's [`Reactor`](listener::Reactor), which
+//! each adapter implements for its own I/O driver; a simulator brings its own listener).
+//! Inside, the modules form layers, each importing only from those below: the vocabulary (settings,
 //! errors, events, the two seams), the parts of a server's shared state (each a type of its
 //! own: the coarse clock, the capacity, the stop, the pressure, admission, the slot pool,
 //! the listeners), the core that holds them, the mechanisms (idle scanner, drain, upgrade,
@@ -66,8 +67,10 @@
 // layer, except in a layer marked "alone", whose modules do not import one another. The
 // test in `layers.rs` holds the code to this list and every module to a place in it.
 // 1. vocabulary: addr, error, config, limits, events, metrics, extensions, unwind, sync,
-//    runtime, listener, signal, systemd, fault, proxy (the settings and the header reader),
-//    tls (the settings, the handshake, ticket keys, the ACME client);
+//    stream (the byte stream, the OS socket view, the `Reactor` seam; public in `listener`),
+//    runtime (the seam and one adapter per runtime, each registering its own sockets),
+//    listener, signal, systemd, fault, proxy (the settings and the header reader), tls (the
+//    settings, the handshake, ticket keys, the ACME client);
 // 2. parts, alone: clock, capacity, pressure, handovers, admission, pool, readiness,
 //    hooks, endpoint (one listener's name, address and current TLS configuration);
 // 3. parts of parts, alone: stop (with the readiness), listeners (the endpoints, the
@@ -140,6 +143,7 @@ mod shutdown;
 #[cfg(all(unix, feature = "signal"))]
 pub mod signal;
 mod stop;
+mod stream;
 mod sync;
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
 mod systemd;

@@ -2,32 +2,25 @@
 //!
 //! Each accept loop is generic over its [`Listener`]; the stream it accepts is boxed once, as
 //! a [`ByteStream`], so that one connection task serves every listener of a server. The same
-//! server runs over real TCP and Unix sockets ([`TcpListener`], [`UnixListener`], on
-//! async-io's or tokio's reactor, whichever the runtime has), over turmoil's simulated TCP
-//! (the `berth-sim` crate), or over anything else that yields futures-io streams.
+//! server runs over real TCP and Unix sockets ([`TcpListener`], [`UnixListener`], on the
+//! [`Reactor`] of the runtime that serves them: each runtime adapter registers the sockets
+//! with its own I/O driver), over turmoil's simulated TCP (the `berth-sim` crate), or over
+//! anything else that yields futures-io streams.
 
 use std::future::Future;
 use std::io;
-use std::task::{Context, Poll};
 
-use futures_io::{AsyncRead, AsyncWrite};
+use crate::addr::Addr;
 
-use crate::addr::{Addr, PeerCred};
-
-#[cfg(feature = "async-io")]
-mod async_io;
 mod prefixed;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
 mod socket;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
-mod stream;
-#[cfg(any(feature = "async-io", feature = "tokio"))]
 mod tcp;
-#[cfg(feature = "tokio")]
-mod tokio;
 #[cfg(all(unix, any(feature = "async-io", feature = "tokio")))]
 mod unix;
 
+pub use crate::stream::{ByteStream, ListeningSocket, Reactor, Socket};
 pub(crate) use prefixed::Prefixed;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
 pub(crate) use socket::{SocketOptions, inherited_tcp};
@@ -98,73 +91,6 @@ impl Handover {
     }
 }
 
-/// A connection's byte stream: futures-io, plus what berth can use when the stream offers it
-/// (readiness without reading, peer credentials, the OS socket).
-///
-/// Implementing it for your own stream type takes one line (`impl ByteStream for MyStream
-/// {}`); override [`poll_readable`](ByteStream::poll_readable) when the stream can tell when
-/// data is there without reading it, which lets idle handlers wait without holding a read
-/// buffer (see [`Conn::readable`](crate::Conn::readable)).
-pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
-    /// Ready when a read would make progress (data, end of file or an error), without
-    /// consuming anything. The default is always ready, which is correct for every stream,
-    /// just without the memory saving. An implementation should not be ready spuriously
-    /// when it can help it: a handler that trusts it starts a read that waits, holding a
-    /// buffer, and no longer sees the server start draining.
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let _ = cx;
-        Poll::Ready(Ok(()))
-    }
-
-    /// The peer's credentials, for streams that know them (Unix domain sockets). The
-    /// default is `None`.
-    fn peer_cred(&self) -> Option<PeerCred> {
-        None
-    }
-
-    /// The operating system's socket under this stream, for the tune hook
-    /// ([`Builder::tune`](crate::Builder::tune)). The default is `None` (no OS socket, as
-    /// under simulation): the tune hook is then not called.
-    fn socket(&self) -> Option<Socket<'_>> {
-        None
-    }
-}
-
-/// Readable when rustls already holds decrypted bytes, else when the socket is.
-#[cfg(feature = "tls")]
-impl<S: ByteStream> ByteStream for futures_rustls::server::TlsStream<S> {
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let (io, session) = self.get_mut();
-        if !session.wants_read() {
-            return Poll::Ready(Ok(()));
-        }
-        io.poll_readable(cx)
-    }
-
-    fn peer_cred(&self) -> Option<PeerCred> {
-        self.get_ref().0.peer_cred()
-    }
-
-    fn socket(&self) -> Option<Socket<'_>> {
-        self.get_ref().0.socket()
-    }
-}
-
-/// Boxed streams, as a [`Conn`](crate::Conn) holds them, forward everything.
-impl ByteStream for Box<dyn ByteStream> {
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        (**self).poll_readable(cx)
-    }
-
-    fn peer_cred(&self) -> Option<PeerCred> {
-        (**self).peer_cred()
-    }
-
-    fn socket(&self) -> Option<Socket<'_>> {
-        (**self).socket()
-    }
-}
-
 /// One accepted connection, as a [`Listener`] hands it over.
 #[derive(Debug)]
 pub struct Accepted<S> {
@@ -175,57 +101,4 @@ pub struct Accepted<S> {
     /// The server-side address of this connection (may differ from the listener's address
     /// when it listens on a wildcard).
     pub local_addr: Addr,
-}
-
-/// An accepted connection's OS socket, borrowed, as the tune hook sees it. It implements
-/// `AsFd` (Unix) and `AsSocket` (Windows), so `socket2::SockRef::from(socket)` sets any
-/// option on it.
-///
-/// ```no_run
-/// # fn f(builder: berth::Builder) -> berth::Builder {
-/// builder.tune(|socket| {
-///     let sock = socket2::SockRef::from(socket);
-///     sock.set_keepalive(true)?;
-///     sock.set_send_buffer_size(1 << 20)
-/// })
-/// # }
-/// ```
-#[derive(Debug, Clone, Copy)]
-pub struct Socket<'a> {
-    #[cfg(unix)]
-    fd: std::os::fd::BorrowedFd<'a>,
-    #[cfg(windows)]
-    socket: std::os::windows::io::BorrowedSocket<'a>,
-    #[cfg(not(any(unix, windows)))]
-    _socket: std::marker::PhantomData<&'a ()>,
-}
-
-impl<'a> Socket<'a> {
-    /// Borrows the socket behind `fd`.
-    #[cfg(unix)]
-    pub fn new(fd: &'a impl std::os::fd::AsFd) -> Self {
-        Socket { fd: fd.as_fd() }
-    }
-
-    /// Borrows `socket`.
-    #[cfg(windows)]
-    pub fn new(socket: &'a impl std::os::windows::io::AsSocket) -> Self {
-        Socket {
-            socket: socket.as_socket(),
-        }
-    }
-}
-
-#[cfg(unix)]
-impl std::os::fd::AsFd for Socket<'_> {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd
-    }
-}
-
-#[cfg(windows)]
-impl std::os::windows::io::AsSocket for Socket<'_> {
-    fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
-        self.socket
-    }
 }

@@ -150,7 +150,7 @@ impl Builder {
     #[cfg(any(feature = "async-io", feature = "tokio"))]
     pub fn bind(self) -> Result<Server, Error> {
         let bound = self.checked().and_then(|runtime| {
-            let bindings = crate::bind::bind_all(&self.config, &runtime.reactor(), &self.hooks)?;
+            let bindings = crate::bind::bind_all(&self.config, runtime.reactor(), &self.hooks)?;
             Ok((runtime, bindings))
         });
         self.finish(bound)

@@ -256,9 +256,10 @@ fn a_live_socket_or_another_file_is_left_alone() {
 #[test]
 fn a_unix_listener_without_unix_settings_is_a_config_error() {
     // `bind` picks the listener from the config; building one by hand can still mismatch.
-    let reactor = berth::runtime::Runtime::reactor(&SmolRt::runtime());
+    let runtime = SmolRt::runtime();
+    let reactor = berth::runtime::Runtime::reactor(&runtime);
     let err =
-        berth::listener::UnixListener::bind(&Config::new("127.0.0.1:0"), &reactor).unwrap_err();
+        berth::listener::UnixListener::bind(&Config::new("127.0.0.1:0"), reactor).unwrap_err();
     assert!(
         matches!(err, Error::Config(ConfigError::ListenerMismatch(_))),
         "{err}"
@@ -361,8 +362,9 @@ fn an_inherited_unix_listener_is_served_and_its_file_left_alone() {
     let std = std::os::unix::net::UnixListener::bind(&path).unwrap();
     std.set_nonblocking(true).unwrap();
     run::<SmolRt>(LIMIT, async {
-        let reactor = berth::runtime::Runtime::reactor(&SmolRt::runtime());
-        let listener = berth::listener::UnixListener::from_std(std, &reactor).unwrap();
+        let runtime = SmolRt::runtime();
+        let reactor = berth::runtime::Runtime::reactor(&runtime);
+        let listener = berth::listener::UnixListener::from_std(std, reactor).unwrap();
         let server = Builder::new(Config::default())
             .runtime(SmolRt::runtime())
             .listener(listener)

@@ -78,12 +78,18 @@ pub(crate) fn listen(socket: Socket, backlog: u32) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Fails with [`ConfigError::NoReactor`] when `reactor` cannot take real sockets.
-pub(crate) fn check_reactor(reactor: &crate::runtime::Reactor) -> Result<(), Error> {
-    match reactor {
-        crate::runtime::Reactor::None => Err(crate::error::ConfigError::NoReactor.into()),
-        _ => Ok(()),
-    }
+/// The reactor, or [`ConfigError::NoReactor`](crate::error::ConfigError::NoReactor) when
+/// the runtime has none (a simulator).
+pub(crate) fn check_reactor(
+    reactor: Option<&dyn super::Reactor>,
+) -> Result<&dyn super::Reactor, Error> {
+    reactor.ok_or_else(|| crate::error::ConfigError::NoReactor.into())
+}
+
+/// A descriptor of a listening socket of its own, to hand over.
+#[cfg(unix)]
+pub(crate) fn dup(socket: std::os::fd::BorrowedFd<'_>) -> Option<std::os::fd::OwnedFd> {
+    socket.try_clone_to_owned().ok()
 }
 
 /// Whether a listening socket has a connection waiting (a zero-timeout `poll`); `true`

@@ -1,15 +1,18 @@
-//! Real TCP, on the reactor of the runtime that serves it: async-io's (smol, async-std) or
-//! tokio's. The listening socket is built by [`socket::bind_tcp`](super::socket::bind_tcp).
+//! Real TCP, on the [`Reactor`] of the runtime that serves it (async-io's for smol and
+//! async-std, tokio's for tokio). The listening socket is built by
+//! [`socket::bind_tcp`](super::socket::bind_tcp); the reactor registers it and wraps the
+//! streams it accepts.
 
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::stream::{listener_backend, socket_stream};
-use super::{Accepted, ByteStream, Listener, Socket};
+use futures_io::{AsyncRead, AsyncWrite};
+
+use super::{Accepted, ByteStream, Listener, ListeningSocket, Reactor, Socket};
 use crate::addr::Addr;
 use crate::config::Config;
 use crate::error::Error;
-use crate::runtime::Reactor;
 
 /// A TCP listener built from a [`Config`] (address, backlog, reuse_port, nodelay), on the
 /// reactor of the runtime that will serve it.
@@ -19,45 +22,47 @@ use crate::runtime::Reactor;
 /// [`TcpStream`]s with `TCP_NODELAY` set when asked (the config's default).
 #[derive(Debug)]
 pub struct TcpListener {
-    inner: Backend,
+    inner: Box<dyn ListeningSocket>,
+    /// Read once: a listening socket's address does not change.
+    local_addr: Option<std::net::SocketAddr>,
     nodelay: bool,
 }
 
-listener_backend!(std::net::TcpListener, tokio::net::TcpListener);
+/// An accepted TCP connection, polled on the reactor of the runtime that serves it.
+/// Closing it shuts down the write side (the peer reads end of file).
+pub struct TcpStream(Box<dyn ByteStream>);
 
-socket_stream!(
-    /// An accepted TCP connection on async-io's or tokio's reactor. Closing it shuts down
-    /// the write side (the peer reads end of file).
-    TcpStream,
-    std::net::TcpStream,
-    tokio::net::TcpStream
-);
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream").finish_non_exhaustive()
+    }
+}
 
 impl TcpListener {
     /// Validates `config` and binds its address, for `reactor` (a runtime's
-    /// [`reactor`](crate::runtime::Runtime::reactor)).
+    /// `Runtime::reactor`; `None` when it has none).
     ///
     /// Errors: [`Error::Config`] for an invalid config or a runtime without a reactor,
     /// [`Error::Bind`] when the operating system refuses (address in use, no permission,
     /// address not local).
-    pub fn bind(config: &Config, reactor: &Reactor) -> Result<Self, Error> {
-        super::socket::check_reactor(reactor)?;
+    pub fn bind(config: &Config, reactor: Option<&dyn Reactor>) -> Result<Self, Error> {
+        let reactor = super::socket::check_reactor(reactor)?;
         // Resolved once, then bound as it was resolved.
         let addr = config.resolve_address()?;
         config.validate_settings()?;
         let options = super::socket::SocketOptions::of(config);
-        Self::bind_addr(addr, &options, reactor)
+        Self::bind_addr(addr, &options, Some(reactor))
     }
 
     /// Binds `addr` (already resolved) with `options`, for `reactor`.
     pub(crate) fn bind_addr(
         addr: std::net::SocketAddr,
         options: &super::socket::SocketOptions,
-        reactor: &Reactor,
+        reactor: Option<&dyn Reactor>,
     ) -> Result<Self, Error> {
-        super::socket::check_reactor(reactor)?;
+        let reactor = super::socket::check_reactor(reactor)?;
         let std = super::socket::bind_tcp(addr, options)?;
-        Self::from_std(std, options.nodelay, reactor)
+        Self::from_std(std, options.nodelay, Some(reactor))
     }
 
     /// Serves an already-bound std listener (one inherited from a parent process, or bound
@@ -68,17 +73,23 @@ impl TcpListener {
     pub fn from_std(
         listener: std::net::TcpListener,
         nodelay: bool,
-        reactor: &Reactor,
+        reactor: Option<&dyn Reactor>,
     ) -> Result<Self, Error> {
-        super::socket::check_reactor(reactor)?;
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        let inner = Backend::register(listener, reactor).map_err(|source| Error::Bind {
-            addr: addr.into(),
-            source,
-        })?;
-        Ok(TcpListener { inner, nodelay })
+        let reactor = super::socket::check_reactor(reactor)?;
+        let local_addr = listener.local_addr().ok();
+        let addr = local_addr.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let inner = listener
+            .set_nonblocking(true)
+            .and_then(|()| reactor.register_tcp(listener))
+            .map_err(|source| Error::Bind {
+                addr: addr.into(),
+                source,
+            })?;
+        Ok(TcpListener {
+            inner,
+            local_addr,
+            nodelay,
+        })
     }
 }
 
@@ -86,63 +97,103 @@ impl Listener for TcpListener {
     type Stream = TcpStream;
 
     async fn accept(&self) -> io::Result<Accepted<Self::Stream>> {
+        let (stream, peer_addr) = std::future::poll_fn(|cx| self.inner.poll_accept(cx)).await?;
         // A failure after accept means the socket is already dead (reset between accept and
         // now): the accept loop treats it like ECONNABORTED and moves on.
-        let (stream, peer_addr, local_addr) = match &self.inner {
-            #[cfg(feature = "async-io")]
-            Backend::AsyncIo(listener) => {
-                let (stream, peer_addr) = listener.accept().await?;
+        let local_addr = match stream.socket() {
+            #[cfg(any(unix, windows))]
+            Some(socket) => {
+                let socket = socket2::SockRef::from(&socket);
                 if self.nodelay {
-                    stream.get_ref().set_nodelay(true)?;
+                    socket.set_tcp_nodelay(true)?;
                 }
-                let local_addr = stream.get_ref().local_addr()?;
-                let stream = Inner::AsyncIo(super::async_io::AsyncIoStream::new(stream));
-                (stream, peer_addr, local_addr)
+                socket.local_addr()?.as_socket().map(Addr::from)
             }
-            #[cfg(feature = "tokio")]
-            Backend::Tokio(listener) => {
-                let (stream, peer_addr) = listener.accept().await?;
-                if self.nodelay {
-                    stream.set_nodelay(true)?;
-                }
-                let local_addr = stream.local_addr()?;
-                let stream = Inner::Tokio(super::tokio::TokioStream::new(stream));
-                (stream, peer_addr, local_addr)
-            }
+            _ => None,
+        };
+        let local_addr = match local_addr {
+            Some(addr) => addr,
+            None => self.local_addr()?,
         };
         Ok(Accepted {
             stream: TcpStream(stream),
-            peer_addr: peer_addr.into(),
-            local_addr: local_addr.into(),
+            peer_addr,
+            local_addr,
         })
     }
 
     #[cfg(unix)]
     fn handover(&self) -> Option<super::Handover> {
-        self.inner.dup().map(super::Handover::new)
+        super::socket::dup(self.inner.as_fd()).map(super::Handover::new)
     }
 
     #[cfg(unix)]
     fn has_pending(&self) -> bool {
-        self.inner.has_pending()
+        super::socket::has_pending(self.inner.as_fd())
     }
 
     fn local_addr(&self) -> io::Result<Addr> {
-        match &self.inner {
-            #[cfg(feature = "async-io")]
-            Backend::AsyncIo(listener) => listener.get_ref().local_addr().map(Addr::from),
-            #[cfg(feature = "tokio")]
-            Backend::Tokio(listener) => listener.local_addr().map(Addr::from),
-        }
+        self.local_addr
+            .map(Addr::from)
+            .ok_or_else(|| io::Error::other("the listening socket has no address"))
     }
 }
 
 impl ByteStream for TcpStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_readable_inner(cx)
+        self.0.poll_readable(cx)
     }
 
     fn socket(&self) -> Option<Socket<'_>> {
-        self.socket_inner()
+        self.0.socket()
+    }
+
+    fn boxed(self) -> Box<dyn ByteStream> {
+        self.0
+    }
+}
+
+impl AsyncRead for TcpStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read_vectored(cx, bufs)
+    }
+}
+
+impl AsyncWrite for TcpStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    /// Shuts down the write side: the peer reads end of file.
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
     }
 }

@@ -5,18 +5,18 @@
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
+use futures_io::{AsyncRead, AsyncWrite};
 use socket2::{Domain, SockAddr, Socket as RawSocket, Type};
 
-use super::stream::{listener_backend, socket_stream};
-use super::{Accepted, ByteStream, Listener, Socket};
+use super::{Accepted, ByteStream, Listener, ListeningSocket, Reactor, Socket};
 use crate::addr::{Addr, PeerCred};
 use crate::config::{Config, UnixConfig};
 use crate::error::{ConfigError, Error};
-use crate::runtime::Reactor;
 
 /// A Unix domain socket listener built from a [`Config`]'s [`unix`](Config::unix)
 /// settings (path, mode, group) and its backlog, on the reactor of the runtime that will
@@ -27,7 +27,7 @@ use crate::runtime::Reactor;
 /// not apply to them: the file's permissions decide who may connect.
 #[derive(Debug)]
 pub struct UnixListener {
-    inner: Backend,
+    inner: Box<dyn ListeningSocket>,
     path: Option<Arc<Path>>,
     /// Device and inode of the socket file this listener created, so that dropping it
     /// removes that file and never one a newer server put at the same path.
@@ -36,40 +36,40 @@ pub struct UnixListener {
     keep_file: Arc<AtomicBool>,
 }
 
-listener_backend!(std::os::unix::net::UnixListener, tokio::net::UnixListener);
+/// An accepted Unix domain socket connection, polled on the reactor of the runtime that
+/// serves it, which also knows the peer's credentials. Closing it shuts down the write side.
+pub struct UnixStream(Box<dyn ByteStream>);
 
-socket_stream!(
-    /// An accepted Unix domain socket connection on async-io's or tokio's reactor, which
-    /// also knows the peer's credentials. Closing it shuts down the write side.
-    UnixStream,
-    std::os::unix::net::UnixStream,
-    tokio::net::UnixStream
-);
+impl std::fmt::Debug for UnixStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnixStream").finish_non_exhaustive()
+    }
+}
 
 impl UnixListener {
     /// Validates `config` and listens on `config.unix`, for `reactor` (a runtime's
-    /// [`reactor`](crate::runtime::Runtime::reactor)).
+    /// `Runtime::reactor`).
     ///
     /// Errors: [`Error::Config`] for an invalid config, when `config.unix` is `None`, or for
     /// a runtime without a reactor; [`Error::Bind`] when a server is already listening on
     /// the path (`AddrInUse`), the path is a file that is not a socket (`AlreadyExists`), or
     /// the operating system refuses (permissions, the mode or group cannot be set).
-    pub fn bind(config: &Config, reactor: &Reactor) -> Result<Self, Error> {
+    pub fn bind(config: &Config, reactor: Option<&dyn Reactor>) -> Result<Self, Error> {
         config.validate_settings()?;
-        super::socket::check_reactor(reactor)?;
+        let reactor = super::socket::check_reactor(reactor)?;
         let Some(unix) = &config.unix else {
             return Err(ConfigError::ListenerMismatch("no `unix` settings to bind").into());
         };
-        Self::bind_path(unix, config.backlog, reactor)
+        Self::bind_path(unix, config.backlog, Some(reactor))
     }
 
     /// Listens on `unix` (already validated) with `backlog`, for `reactor`.
     pub(crate) fn bind_path(
         unix: &UnixConfig,
         backlog: u32,
-        reactor: &Reactor,
+        reactor: Option<&dyn Reactor>,
     ) -> Result<Self, Error> {
-        super::socket::check_reactor(reactor)?;
+        let reactor = super::socket::check_reactor(reactor)?;
         let path: Arc<Path> = Arc::from(unix.path.as_path());
         let err = |source| Error::Bind {
             addr: Addr::Unix(Some(path.clone())),
@@ -85,7 +85,7 @@ impl UnixListener {
             set_owner_and_mode(&path, unix)?;
             // Only now can clients connect: before listen() they are refused.
             let socket = super::socket::listen(socket, backlog)?;
-            let inner = Backend::register(socket.into(), reactor)?;
+            let inner = register(socket.into(), reactor)?;
             Ok((inner, (created.dev(), created.ino())))
         })();
         match listening {
@@ -107,14 +107,14 @@ impl UnixListener {
     /// dropped.
     pub fn from_std(
         listener: std::os::unix::net::UnixListener,
-        reactor: &Reactor,
+        reactor: Option<&dyn Reactor>,
     ) -> Result<Self, Error> {
-        super::socket::check_reactor(reactor)?;
+        let reactor = super::socket::check_reactor(reactor)?;
         let path: Option<Arc<Path>> = listener
             .local_addr()
             .ok()
             .and_then(|a| a.as_pathname().map(Arc::from));
-        let inner = Backend::register(listener, reactor).map_err(|source| Error::Bind {
+        let inner = register(listener, reactor).map_err(|source| Error::Bind {
             addr: Addr::Unix(path.clone()),
             source,
         })?;
@@ -132,7 +132,7 @@ impl UnixListener {
     /// new process that fails before must not remove the file the old one still serves.
     pub(crate) fn adopt(
         listener: std::os::unix::net::UnixListener,
-        reactor: &Reactor,
+        reactor: Option<&dyn Reactor>,
     ) -> Result<Self, Error> {
         let mut adopted = Self::from_std(listener, reactor)?;
         adopted.keep_file.store(true, Ordering::Release);
@@ -144,6 +144,15 @@ impl UnixListener {
         });
         Ok(adopted)
     }
+}
+
+/// Makes a listening socket non-blocking and registers it with `reactor`.
+fn register(
+    listener: std::os::unix::net::UnixListener,
+    reactor: &dyn Reactor,
+) -> io::Result<Box<dyn ListeningSocket>> {
+    listener.set_nonblocking(true)?;
+    reactor.register_unix(listener)
 }
 
 /// Makes way for a new socket at `path`: nothing there is fine; a socket nobody accepts on
@@ -206,33 +215,17 @@ impl Listener for UnixListener {
     type Stream = UnixStream;
 
     async fn accept(&self) -> io::Result<Accepted<Self::Stream>> {
-        let (stream, peer) = match &self.inner {
-            #[cfg(feature = "async-io")]
-            Backend::AsyncIo(listener) => {
-                let (stream, peer) = listener.accept().await?;
-                let peer = peer.as_pathname().map(Arc::from);
-                (
-                    Inner::AsyncIo(super::async_io::AsyncIoStream::new(stream)),
-                    peer,
-                )
-            }
-            #[cfg(feature = "tokio")]
-            Backend::Tokio(listener) => {
-                let (stream, peer) = listener.accept().await?;
-                let peer = peer.as_pathname().map(Arc::from);
-                (Inner::Tokio(super::tokio::TokioStream::new(stream)), peer)
-            }
-        };
+        let (stream, peer_addr) = std::future::poll_fn(|cx| self.inner.poll_accept(cx)).await?;
         Ok(Accepted {
             stream: UnixStream(stream),
-            peer_addr: Addr::Unix(peer),
+            peer_addr,
             local_addr: Addr::Unix(self.path.clone()),
         })
     }
 
     #[cfg(unix)]
     fn has_pending(&self) -> bool {
-        self.inner.has_pending()
+        super::socket::has_pending(self.inner.as_fd())
     }
 
     fn local_addr(&self) -> io::Result<Addr> {
@@ -241,7 +234,7 @@ impl Listener for UnixListener {
 
     fn handover(&self) -> Option<super::Handover> {
         Some(super::Handover {
-            fd: self.inner.dup()?,
+            fd: super::socket::dup(self.inner.as_fd())?,
             keep_file: Some(self.keep_file.clone()),
         })
     }
@@ -249,21 +242,63 @@ impl Listener for UnixListener {
 
 impl ByteStream for UnixStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_readable_inner(cx)
+        self.0.poll_readable(cx)
     }
 
     fn socket(&self) -> Option<Socket<'_>> {
-        self.socket_inner()
+        self.0.socket()
     }
 
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn peer_cred(&self) -> Option<PeerCred> {
-        let socket = self.socket_inner()?;
-        let cred = rustix::net::sockopt::socket_peercred(socket).ok()?;
-        Some(PeerCred {
-            uid: cred.uid.as_raw(),
-            gid: cred.gid.as_raw(),
-            pid: Some(cred.pid.as_raw_pid()),
-        })
+        self.0.peer_cred()
+    }
+
+    fn boxed(self) -> Box<dyn ByteStream> {
+        self.0
+    }
+}
+
+impl AsyncRead for UnixStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read_vectored(cx, bufs)
+    }
+}
+
+impl AsyncWrite for UnixStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    /// Shuts down the write side: the peer reads end of file.
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
     }
 }

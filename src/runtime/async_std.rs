@@ -2,7 +2,9 @@
 
 use std::time::Instant;
 
-use super::{BoxFuture, BoxTimer, Reactor, Runtime};
+use super::async_io::{AsyncIo, IoTimer};
+use super::{BoxFuture, BoxTimer, Runtime};
+use crate::stream::Reactor;
 
 /// Runs berth on async-std's global executor and timers.
 ///
@@ -20,15 +22,15 @@ impl Runtime for AsyncStd {
 
     fn timer(&self, deadline: Instant) -> BoxTimer {
         // async-std's own timers are async-io's.
-        Box::pin(super::IoTimer(async_io::Timer::at(deadline)))
+        Box::pin(IoTimer(async_io::Timer::at(deadline)))
     }
 
     fn now(&self) -> Instant {
         Instant::now()
     }
 
-    fn reactor(&self) -> Reactor {
+    fn reactor(&self) -> Option<&dyn Reactor> {
         // async-std drives its sockets with async-io.
-        Reactor::AsyncIo
+        Some(&AsyncIo)
     }
 }

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use async_executor::Executor;
 
-use super::{BoxFuture, BoxTimer, Reactor, Runtime};
+use super::async_io::{AsyncIo, IoTimer};
+use super::{BoxFuture, BoxTimer, Runtime};
+use crate::stream::Reactor;
 
 /// Runs berth on an [`async_executor::Executor`], with async-io timers.
 ///
@@ -80,14 +82,14 @@ impl Runtime for Smol {
     }
 
     fn timer(&self, deadline: Instant) -> BoxTimer {
-        Box::pin(super::IoTimer(async_io::Timer::at(deadline)))
+        Box::pin(IoTimer(async_io::Timer::at(deadline)))
     }
 
     fn now(&self) -> Instant {
         Instant::now()
     }
 
-    fn reactor(&self) -> Reactor {
-        Reactor::AsyncIo
+    fn reactor(&self) -> Option<&dyn Reactor> {
+        Some(&AsyncIo)
     }
 }

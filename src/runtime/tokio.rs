@@ -1,8 +1,12 @@
-//! The tokio adapter.
+//! The tokio adapter: tasks, timers, and sockets on tokio's reactor (`stream.rs`).
 
+use std::io;
 use std::time::{Duration, Instant};
 
-use super::{BoxFuture, BoxTimer, Reactor, Runtime, Timer};
+use super::{BoxFuture, BoxTimer, Runtime, Timer};
+use crate::stream::{ListeningSocket, Reactor};
+
+mod stream;
 
 /// Runs berth on a tokio runtime: tokio tasks, tokio's timers (so `tokio::time::pause` and
 /// simulators built on tokio's clock apply to berth's timeouts too) and tokio's sockets.
@@ -65,8 +69,8 @@ impl Runtime for Tokio {
         tokio::time::Instant::now().into_std()
     }
 
-    fn reactor(&self) -> Reactor {
-        Reactor::Tokio(self.handle.clone())
+    fn reactor(&self) -> Option<&dyn Reactor> {
+        Some(self)
     }
 
     fn check(&self) -> Result<(), crate::error::ConfigError> {
@@ -92,4 +96,41 @@ impl Timer for tokio::time::Sleep {
     fn reset(self: std::pin::Pin<&mut Self>, deadline: Instant) {
         tokio::time::Sleep::reset(self, deadline.into());
     }
+}
+
+/// tokio's I/O driver: the runtime's own sockets, which its tasks poll without a second
+/// reactor.
+impl Reactor for Tokio {
+    fn register_tcp(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Box<dyn ListeningSocket>> {
+        let listener = register(&self.handle, || tokio::net::TcpListener::from_std(listener))?;
+        Ok(Box::new(listener))
+    }
+
+    #[cfg(unix)]
+    fn register_unix(
+        &self,
+        listener: std::os::unix::net::UnixListener,
+    ) -> io::Result<Box<dyn ListeningSocket>> {
+        let listener = register(&self.handle, || {
+            tokio::net::UnixListener::from_std(listener)
+        })?;
+        Ok(Box::new(listener))
+    }
+}
+
+/// Registers a socket with `handle`'s I/O driver; a runtime without one is an error, where
+/// tokio would panic.
+fn register<T>(
+    handle: &tokio::runtime::Handle,
+    make: impl FnOnce() -> io::Result<T>,
+) -> io::Result<T> {
+    let _context = handle.enter();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)).unwrap_or_else(|_| {
+        Err(io::Error::other(
+            crate::error::ConfigError::RuntimeDriverMissing("I/O").to_string(),
+        ))
+    })
 }

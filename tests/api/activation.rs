@@ -17,8 +17,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 fn from_std_serves_an_already_bound_listener() {
     let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = std.local_addr().unwrap();
-    let reactor = berth::runtime::Runtime::reactor(&berth::runtime::Smol::global());
-    let listener = TcpListener::from_std(std, true, &reactor).unwrap();
+    let smol = berth::runtime::Smol::global();
+    let reactor = berth::runtime::Runtime::reactor(&smol);
+    let listener = TcpListener::from_std(std, true, reactor).unwrap();
     let handle = Builder::new(Config::default())
         .runtime(berth::runtime::Smol::global())
         .listener(listener)

@@ -495,7 +495,7 @@ fn pressure_returns_to_normal_after_descriptors_ran_out<R: Rt>() {
         let rt = R::runtime();
         let out = Arc::new(AtomicBool::new(false));
         let listener = OutOfDescriptors {
-            inner: berth::listener::TcpListener::bind(&config, &rt.reactor()).unwrap(),
+            inner: berth::listener::TcpListener::bind(&config, rt.reactor()).unwrap(),
             out: out.clone(),
         };
         let rec = Recorder::new();

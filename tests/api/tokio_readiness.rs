@@ -6,7 +6,7 @@
 //! the drain, and a connection idle between requests was forced at the drain deadline
 //! ("0 connection(s) drained, 1 forced after 10s") instead of drained.
 //!
-//! Cause (src/listener/tokio.rs): `TokioStream` trusts tokio's read readiness without the
+//! Cause (src/runtime/tokio/stream.rs): `TokioStream` trusts tokio's read readiness without the
 //! confirming one-byte peek once it believes tokio cleared it: after a short read
 //! (`unconfirmed = false`, `SHORT_READ_CLEARS`) and after a peek that would block. But tokio
 //! clears readiness only if no reactor event arrived since the readiness it was asked about

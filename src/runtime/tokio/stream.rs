@@ -1,5 +1,5 @@
-//! Accepted sockets on tokio's reactor, as futures-io streams that report readiness
-//! accurately.
+//! Listening and accepted sockets on tokio's reactor: the streams as futures-io streams that
+//! report readiness accurately.
 
 use std::io;
 use std::pin::Pin;
@@ -7,16 +7,52 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
+use crate::addr::{Addr, PeerCred};
+use crate::stream::{ByteStream, ListeningSocket, Socket};
+
+impl ListeningSocket for tokio::net::TcpListener {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Box<dyn ByteStream>, Addr)>> {
+        let (stream, peer) = ready!(tokio::net::TcpListener::poll_accept(self, cx))?;
+        Poll::Ready(Ok((Box::new(TokioStream::new(stream)), peer.into())))
+    }
+
+    #[cfg(unix)]
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
+}
+
+#[cfg(unix)]
+impl ListeningSocket for tokio::net::UnixListener {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Box<dyn ByteStream>, Addr)>> {
+        let (stream, peer) = ready!(tokio::net::UnixListener::poll_accept(self, cx))?;
+        let peer = Addr::Unix(peer.as_pathname().map(std::sync::Arc::from));
+        Poll::Ready(Ok((Box::new(TokioStream::new(stream)), peer)))
+    }
+
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
+}
+
 /// tokio's TCP and Unix streams, as far as readiness goes (the inherent methods both have).
-pub(crate) trait TokioSocket: AsyncRead + AsyncWrite + Unpin {
+pub(super) trait TokioSocket:
+    AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static
+{
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
     /// One read without waiting (`try_read`).
     fn recv_now(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// The OS socket, for the tune hook.
+    fn socket(&self) -> Socket<'_>;
+    /// The peer's credentials (Unix domain sockets).
+    fn peer_cred(&self) -> Option<PeerCred> {
+        None
+    }
 }
 
 macro_rules! tokio_socket {
-    ($ty:ty) => {
+    ($ty:ty $(, $($peer_cred:tt)*)?) => {
         impl TokioSocket for $ty {
             fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 <$ty>::poll_read_ready(self, cx)
@@ -31,13 +67,22 @@ macro_rules! tokio_socket {
             fn recv_now(&self, buf: &mut [u8]) -> io::Result<usize> {
                 <$ty>::try_read(self, buf)
             }
+            fn socket(&self) -> Socket<'_> {
+                Socket::new(self)
+            }
+            $($($peer_cred)*)?
         }
     };
 }
 
 tokio_socket!(tokio::net::TcpStream);
 #[cfg(unix)]
-tokio_socket!(tokio::net::UnixStream);
+tokio_socket!(
+    tokio::net::UnixStream,
+    fn peer_cred(&self) -> Option<PeerCred> {
+        self.socket().peer_cred()
+    }
+);
 
 /// Bytes read ahead per readiness confirmation at most; also each thread's scratch size.
 const READ_AHEAD: usize = 16 * 1024;
@@ -68,7 +113,7 @@ thread_local! {
 /// connection holds no buffer: the read-ahead is freed once read.
 /// (async-io needs no such care after a wait, see `AsyncIoStream`.)
 #[derive(Debug)]
-pub(crate) struct TokioStream<T> {
+struct TokioStream<T> {
     inner: T,
     /// Bytes read by `poll_readable` and not yet returned, from `ahead_pos`.
     ahead: Vec<u8>,
@@ -76,7 +121,7 @@ pub(crate) struct TokioStream<T> {
 }
 
 impl<T: TokioSocket> TokioStream<T> {
-    pub(crate) fn new(inner: T) -> Self {
+    fn new(inner: T) -> Self {
         TokioStream {
             inner,
             ahead: Vec::new(),
@@ -84,11 +129,7 @@ impl<T: TokioSocket> TokioStream<T> {
         }
     }
 
-    pub(crate) fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
-    pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_confirmed_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.ahead_pos < self.ahead.len() {
             return Poll::Ready(Ok(()));
         }
@@ -122,6 +163,20 @@ impl<T: TokioSocket> TokioStream<T> {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+impl<T: TokioSocket> ByteStream for TokioStream<T> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_confirmed_readable(cx)
+    }
+
+    fn peer_cred(&self) -> Option<PeerCred> {
+        self.inner.peer_cred()
+    }
+
+    fn socket(&self) -> Option<Socket<'_>> {
+        Some(self.inner.socket())
     }
 }
 
@@ -175,18 +230,4 @@ impl<T: TokioSocket> futures_io::AsyncWrite for TokioStream<T> {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-/// Registers a socket with `handle`'s I/O driver; a runtime without one is an error, where
-/// tokio would panic.
-pub(crate) fn register<T>(
-    handle: &tokio::runtime::Handle,
-    make: impl FnOnce() -> io::Result<T>,
-) -> io::Result<T> {
-    let _context = handle.enter();
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)).unwrap_or_else(|_| {
-        Err(io::Error::other(
-            crate::error::ConfigError::RuntimeDriverMissing("I/O").to_string(),
-        ))
-    })
 }

@@ -1,10 +1,116 @@
-//! Accepted sockets on async-io's reactor (the smol and async-std adapters).
+//! async-io's reactor and timers, shared by the smol and async-std adapters: listening
+//! sockets registered with it, the streams they accept, and the timer that resets in place.
 
+use std::future::Future;
 use std::io;
+#[cfg(unix)]
+use std::os::fd::AsFd as OsSocket;
+#[cfg(windows)]
+use std::os::windows::io::AsSocket as OsSocket;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use async_io::Async;
+
+use crate::addr::{Addr, PeerCred};
+use crate::stream::{ByteStream, ListeningSocket, Reactor, Socket};
+
+/// async-io's reactor, as berth's TCP and Unix listeners use it: what
+/// [`Smol`](super::Smol) and `AsyncStd` return from
+/// [`Runtime::reactor`](super::Runtime::reactor). A runtime adapter of your own over
+/// async-io (for example an `async_executor::Executor` you drive) returns it too.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AsyncIo;
+
+impl Reactor for AsyncIo {
+    fn register_tcp(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Box<dyn ListeningSocket>> {
+        Ok(Box::new(Async::new(listener)?))
+    }
+
+    #[cfg(unix)]
+    fn register_unix(
+        &self,
+        listener: std::os::unix::net::UnixListener,
+    ) -> io::Result<Box<dyn ListeningSocket>> {
+        Ok(Box::new(Async::new(listener)?))
+    }
+}
+
+impl ListeningSocket for Async<std::net::TcpListener> {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Box<dyn ByteStream>, Addr)>> {
+        poll_accept(self, cx, |listener| {
+            let (stream, peer) = listener.accept()?;
+            Ok((stream, peer.into()))
+        })
+    }
+
+    #[cfg(unix)]
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self.get_ref())
+    }
+}
+
+#[cfg(unix)]
+impl ListeningSocket for Async<std::os::unix::net::UnixListener> {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Box<dyn ByteStream>, Addr)>> {
+        poll_accept(self, cx, |listener| {
+            let (stream, peer) = listener.accept()?;
+            Ok((
+                stream,
+                Addr::Unix(peer.as_pathname().map(std::sync::Arc::from)),
+            ))
+        })
+    }
+
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self.get_ref())
+    }
+}
+
+/// Accepts on `listener` (what async-io's own `accept` does: try, and wait for readiness
+/// when nothing is there) and registers the stream.
+fn poll_accept<L, S: StdSocket>(
+    listener: &Async<L>,
+    cx: &mut Context<'_>,
+    accept: impl Fn(&L) -> io::Result<(S, Addr)>,
+) -> Poll<io::Result<(Box<dyn ByteStream>, Addr)>>
+where
+    AsyncIoStream<S>: ByteStream,
+{
+    loop {
+        match accept(listener.get_ref()) {
+            Ok((stream, peer)) => {
+                let stream = AsyncIoStream::new(Async::new(stream)?);
+                return Poll::Ready(Ok((Box::new(stream), peer)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::task::ready!(listener.poll_readable(cx))?;
+            }
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// async-io's timer as a [`Timer`](super::Timer): it resets in place.
+pub(super) struct IoTimer(pub(super) async_io::Timer);
+
+impl Future for IoTimer {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.get_mut().0).poll(cx).map(drop)
+    }
+}
+
+impl super::Timer for IoTimer {
+    fn reset(self: Pin<&mut Self>, deadline: Instant) {
+        self.get_mut().0.set_at(deadline);
+    }
+}
 
 /// An accepted socket on async-io's reactor (`Async<T>`: no `Arc`, no cached readiness
 /// futures), with `close` shutting down the write side, which async-io's own `poll_close`
@@ -26,7 +132,7 @@ use async_io::Async;
 /// return for an idle connection, whose handler then waits in a read, deaf to the server
 /// draining.
 #[derive(Debug)]
-pub(crate) struct AsyncIoStream<T> {
+struct AsyncIoStream<T> {
     io: Async<T>,
     /// A readiness wait has registered with the reactor since the last read: its event is
     /// for data that arrived after that read.
@@ -35,36 +141,67 @@ pub(crate) struct AsyncIoStream<T> {
     drained: bool,
 }
 
-/// Sockets whose write side can be shut down: std's TCP and Unix streams.
-pub(crate) trait HalfClose {
+/// std's TCP and Unix streams, as an accepted stream needs them.
+trait StdSocket: OsSocket + Send + Sync + 'static {
     /// `shutdown(Write)`.
     fn shutdown_write(&self) -> io::Result<()>;
+    /// The OS socket, for the tune hook.
+    fn socket(&self) -> Socket<'_>;
+    /// The peer's credentials (Unix domain sockets).
+    fn peer_cred(&self) -> Option<PeerCred> {
+        None
+    }
 }
 
-impl HalfClose for std::net::TcpStream {
+impl StdSocket for std::net::TcpStream {
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Write)
+    }
+
+    fn socket(&self) -> Socket<'_> {
+        Socket::new(self)
     }
 }
 
 #[cfg(unix)]
-impl HalfClose for std::os::unix::net::UnixStream {
+impl StdSocket for std::os::unix::net::UnixStream {
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Write)
+    }
+
+    fn socket(&self) -> Socket<'_> {
+        Socket::new(self)
+    }
+
+    fn peer_cred(&self) -> Option<PeerCred> {
+        self.socket().peer_cred()
+    }
+}
+
+impl<T: StdSocket> ByteStream for AsyncIoStream<T>
+where
+    Async<T>: futures_io::AsyncRead + futures_io::AsyncWrite,
+{
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_confirmed_readable(cx)
+    }
+
+    fn peer_cred(&self) -> Option<PeerCred> {
+        self.io.get_ref().peer_cred()
+    }
+
+    fn socket(&self) -> Option<Socket<'_>> {
+        Some(self.io.get_ref().socket())
     }
 }
 
 impl<T> AsyncIoStream<T> {
-    pub(crate) fn new(io: Async<T>) -> Self {
+    fn new(io: Async<T>) -> Self {
         AsyncIoStream {
             io,
             waited: false,
             drained: false,
         }
-    }
-
-    pub(crate) fn get_ref(&self) -> &T {
-        self.io.get_ref()
     }
 }
 
@@ -72,7 +209,7 @@ impl<T> AsyncIoStream<T> {
 impl<T: std::os::fd::AsFd> AsyncIoStream<T> {
     /// Readable without reading: async-io waits on the socket's readiness, confirmed by a
     /// peek when no wait happened since the last read.
-    pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_confirmed_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             if self.io.poll_readable(cx)?.is_pending() {
                 self.waited = true;
@@ -110,7 +247,7 @@ fn peek_one(socket: &impl std::os::fd::AsFd) -> io::Result<usize> {
 #[cfg(not(unix))]
 impl<T> AsyncIoStream<T> {
     /// Readable without reading: async-io waits on the socket's readiness.
-    pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_confirmed_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_fresh_readable(cx)
     }
 }
@@ -189,7 +326,7 @@ where
     }
 }
 
-impl<T: HalfClose> futures_io::AsyncWrite for AsyncIoStream<T>
+impl<T: StdSocket> futures_io::AsyncWrite for AsyncIoStream<T>
 where
     Async<T>: futures_io::AsyncWrite,
 {
