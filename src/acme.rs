@@ -1,15 +1,9 @@
 //! The ACME driver: one task per certificate (per distinct
 //! [`AcmeConfig`](crate::tls::acme::AcmeConfig)) of a running server. It orders when there
 //! is no certificate, sleeps until the renewal is due, renews, and retries failures with
-//! back-off, serving the certificate it has meanwhile. The protocol itself is in
-//! `tls::acme`; this module only decides when, and reports.
-//!
-//! Every wait is on the runtime's clock; the renewal date is on the wall clock (that is
-//! what certificates use), so a long wait is cut into hours and the wall clock read again
-//! (a machine that slept for a day renews on time).
-//!
-//! The task stops when the server starts draining: after an upgrade, the new process
-//! (reading the same cache) takes over, and two processes never order at once.
+//! back-off, serving the certificate it has meanwhile. One order's protocol steps are in
+//! `order`; the settings, the cache and the challenge answers in `tls::acme`; this module
+//! decides when, and reports.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +14,8 @@ use crate::core::Core;
 use crate::error::ServeError;
 use crate::events::ServerEvent;
 use crate::tls::acme::{Acme, CertificateOrigin, Served};
+
+mod order;
 
 /// The first retry's delay; it doubles up to [`RETRY_MAX`].
 const RETRY_MIN: Duration = Duration::from_secs(5);
@@ -113,7 +109,7 @@ pub(crate) async fn drive(core: Arc<Core>, acme: Arc<Acme>) {
         }
         #[cfg(feature = "tracing")]
         tracing::info!(target: "berth", ?domains, directory = %acme.config().directory, "ACME order started");
-        let ordered = async { Some(crate::tls::acme::order(&acme, &**core.runtime()).await) };
+        let ordered = async { Some(order::order(&acme, &**core.runtime()).await) };
         let drained = async {
             core.stop().draining().wait().await;
             None

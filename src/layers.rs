@@ -318,37 +318,20 @@ fn the_layer_list_names_every_module_once() {
 
 #[test]
 fn no_module_imports_from_a_layer_above_its_own() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let lib = std::fs::read_to_string(root.join("lib.rs")).unwrap();
+    let lib = std::fs::read_to_string(src().join("lib.rs")).unwrap();
     let layers = layers(&lib);
     let layer_of: BTreeMap<&str, &Layer> = layers
         .iter()
         .flat_map(|layer| layer.modules.iter().map(move |m| (m.as_str(), layer)))
         .collect();
-    let mut paths = Vec::new();
-    files(&root, &mut paths);
-    let test_only: Vec<PathBuf> = paths
-        .iter()
-        .flat_map(|path| test_module_files(path, &std::fs::read_to_string(path).unwrap()))
-        .collect();
     let mut violations = Vec::new();
-    for path in paths {
-        if test_only.iter().any(|t| path.starts_with(t)) {
-            continue; // what tests reach for does not shape the architecture
-        }
-        let rel = path.strip_prefix(&root).unwrap();
-        let parts: Vec<_> = rel.iter().map(|p| p.to_string_lossy()).collect();
-        let top = parts[0].trim_end_matches(".rs");
-        if top == "lib" {
-            continue;
-        }
-        let depth = parts.len() - usize::from(parts.last().is_some_and(|p| p == "mod.rs"));
+    for file in scan() {
+        let (rel, top) = (file.rel.display(), file.top.as_str());
         let Some(own) = layer_of.get(top) else {
-            violations.push(format!("src/{}: `{top}` is in no layer", rel.display()));
+            violations.push(format!("src/{rel}: `{top}` is in no layer"));
             continue;
         };
-        let text = strip(&std::fs::read_to_string(&path).unwrap());
-        for target in imports(&text, depth) {
+        for target in &file.imports {
             let Some(other) = layer_of.get(target.as_str()) else {
                 continue; // not a module: a macro, a type at the root, `self`
             };
@@ -356,12 +339,8 @@ fn no_module_imports_from_a_layer_above_its_own() {
             let beside = other.number == own.number && own.alone && target != top;
             if above || beside {
                 violations.push(format!(
-                    "src/{}: `{top}` ({} {}) imports `{target}` ({} {})",
-                    rel.display(),
-                    own.number,
-                    own.name,
-                    other.number,
-                    other.name,
+                    "src/{rel}: `{top}` ({} {}) imports `{target}` ({} {})",
+                    own.number, own.name, other.number, other.name,
                 ));
             }
         }
@@ -371,6 +350,112 @@ fn no_module_imports_from_a_layer_above_its_own() {
         "imports against the layer list in lib.rs:\n{}",
         violations.join("\n")
     );
+}
+
+/// Within a layer that is not "alone" modules may import one another; this keeps that from
+/// closing a circle (`../shared/tools/cycles.py src` prints the same graph's cycles).
+#[test]
+fn no_import_cycle_between_modules() {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let modules = declared(&std::fs::read_to_string(src().join("lib.rs")).unwrap());
+    for file in scan() {
+        let edges = graph.entry(file.top.clone()).or_default();
+        edges.extend(
+            file.imports
+                .into_iter()
+                .filter(|m| *m != file.top && modules.contains(m)),
+        );
+    }
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!("import cycle between modules: {}", cycle.join(" -> "));
+    }
+}
+
+/// A cycle in `graph` (module -> modules it imports), as the modules along it.
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit<'a>(
+        node: &'a str,
+        graph: &'a BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| *n == node) {
+            let mut cycle: Vec<String> = path[at..].iter().map(|n| n.to_string()).collect();
+            cycle.push(node.to_string());
+            return Some(cycle);
+        }
+        if !done.insert(node) {
+            return None;
+        }
+        path.push(node);
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn a_cycle_is_found_and_a_tree_is_not() {
+    let graph = |edges: &[(&str, &str)]| {
+        let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (a, b) in edges {
+            g.entry(a.to_string()).or_default().insert(b.to_string());
+        }
+        g
+    };
+    let cycle = find_cycle(&graph(&[("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")]));
+    assert_eq!(cycle.unwrap(), ["a", "b", "c", "a"]);
+    assert_eq!(
+        find_cycle(&graph(&[("a", "b"), ("a", "c"), ("b", "c")])),
+        None
+    );
+}
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// One file under `src/` outside test modules: its path below `src/`, the top-level module
+/// it belongs to, and the top-level names it imports.
+struct Scanned {
+    rel: PathBuf,
+    top: String,
+    imports: BTreeSet<String>,
+}
+
+fn scan() -> Vec<Scanned> {
+    let root = src();
+    let mut paths = Vec::new();
+    files(&root, &mut paths);
+    let test_only: Vec<PathBuf> = paths
+        .iter()
+        .flat_map(|path| test_module_files(path, &std::fs::read_to_string(path).unwrap()))
+        .collect();
+    let mut scanned = Vec::new();
+    for path in paths {
+        if test_only.iter().any(|t| path.starts_with(t)) {
+            continue; // what tests reach for does not shape the architecture
+        }
+        let rel = path.strip_prefix(&root).unwrap().to_path_buf();
+        let parts: Vec<_> = rel.iter().map(|p| p.to_string_lossy()).collect();
+        let top = parts[0].trim_end_matches(".rs").to_string();
+        if top == "lib" {
+            continue;
+        }
+        let depth = parts.len() - usize::from(parts.last().is_some_and(|p| p == "mod.rs"));
+        let text = strip(&std::fs::read_to_string(&path).unwrap());
+        let imports = imports(&text, depth);
+        scanned.push(Scanned { rel, top, imports });
+    }
+    scanned
 }
 
 #[test]

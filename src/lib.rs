@@ -70,13 +70,14 @@
 //    stream (the byte stream, the OS socket view, the `Reactor` seam; public in `listener`),
 //    runtime (the seam and one adapter per runtime, each registering its own sockets),
 //    listener, signal, systemd, fault, proxy (the settings and the header reader), tls (the
-//    settings, the handshake, ticket keys, the ACME client);
+//    settings, the handshake, ticket keys, the ACME settings, cache and challenge answers);
 // 2. parts, alone: clock, capacity, pressure, handovers, admission, pool, readiness,
 //    hooks, endpoint (one listener's name, address and current TLS configuration);
 // 3. parts of parts, alone: stop (with the readiness), listeners (the endpoints, the
 //    hand-overs, the TLS choice);
 // 4. core: core (the `Core` that holds the parts);
-// 5. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task), watchdog;
+// 5. mechanisms: idle, shutdown, upgrade, reload, acme (the ordering task and one order's
+//    protocol steps), watchdog;
 // 6. connection: lifecycle, conn (the handler's view), handler, task (the connection's task);
 // 7. loop: accept;
 // 8. front: server, bind (the listeners a config describes: bound, adopted or inherited),

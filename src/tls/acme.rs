@@ -50,14 +50,10 @@ use serde::{Deserialize, Serialize};
 use super::PemSource;
 
 #[cfg(feature = "acme")]
-mod cache;
-#[cfg(feature = "acme")]
-mod order;
+pub(crate) mod cache;
 #[cfg(feature = "acme")]
 mod state;
 
-#[cfg(feature = "acme")]
-pub(crate) use order::order;
 #[cfg(feature = "acme")]
 pub(crate) use state::{Acme, Resolver, Served, select};
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rustls_acme::acme::{Account, AuthStatus, Directory, Identifier, OrderStatus};
 
-use super::{Acme, AcmeError, Served, cache};
 use crate::runtime::Runtime;
+use crate::tls::acme::{Acme, AcmeError, Served, cache};
 
 /// How long one exchange with the directory may take.
 const STEP: Duration = Duration::from_secs(30);
