@@ -12,6 +12,8 @@ use std::io;
 
 use crate::addr::Addr;
 
+#[cfg(any(feature = "async-io", feature = "tokio"))]
+mod boxed;
 mod prefixed;
 #[cfg(any(feature = "async-io", feature = "tokio"))]
 mod socket;

@@ -4,12 +4,8 @@
 //! streams it accepts.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use futures_io::{AsyncRead, AsyncWrite};
-
-use super::{Accepted, ByteStream, Listener, ListeningSocket, Reactor, Socket};
+use super::{Accepted, Listener, ListeningSocket, Reactor};
 use crate::addr::Addr;
 use crate::config::Config;
 use crate::error::Error;
@@ -28,15 +24,11 @@ pub struct TcpListener {
     nodelay: bool,
 }
 
-/// An accepted TCP connection, polled on the reactor of the runtime that serves it.
-/// Closing it shuts down the write side (the peer reads end of file).
-pub struct TcpStream(Box<dyn ByteStream>);
-
-impl std::fmt::Debug for TcpStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcpStream").finish_non_exhaustive()
-    }
-}
+super::boxed::boxed_stream!(
+    /// An accepted TCP connection, polled on the reactor of the runtime that serves it.
+    /// Closing it shuts down the write side (the peer reads end of file).
+    TcpStream
+);
 
 impl TcpListener {
     /// Validates `config` and binds its address, for `reactor` (a runtime's
@@ -136,64 +128,5 @@ impl Listener for TcpListener {
         self.local_addr
             .map(Addr::from)
             .ok_or_else(|| io::Error::other("the listening socket has no address"))
-    }
-}
-
-impl ByteStream for TcpStream {
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_readable(cx)
-    }
-
-    fn socket(&self) -> Option<Socket<'_>> {
-        self.0.socket()
-    }
-
-    fn boxed(self) -> Box<dyn ByteStream> {
-        self.0
-    }
-}
-
-impl AsyncRead for TcpStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-
-    fn poll_read_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &mut [io::IoSliceMut<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read_vectored(cx, bufs)
-    }
-}
-
-impl AsyncWrite for TcpStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    /// Shuts down the write side: the peer reads end of file.
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
     }
 }

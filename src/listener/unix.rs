@@ -5,16 +5,13 @@
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 
-use futures_io::{AsyncRead, AsyncWrite};
 use socket2::{Domain, SockAddr, Socket as RawSocket, Type};
 
-use super::{Accepted, ByteStream, Listener, ListeningSocket, Reactor, Socket};
-use crate::addr::{Addr, PeerCred};
+use super::{Accepted, Listener, ListeningSocket, Reactor};
+use crate::addr::Addr;
 use crate::config::{Config, UnixConfig};
 use crate::error::{ConfigError, Error};
 
@@ -36,15 +33,11 @@ pub struct UnixListener {
     keep_file: Arc<AtomicBool>,
 }
 
-/// An accepted Unix domain socket connection, polled on the reactor of the runtime that
-/// serves it, which also knows the peer's credentials. Closing it shuts down the write side.
-pub struct UnixStream(Box<dyn ByteStream>);
-
-impl std::fmt::Debug for UnixStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UnixStream").finish_non_exhaustive()
-    }
-}
+super::boxed::boxed_stream!(
+    /// An accepted Unix domain socket connection, polled on the reactor of the runtime that
+    /// serves it, which also knows the peer's credentials. Closing it shuts down the write side.
+    UnixStream
+);
 
 impl UnixListener {
     /// Validates `config` and listens on `config.unix`, for `reactor` (a runtime's
@@ -237,68 +230,5 @@ impl Listener for UnixListener {
             fd: super::socket::dup(self.inner.as_fd())?,
             keep_file: Some(self.keep_file.clone()),
         })
-    }
-}
-
-impl ByteStream for UnixStream {
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_readable(cx)
-    }
-
-    fn socket(&self) -> Option<Socket<'_>> {
-        self.0.socket()
-    }
-
-    fn peer_cred(&self) -> Option<PeerCred> {
-        self.0.peer_cred()
-    }
-
-    fn boxed(self) -> Box<dyn ByteStream> {
-        self.0
-    }
-}
-
-impl AsyncRead for UnixStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-
-    fn poll_read_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &mut [io::IoSliceMut<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read_vectored(cx, bufs)
-    }
-}
-
-impl AsyncWrite for UnixStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    /// Shuts down the write side: the peer reads end of file.
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
     }
 }
