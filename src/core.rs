@@ -347,7 +347,13 @@ impl Core {
 
     /// Ends a registration; returns the connection's final state as it saw it.
     pub(crate) fn unregister(&self, slot: &Arc<Slot>, generation: u64) -> SlotState {
-        self.pool.release(slot, generation)
+        let state = self.pool.release(slot, generation);
+        // Ended on its own during the final sweep, before the sweep reached it: the sweep
+        // will not see it, and shutdown's report must not count it as forced.
+        if state == SlotState::Open && self.stop.is_forced() {
+            self.stop.note_ended_unforced();
+        }
+        state
     }
 
     /// Runs `f` on every open slot with its generation.
@@ -451,5 +457,53 @@ impl Core {
     #[cfg(feature = "tls")]
     pub(crate) fn set_tls(&self, config: Arc<rustls::ServerConfig>) -> bool {
         self.listeners.set_tls(config)
+    }
+}
+
+#[cfg(all(test, feature = "smol"))]
+mod tests {
+    use super::*;
+
+    fn core() -> Core {
+        let addr: Addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1)).into();
+        let endpoint = Arc::new(Endpoint::new("test".into(), addr, None));
+        Core::new(
+            Arc::new(crate::runtime::Smol::global()),
+            Config::default(),
+            Hooks::default(),
+            vec![endpoint],
+        )
+    }
+
+    /// Shutdown's report counts as forced what was open at its snapshot, less what was not
+    /// forced; a handler that ends on its own after the force latch, before the final sweep
+    /// reaches its slot, is one of those (the sweep never sees it), and one the sweep cut is
+    /// not.
+    #[test]
+    fn only_connections_ending_on_their_own_after_the_force_are_noted_unforced() {
+        let core = core();
+        let (before, before_gen) = core.register(1);
+        assert_eq!(core.unregister(&before, before_gen), SlotState::Open);
+        assert_eq!(core.stop().ended_unforced(), 0, "ended before the force");
+
+        let (natural, natural_gen) = core.register(2);
+        let (cut, cut_gen) = core.register(3);
+        core.stop().force();
+        assert!(
+            cut.close(cut_gen, SlotState::ShutdownForced),
+            "the sweep cuts it"
+        );
+        assert_eq!(core.unregister(&cut, cut_gen), SlotState::ShutdownForced);
+        assert_eq!(core.unregister(&natural, natural_gen), SlotState::Open);
+        assert_eq!(
+            core.stop().ended_unforced(),
+            1,
+            "only the one that ended on its own"
+        );
+
+        // Registered after the force: closed at once as forced, never noted.
+        let (late, late_gen) = core.register(4);
+        assert_eq!(core.unregister(&late, late_gen), SlotState::ShutdownForced);
+        assert_eq!(core.stop().ended_unforced(), 1);
     }
 }

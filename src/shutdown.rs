@@ -128,6 +128,9 @@ pub(crate) async fn stop(
             not_forced += 1;
         }
     });
+    // And connections that ended on their own after the snapshot, before the sweep (which
+    // lets go of the registry between chunks) reached them.
+    let not_forced = not_forced + stop.ended_unforced();
     let forced = open_at_deadline.saturating_sub(not_forced);
     // Wait (bounded) for everything the sweep cut, lingering ones included, to be closed.
     crate::runtime::timeout(&*rt, FORCED_DROP_WAIT, core.wait_all_closed()).await;

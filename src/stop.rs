@@ -45,6 +45,9 @@ pub(crate) struct Stop {
     result: Mutex<Option<(ShutdownReport, Duration)>>,
     /// Lame duck, hand-over and the user's conditions (see `ServerHandle::is_ready`).
     readiness: Readiness,
+    /// Connections that ended on their own (their slot still open, not cut by the final
+    /// sweep) after the force latch was set: shutdown's report does not count them forced.
+    ended_unforced: AtomicUsize,
 }
 
 /// The shutdown latches, in the order a shutdown sets them.
@@ -76,6 +79,7 @@ impl Default for Stop {
             claimed: AtomicBool::new(false),
             result: Mutex::new(None),
             readiness: Readiness::default(),
+            ended_unforced: AtomicUsize::new(0),
         }
     }
 }
@@ -178,6 +182,18 @@ impl Stop {
         // Pairs with the fence in `Core::register`: either the final sweep sees a slot
         // registering now open, or the registration sees this latch.
         std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Notes a connection that ended on its own (its slot open when released) after
+    /// [`force`](Self::force): between shutdown's snapshot of the open count and the final
+    /// sweep reaching it.
+    pub(crate) fn note_ended_unforced(&self) {
+        self.ended_unforced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many connections [`note_ended_unforced`](Self::note_ended_unforced) noted.
+    pub(crate) fn ended_unforced(&self) -> usize {
+        self.ended_unforced.load(Ordering::Relaxed)
     }
 
     pub(crate) fn request_close(&self) {
