@@ -90,6 +90,19 @@ fn load(
     Ok((config, warnings, keys))
 }
 
+/// Waits `interval` on the server's runtime; `true` when the server stopped first.
+async fn stopped_during(core: &Core, interval: Duration) -> bool {
+    let stopped = async {
+        core.stop().stopped().await;
+        true
+    };
+    let slept = async {
+        core.runtime().sleep(interval).await;
+        false
+    };
+    stopped.or(slept).await
+}
+
 /// Watches `tls` for `endpoint` every `interval` until the server stops. A set of files that
 /// cannot be used is reported once it has stayed so for an interval (a certificate and its
 /// key replaced one after the other look mismatched for a moment).
@@ -108,15 +121,7 @@ pub(crate) async fn watch(
             Ok(seen) => break Arc::new(seen),
             Err(_) => {
                 // No thread to be had now: try again after an interval, unless stopping.
-                let stopped = async {
-                    core.stop().stopped().await;
-                    true
-                };
-                let slept = async {
-                    core.runtime().sleep(interval).await;
-                    false
-                };
-                if stopped.or(slept).await {
+                if stopped_during(&core, interval).await {
                     return;
                 }
             }
@@ -124,15 +129,7 @@ pub(crate) async fn watch(
     };
     let mut broken = None;
     loop {
-        let stopped = async {
-            core.stop().stopped().await;
-            true
-        };
-        let slept = async {
-            core.runtime().sleep(interval).await;
-            false
-        };
-        if stopped.or(slept).await {
+        if stopped_during(&core, interval).await {
             return;
         }
         // Reading files and building a configuration block: a thread of its own does it,

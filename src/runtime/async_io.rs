@@ -210,18 +210,17 @@ impl<T: std::os::fd::AsFd> AsyncIoStream<T> {
     /// Readable without reading: async-io waits on the socket's readiness, confirmed by a
     /// peek when no wait happened since the last read.
     fn poll_confirmed_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.drained {
+            // Any readiness without a wait is the event of data the last (short) read took.
+            return self.poll_fresh_readable(cx);
+        }
         loop {
             if self.io.poll_readable(cx)?.is_pending() {
                 self.waited = true;
                 return Poll::Pending;
             }
             if std::mem::take(&mut self.waited) {
-                self.drained = false;
                 return Poll::Ready(Ok(()));
-            }
-            if self.drained {
-                // Stale: the event of data the last (short) read took. Loop to register.
-                continue;
             }
             match peek_one(self.io.get_ref()) {
                 // Data, or end of file (0): a read would make progress.
