@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth::http::{ConnInfo, Http};
+use berth::runtime::Runtime;
 use berth::tls::TlsConfig;
 use berth::{Builder, Config};
 use clap::Parser;
@@ -176,8 +177,12 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(stdout);
 
-    let http =
-        Http::new(hyper::service::service_fn(route)).header_timeout(Some(args.header_timeout));
+    // One service per connection, holding its runtime (for /slow's timer).
+    let http = Http::per_connection(|info: &Arc<ConnInfo>| {
+        let rt = info.runtime().clone();
+        hyper::service::service_fn(move |req| route(req, rt.clone()))
+    })
+    .header_timeout(Some(args.header_timeout));
     let handle = server.serve(http);
     handle.on_server_event(|event| {
         if let berth::ServerEvent::Upgraded { pid } = event {
@@ -200,7 +205,7 @@ fn run(args: Args) -> Result<(), String> {
 
 type Reply = Response<Full<Bytes>>;
 
-async fn route(req: Request<Incoming>) -> Result<Reply, Infallible> {
+async fn route(req: Request<Incoming>, rt: Arc<dyn Runtime>) -> Result<Reply, Infallible> {
     let reply = match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => text(StatusCode::OK, "hello\n"),
         (&Method::GET, "/slow") => {
@@ -209,13 +214,13 @@ async fn route(req: Request<Incoming>) -> Result<Reply, Infallible> {
                 .query()
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
                 .and_then(|ms| ms.parse::<u64>().ok());
-            match (ms, req.extensions().get::<Arc<ConnInfo>>()) {
-                (Some(ms), Some(info)) => {
+            match ms {
+                Some(ms) => {
                     // The runtime's timer: tokio's, smol's, or simulated time.
-                    info.runtime().sleep(Duration::from_millis(ms)).await;
+                    rt.sleep(Duration::from_millis(ms)).await;
                     text(StatusCode::OK, "slow\n")
                 }
-                _ => text(StatusCode::BAD_REQUEST, "usage: /slow?ms=N\n"),
+                None => text(StatusCode::BAD_REQUEST, "usage: /slow?ms=N\n"),
             }
         }
         (&Method::POST, "/echo") => match req.into_body().collect().await {

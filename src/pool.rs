@@ -161,7 +161,12 @@ impl Slot {
             // maximum keeps a late stamp of an ended connection from making the next one
             // look idle since before it opened (the clock only moves forward, so a late
             // stamp above the next connection's is from after its opening began).
-            self.last_active.fetch_max(stamp, Ordering::Relaxed);
+            // Loaded first: the stamp is coarse, so it is usually there already, and a
+            // load costs no locked instruction (a request/response protocol leaves busy
+            // once per request).
+            if self.last_active.load(Ordering::Relaxed) < stamp {
+                self.last_active.fetch_max(stamp, Ordering::Relaxed);
+            }
             count.checked_sub(1)
         });
     }

@@ -96,6 +96,19 @@ impl std::fmt::Debug for Busy {
 }
 
 impl ConnHandle {
+    /// [`busy`](Self::busy) without a guard of its own, for a caller that holds the handle
+    /// anyway (HTTP's per-request bookkeeping): true if marked; then `unmark_busy` once.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn mark_busy(&self) -> bool {
+        self.slot.enter_busy(self.generation)
+    }
+
+    /// Ends a mark `mark_busy` took.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn unmark_busy(&self) {
+        self.slot.leave_busy(self.generation, self.core.stamp());
+    }
+
     /// Whether the server (not the handler) closed the connection: idle timeout, forced
     /// shutdown, [`close`](Self::close).
     pub(crate) fn closed_by_server(&self) -> bool {

@@ -45,16 +45,21 @@
 //!   head is not complete in time (a slowloris client), counted from the connection's start
 //!   for the first request and from the first byte for the next ones. An optional
 //!   [`Http::request_timeout`] answers `503` when the service takes longer.
-//! - **Per request**: `Arc<`[`ConnInfo`]`>` in the request's extensions (addresses, TLS,
-//!   the runtime, the connection's handle); metrics (feature `metrics`:
-//!   `berth_http_requests_total{class}`, `berth_http_requests_in_flight`,
-//!   `berth_http_request_duration_seconds{class}`) and a `tracing` event per request
-//!   (feature `tracing`, target `berth::http`, level debug).
+//! - **The connection**: [`ConnInfo`] (addresses, TLS, the runtime, the connection's
+//!   handle), in each request's extensions with [`Http::new`], or given once to the
+//!   service maker of [`Http::per_connection`] (no per-request cost).
+//! - **Per request**: metrics (feature `metrics`: `berth_http_requests_total{class}`,
+//!   `berth_http_requests_in_flight`, `berth_http_request_duration_seconds{class}`, a
+//!   request lasting from the first byte of its HTTP/1 head, or the start of its HTTP/2
+//!   stream, to the end of its response) and a `tracing` event per request (feature
+//!   `tracing`, target `berth::http`, level debug).
 //! - **The runtime**: hyper's executor and timer come from the connection's runtime
 //!   ([`HyperRuntime`]); nothing is written per runtime, and the same service runs under
 //!   berth-sim's simulated network and clock.
 
+mod info;
 mod io;
+mod make;
 mod rt;
 mod service;
 mod state;
@@ -69,8 +74,9 @@ use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::server::conn::auto;
 
+pub use self::info::ConnInfo;
+pub use self::make::{MakeService, PerConnection};
 pub use self::rt::HyperRuntime;
-pub use self::service::ConnInfo;
 use self::service::Svc;
 use self::state::Shared;
 use crate::conn::Conn;
@@ -82,8 +88,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Serves a hyper service on each connection: a berth [`Handler`]. See the [module
 /// docs](self).
 ///
-/// The service is shared by all connections (`Arc`); it is called once per request with
-/// `&self`, so per-request state lives in its future.
+/// [`Http::new`] shares one service among all connections (`Arc`); it is called once per
+/// request with `&self`, so per-request state lives in its future, and each request
+/// carries the connection's [`ConnInfo`] in its extensions. [`Http::per_connection`] makes
+/// a service per connection from its `ConnInfo` instead (hyper's own idiom: the service
+/// captures what it needs of the connection), and spares each request the extension's
+/// allocations.
 pub struct Http<S> {
     service: Arc<S>,
     header_timeout: Option<Duration>,
@@ -121,8 +131,9 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 impl<S> Http<S> {
-    /// Serves `service` with the defaults: a 30 s header timeout, no request timeout, a 1 s
-    /// drain grace.
+    /// Serves `service`, shared by every connection, with the defaults: a 30 s header
+    /// timeout, no request timeout, a 1 s drain grace. Each request carries
+    /// `Arc<`[`ConnInfo`]`>` in its extensions.
     pub fn new(service: S) -> Self {
         Http {
             service: Arc::new(service),
@@ -170,11 +181,43 @@ impl<S> Http<S> {
     }
 }
 
+impl<F> Http<PerConnection<F>> {
+    /// Serves, on each connection, the service `make` returns for it, with the defaults of
+    /// [`Http::new`]. `make` runs once per connection, before its first request; the
+    /// service it returns lives as long as the connection and is called once per request.
+    /// Requests do not carry [`ConnInfo`] in their extensions: capture what the service
+    /// needs of it.
+    ///
+    /// ```no_run
+    /// use std::convert::Infallible;
+    /// use std::sync::Arc;
+    /// use http_body_util::Full;
+    /// use hyper::{Request, Response, body::{Bytes, Incoming}, service::service_fn};
+    /// use berth::http::{ConnInfo, Http};
+    ///
+    /// let http = Http::per_connection(|info: &Arc<ConnInfo>| {
+    ///     let peer = info.peer_addr().to_string();
+    ///     service_fn(move |_: Request<Incoming>| {
+    ///         let reply = format!("hello, {peer}\n");
+    ///         async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(reply)))) }
+    ///     })
+    /// });
+    /// # let _ = http;
+    /// ```
+    pub fn per_connection<S>(make: F) -> Self
+    where
+        F: Fn(&Arc<ConnInfo>) -> S + Send + Sync + 'static,
+    {
+        Http::new(PerConnection::new(make))
+    }
+}
+
 impl<S, B> Handler for Http<S>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
+    S: MakeService,
+    S::Service: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    <S::Service as hyper::service::Service<Request<Incoming>>>::Future: Send + 'static,
+    <S::Service as hyper::service::Service<Request<Incoming>>>::Error: Into<BoxError>,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -190,12 +233,11 @@ impl<S> Http<S> {
     /// own to do something with the connection first.
     pub async fn serve<B>(&self, conn: Conn)
     where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        S: MakeService,
+        S::Service:
+            hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+        <S::Service as hyper::service::Service<Request<Incoming>>>::Future: Send + 'static,
+        <S::Service as hyper::service::Service<Request<Incoming>>>::Error: Into<BoxError>,
         B: Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
@@ -203,8 +245,12 @@ impl<S> Http<S> {
         let rt = conn.runtime().clone();
         let hyper_rt = HyperRuntime::new(rt.clone());
         let alpn = conn.tls().and_then(|tls| tls.alpn_str().map(str::to_owned));
-        let shared = Arc::new(Shared::new(rt.now(), alpn.as_deref() == Some("h2")));
         let info = Arc::new(ConnInfo::new(&conn));
+        let shared = Arc::new(Shared::new(
+            info.clone(),
+            rt.now(),
+            alpn.as_deref() == Some("h2"),
+        ));
         let draining = conn.draining();
 
         let mut builder = auto::Builder::new(hyper_rt.clone());
@@ -225,9 +271,9 @@ impl<S> Http<S> {
             _ => builder,
         };
         let svc = Svc {
-            inner: self.service.clone(),
+            inner: S::make(&self.service, &info),
             shared: shared.clone(),
-            info,
+            info_in_requests: S::INFO_IN_REQUESTS,
             request_timeout: self.request_timeout,
         };
         let handle = conn.handle();

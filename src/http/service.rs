@@ -15,81 +15,14 @@ use hyper::service::Service;
 use hyper::{Request, Response, StatusCode, Version, header};
 
 use super::state::Shared;
-use crate::addr::Addr;
-use crate::conn::{Busy, Conn, ConnHandle};
-use crate::runtime::Runtime;
-use crate::tls::TlsInfo;
-
-/// What a request's handler may want of its connection, in every request's extensions
-/// (`req.extensions().get::<Arc<ConnInfo>>()`).
-///
-/// ```no_run
-/// use std::sync::Arc;
-/// # fn f(req: hyper::Request<hyper::body::Incoming>) {
-/// if let Some(info) = req.extensions().get::<Arc<berth::http::ConnInfo>>() {
-///     println!("{} asks for {}", info.peer_addr(), req.uri());
-/// }
-/// # }
-/// ```
-#[derive(Debug)]
-pub struct ConnInfo {
-    peer_addr: Addr,
-    local_addr: Addr,
-    listener: Arc<str>,
-    tls: Option<TlsInfo>,
-    rt: Arc<dyn Runtime>,
-    handle: ConnHandle,
-}
-
-impl ConnInfo {
-    pub(super) fn new(conn: &Conn) -> Self {
-        ConnInfo {
-            peer_addr: conn.peer_addr().clone(),
-            local_addr: conn.local_addr().clone(),
-            listener: conn.listener().into(),
-            tls: conn.tls().cloned(),
-            rt: conn.runtime().clone(),
-            handle: conn.handle(),
-        }
-    }
-
-    /// The client's address (behind a trusted PROXY-protocol proxy, the original client's).
-    pub fn peer_addr(&self) -> &Addr {
-        &self.peer_addr
-    }
-
-    /// The server-side address.
-    pub fn local_addr(&self) -> &Addr {
-        &self.local_addr
-    }
-
-    /// The name of the listener that accepted the connection.
-    pub fn listener(&self) -> &str {
-        &self.listener
-    }
-
-    /// What TLS negotiated, on a TLS connection.
-    pub fn tls(&self) -> Option<&TlsInfo> {
-        self.tls.as_ref()
-    }
-
-    /// The runtime the connection runs on: sleep or spawn through it (see
-    /// [`HyperRuntime`](super::HyperRuntime)) and the service runs on every runtime.
-    pub fn runtime(&self) -> &Arc<dyn Runtime> {
-        &self.rt
-    }
-
-    /// The connection: observe it, close it, or mark it busy beyond a response.
-    pub fn handle(&self) -> &ConnHandle {
-        &self.handle
-    }
-}
 
 /// The user's service, with berth's bookkeeping around each request.
 pub(super) struct Svc<S> {
-    pub(super) inner: Arc<S>,
+    pub(super) inner: S,
     pub(super) shared: Arc<Shared>,
-    pub(super) info: Arc<ConnInfo>,
+    /// Whether each request carries `Arc<ConnInfo>` in its extensions (`Http::new`; a
+    /// service made per connection has it already, and the insert costs allocations).
+    pub(super) info_in_requests: bool,
     pub(super) request_timeout: Option<Duration>,
 }
 
@@ -97,7 +30,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl<S, B> Service<Request<Incoming>> for Svc<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>>,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + Send + 'static,
@@ -111,13 +44,15 @@ where
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let version = req.version();
-        let guard = RequestGuard::start(&self.shared, &self.info, &req);
-        req.extensions_mut().insert(self.info.clone());
+        let guard = RequestGuard::start(&self.shared, &req);
+        if self.info_in_requests {
+            req.extensions_mut().insert(self.shared.info().clone());
+        }
         ResponseFuture {
             inner: self.inner.call(req),
             timer: self
                 .request_timeout
-                .map(|timeout| self.info.rt.sleep(timeout)),
+                .map(|timeout| self.shared.info().runtime().sleep(timeout)),
             guard: Some(guard),
             version,
         }
@@ -169,7 +104,7 @@ where
             .expect("ResponseFuture polled after it completed");
         // The server's state, not only the connection task's flag: a request answered
         // right after the drain began, before the task saw it, is told to close too.
-        if guard.shared.is_draining() || guard.info.handle.server_is_draining() {
+        if guard.shared.is_draining() || guard.shared.info().handle().server_is_draining() {
             close_after(&mut response, *this.version);
         }
         guard.status = Some(response.status());
@@ -190,11 +125,13 @@ fn close_after<B>(response: &mut Response<B>, version: Version) {
 }
 
 /// One request from its head to the end of its response: the connection is busy, the
-/// request counts in flight, and its end is measured.
+/// request counts in flight, and its end is measured. It holds one `Arc` (the connection's
+/// shared state, which has the handle): the busy mark is the handle's, not a guard of its
+/// own with two more.
 pub(super) struct RequestGuard {
     shared: Arc<Shared>,
-    info: Arc<ConnInfo>,
-    _busy: Busy,
+    /// The busy mark was taken (the connection had not ended).
+    busy: bool,
     status: Option<StatusCode>,
     #[cfg(any(feature = "metrics", feature = "tracing"))]
     started: Instant,
@@ -203,17 +140,22 @@ pub(super) struct RequestGuard {
 }
 
 impl RequestGuard {
-    fn start(shared: &Arc<Shared>, info: &Arc<ConnInfo>, req: &Request<Incoming>) -> Self {
+    fn start(shared: &Arc<Shared>, req: &Request<Incoming>) -> Self {
+        // A request lasts from its head's first byte (HTTP/1: known, no clock read).
+        #[cfg(any(feature = "metrics", feature = "tracing"))]
+        let started = shared
+            .head_started()
+            .unwrap_or_else(|| shared.info().runtime().now());
         shared.request_started(req.version() == Version::HTTP_2);
         #[cfg(feature = "metrics")]
         metrics::gauge!("berth_http_requests_in_flight").increment(1.0);
+        let info = shared.info();
         RequestGuard {
             shared: shared.clone(),
-            info: info.clone(),
-            _busy: info.handle.busy(),
+            busy: info.handle().mark_busy(),
             status: None,
             #[cfg(any(feature = "metrics", feature = "tracing"))]
-            started: info.rt.now(),
+            started,
             #[cfg(feature = "tracing")]
             method: req.method().clone(),
         }
@@ -223,15 +165,16 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.shared.request_finished();
+        let info = self.shared.info();
         #[cfg(any(feature = "metrics", feature = "tracing"))]
-        let took = self.info.rt.now().saturating_duration_since(self.started);
+        let took = info.runtime().now().saturating_duration_since(self.started);
         let class = status_class(self.status);
         #[cfg(feature = "metrics")]
         record_request(class, took);
         #[cfg(feature = "tracing")]
         tracing::debug!(
             target: "berth::http",
-            conn = self.info.handle.id(),
+            conn = info.handle().id(),
             method = %self.method,
             status = self.status.map_or(0, |s| s.as_u16()),
             class,
@@ -239,6 +182,9 @@ impl Drop for RequestGuard {
             "request"
         );
         let _ = class;
+        if self.busy {
+            info.handle().unmark_busy();
+        }
     }
 }
 

@@ -1,20 +1,21 @@
 //! What one HTTP connection's parts share: requests in flight, whether a request head is
 //! arriving, whether it speaks HTTP/2, and whether it drains.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::info::ConnInfo;
 use crate::runtime::Runtime;
 
 /// Shared by the connection's driver, its I/O and its service (HTTP/2 streams run as tasks
 /// of their own, hence atomics).
 pub(super) struct Shared {
+    info: Arc<ConnInfo>,
     /// The runtime clock's reading at the connection's start: times below are offsets.
     base: Instant,
-    /// Requests whose response is not finished.
-    in_flight: AtomicUsize,
-    /// Responses finished so far.
-    finished: AtomicU64,
+    /// Requests in flight and responses finished.
+    requests: Requests,
     /// When the current request head began, in nanoseconds after `base` plus one; 0 while no
     /// head is awaited with bytes (between requests: the idle timeout's time).
     head_since: AtomicU64,
@@ -24,20 +25,25 @@ pub(super) struct Shared {
 
 impl Shared {
     /// A connection's state: its first request head is awaited from now on.
-    pub(super) fn new(base: Instant, h2: bool) -> Self {
+    pub(super) fn new(info: Arc<ConnInfo>, base: Instant, h2: bool) -> Self {
         Shared {
+            info,
             base,
-            in_flight: AtomicUsize::new(0),
-            finished: AtomicU64::new(0),
+            requests: Requests::default(),
             head_since: AtomicU64::new(1),
             h2: AtomicBool::new(h2),
             draining: AtomicBool::new(false),
         }
     }
 
+    /// The connection, as requests see it.
+    pub(super) fn info(&self) -> &Arc<ConnInfo> {
+        &self.info
+    }
+
     /// Bytes arrived: between requests on HTTP/1, they begin the next head.
     pub(super) fn bytes_read(&self, rt: &dyn Runtime) {
-        if self.in_flight.load(Ordering::Acquire) > 0 || self.h2.load(Ordering::Relaxed) {
+        if self.requests.now().0 > 0 || self.h2.load(Ordering::Relaxed) {
             return;
         }
         if self.head_since.load(Ordering::Relaxed) == 0 {
@@ -53,13 +59,12 @@ impl Shared {
             self.h2.store(true, Ordering::Relaxed);
         }
         self.head_since.store(0, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.requests.start();
     }
 
     /// A response is finished (sent, or abandoned).
     pub(super) fn request_finished(&self) {
-        self.finished.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.requests.finish();
     }
 
     /// When the HTTP/1 request head being awaited began; `None` between requests.
@@ -76,12 +81,8 @@ impl Shared {
     /// a drain's grace counts from the later of the two (a head on its way gets a whole
     /// grace to complete).
     pub(super) fn quiet(&self) -> Option<(u64, u64)> {
-        (self.in_flight.load(Ordering::Acquire) == 0).then(|| {
-            (
-                self.finished.load(Ordering::Relaxed),
-                self.head_since.load(Ordering::Relaxed),
-            )
-        })
+        let (in_flight, finished) = self.requests.now();
+        (in_flight == 0).then(|| (finished, self.head_since.load(Ordering::Relaxed)))
     }
 
     /// The connection speaks HTTP/2 (its first bytes were the HTTP/2 preface).
@@ -99,5 +100,46 @@ impl Shared {
 
     pub(super) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Requests whose response is not finished (low 32 bits) and responses finished so far
+/// (high 32 bits, wrapping) in one word: a request's end is one atomic operation.
+#[derive(Default)]
+struct Requests(AtomicU64);
+
+impl Requests {
+    fn start(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn finish(&self) {
+        // One more finished, one fewer in flight (at least 1 before: no borrow).
+        self.0.fetch_add((1 << 32) - 1, Ordering::AcqRel);
+    }
+
+    /// In flight, and finished so far.
+    fn now(&self) -> (u64, u64) {
+        let word = self.0.load(Ordering::Acquire);
+        (word & 0xffff_ffff, word >> 32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Requests;
+
+    #[test]
+    fn requests_in_flight_and_finished_share_one_word() {
+        let requests = Requests::default();
+        requests.start();
+        requests.start();
+        assert_eq!(requests.now(), (2, 0));
+        requests.finish();
+        assert_eq!(requests.now(), (1, 1));
+        requests.start();
+        requests.finish();
+        requests.finish();
+        assert_eq!(requests.now(), (0, 3));
     }
 }
