@@ -218,6 +218,44 @@ fn keep_alive_requests_share_a_connection_and_see_conn_info<R: Rt>() {
     });
 }
 
+/// `Http::per_connection`: the maker runs once per connection, with that connection's
+/// `ConnInfo`; its service answers every request of the connection, and requests carry no
+/// `ConnInfo` extension (the service has it).
+fn a_service_made_per_connection_sees_its_connection<R: Rt>() {
+    run::<R>(LIMIT, async {
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = made.clone();
+        let http = Http::per_connection(move |info: &Arc<ConnInfo>| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let peer = info.peer_addr().to_string();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let extension = req.extensions().get::<Arc<ConnInfo>>().is_some();
+                let body = format!("{peer} {extension}");
+                async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+            })
+        });
+        let (handle, _rec) = start::<R>(common::config(), http);
+        let addr = handle.local_addr().as_socket_addr().expect("tcp");
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let mut stream = connect(addr).await;
+            let client = stream.local_addr().unwrap().to_string();
+            for _ in 0..2 {
+                let answer = get(&mut stream, "/").await;
+                assert_eq!(answer.status, 200);
+                assert_eq!(
+                    String::from_utf8_lossy(&answer.body),
+                    format!("{client} false")
+                );
+            }
+            clients.push(stream);
+        }
+        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 2, "one per connection");
+        drop(clients);
+        handle.shutdown().await.expect("clean drain");
+    });
+}
+
 fn idle_timeout_counts_only_between_requests<R: Rt>() {
     run::<R>(LIMIT, async {
         let mut config = common::config();
@@ -433,6 +471,7 @@ fn async_task_spawn<R: Rt, T: Send + 'static>(
 
 on_every_runtime!(
     keep_alive_requests_share_a_connection_and_see_conn_info,
+    a_service_made_per_connection_sees_its_connection,
     idle_timeout_counts_only_between_requests,
     a_drain_answers_the_next_request_with_connection_close,
     a_drain_closes_a_quiet_keep_alive_connection_after_the_grace,
