@@ -124,14 +124,12 @@ fn close_after<B>(response: &mut Response<B>, version: Version) {
     }
 }
 
-/// One request from its head to the end of its response: the connection is busy, the
-/// request counts in flight, and its end is measured. It holds one `Arc` (the connection's
-/// shared state, which has the handle): the busy mark is the handle's, not a guard of its
-/// own with two more.
+/// One request from its head to the end of its response: the request counts in flight
+/// (the connection is busy while any does), and its end is measured. It holds one `Arc`,
+/// the connection's shared state, which marks the connection busy through its handle (a
+/// `Busy` guard per request held two more).
 pub(super) struct RequestGuard {
     shared: Arc<Shared>,
-    /// The busy mark was taken (the connection had not ended).
-    busy: bool,
     status: Option<StatusCode>,
     #[cfg(any(feature = "metrics", feature = "tracing"))]
     started: Instant,
@@ -149,10 +147,8 @@ impl RequestGuard {
         shared.request_started(req.version() == Version::HTTP_2);
         #[cfg(feature = "metrics")]
         metrics::gauge!("berth_http_requests_in_flight").increment(1.0);
-        let info = shared.info();
         RequestGuard {
             shared: shared.clone(),
-            busy: info.handle().mark_busy(),
             status: None,
             #[cfg(any(feature = "metrics", feature = "tracing"))]
             started,
@@ -165,16 +161,15 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.shared.request_finished();
-        let info = self.shared.info();
         #[cfg(any(feature = "metrics", feature = "tracing"))]
-        let took = info.runtime().now().saturating_duration_since(self.started);
+        let took = (self.shared.info().runtime().now()).saturating_duration_since(self.started);
         let class = status_class(self.status);
         #[cfg(feature = "metrics")]
         record_request(class, took);
         #[cfg(feature = "tracing")]
         tracing::debug!(
             target: "berth::http",
-            conn = info.handle().id(),
+            conn = self.shared.info().handle().id(),
             method = %self.method,
             status = self.status.map_or(0, |s| s.as_u16()),
             class,
@@ -182,9 +177,6 @@ impl Drop for RequestGuard {
             "request"
         );
         let _ = class;
-        if self.busy {
-            info.handle().unmark_busy();
-        }
     }
 }
 

@@ -53,18 +53,25 @@ impl Shared {
         }
     }
 
-    /// A request (its head complete) goes to the service.
+    /// A request (its head complete) goes to the service. The first one in flight marks
+    /// the connection busy ([`Conn::busy`](crate::Conn::busy)), until the last one in
+    /// flight finishes: HTTP/2's concurrent streams take one mark, not one each.
     pub(super) fn request_started(&self, h2: bool) {
         if h2 && !self.h2.load(Ordering::Relaxed) {
             self.h2.store(true, Ordering::Relaxed);
         }
         self.head_since.store(0, Ordering::Relaxed);
-        self.requests.start();
+        if self.requests.start() {
+            // Fails, and so does the unmark, once the connection has ended.
+            self.info.handle().mark_busy();
+        }
     }
 
     /// A response is finished (sent, or abandoned).
     pub(super) fn request_finished(&self) {
-        self.requests.finish();
+        if self.requests.finish() {
+            self.info.handle().unmark_busy();
+        }
     }
 
     /// When the HTTP/1 request head being awaited began; `None` between requests.
@@ -109,13 +116,18 @@ impl Shared {
 struct Requests(AtomicU64);
 
 impl Requests {
-    fn start(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+    /// One more in flight; true if it is the only one. Each busy period (from a first
+    /// request in flight to the last one finishing) is begun by the start that returns
+    /// true, before that request can finish, so its end never comes before its beginning.
+    fn start(&self) -> bool {
+        self.0.fetch_add(1, Ordering::AcqRel) & 0xffff_ffff == 0
     }
 
-    fn finish(&self) {
-        // One more finished, one fewer in flight (at least 1 before: no borrow).
-        self.0.fetch_add((1 << 32) - 1, Ordering::AcqRel);
+    /// One more finished, one fewer in flight (at least 1 before: no borrow); true if
+    /// none is left in flight.
+    fn finish(&self) -> bool {
+        let before = self.0.fetch_add((1 << 32) - 1, Ordering::AcqRel);
+        before & 0xffff_ffff == 1
     }
 
     /// In flight, and finished so far.
@@ -132,14 +144,15 @@ mod tests {
     #[test]
     fn requests_in_flight_and_finished_share_one_word() {
         let requests = Requests::default();
-        requests.start();
-        requests.start();
+        assert!(requests.start(), "the first in flight begins a busy period");
+        assert!(!requests.start());
         assert_eq!(requests.now(), (2, 0));
-        requests.finish();
+        assert!(!requests.finish(), "one is still in flight");
         assert_eq!(requests.now(), (1, 1));
-        requests.start();
-        requests.finish();
-        requests.finish();
+        assert!(!requests.start());
+        assert!(!requests.finish());
+        assert!(requests.finish(), "the last one ends the busy period");
         assert_eq!(requests.now(), (0, 3));
+        assert!(requests.start(), "and the next one begins another");
     }
 }

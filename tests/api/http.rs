@@ -250,7 +250,11 @@ fn a_service_made_per_connection_sees_its_connection<R: Rt>() {
             }
             clients.push(stream);
         }
-        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 2, "one per connection");
+        assert_eq!(
+            made.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "one per connection"
+        );
         drop(clients);
         handle.shutdown().await.expect("clean drain");
     });
@@ -559,3 +563,63 @@ fn h2_streams_in_flight_finish_and_the_connection_gets_goaway<R: Rt>() {
 }
 
 on_smol_and_tokio!(h2_streams_in_flight_finish_and_the_connection_gets_goaway);
+
+/// HTTP/2's concurrent streams keep their connection busy while any is in flight: a short
+/// stream ending beside a long one does not end the busy mark (the idle timeout, a third
+/// of the long one, would cut it), and once the last one ends the connection idles out.
+fn h2_a_connection_is_busy_while_any_stream_is_in_flight<R: Rt>() {
+    let idle = Duration::from_millis(300);
+    let (handle, addr) = {
+        let rt = common::TokioRt::rt();
+        let _guard = rt.enter();
+        let mut config = common::config();
+        config.idle_timeout = Some(idle);
+        R::block_on(async { serve::<R>(config, http()) })
+    };
+    let client = common::TokioRt::rt();
+    client.block_on(async {
+        tokio::time::timeout(LIMIT, async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (sender, connection) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .expect("h2 handshake");
+            let connection = tokio::spawn(connection);
+            let get = |path: &'static str| {
+                let mut sender = sender.clone();
+                tokio::spawn(async move {
+                    let request = Request::get(format!("http://berth{path}"))
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap();
+                    let response = sender.send_request(request).await?;
+                    let status = response.status();
+                    let body = response.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>((status, body))
+                })
+            };
+            let started = Instant::now();
+            let long = get("/slow?ms=900");
+            let short = get("/slow?ms=100");
+            let (status, body) = short.await.unwrap().expect("the short stream");
+            assert_eq!((status, &body[..]), (StatusCode::OK, &b"slow"[..]));
+            let (status, body) = long
+                .await
+                .unwrap()
+                .expect("the long stream outlives three idle timeouts");
+            assert_eq!((status, &body[..]), (StatusCode::OK, &b"slow"[..]));
+            assert!(started.elapsed() >= Duration::from_millis(900));
+            // Idle now: the idle timeout ends the connection.
+            let _ = connection.await.unwrap();
+            let idle_for = started.elapsed() - Duration::from_millis(900);
+            assert!(idle_for >= idle, "closed after {idle_for:?} of quiet");
+            let report = handle.shutdown().await.expect("clean drain");
+            assert_eq!(report.forced, 0, "{report:?}");
+        })
+        .await
+        .expect("test timed out");
+    });
+}
+
+on_smol_and_tokio!(h2_a_connection_is_busy_while_any_stream_is_in_flight);
