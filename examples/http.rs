@@ -129,19 +129,22 @@ fn run(args: Args) -> Result<(), String> {
         usize::from,
     );
     let builder = Builder::new(config);
-    let server = match args.runtime {
+    // The main thread is one of the runtime's threads (it runs `handle.run` below): with
+    // `--threads 1` on tokio the process has no other thread at all.
+    let (server, runtime) = match args.runtime {
         RuntimeKind::Smol => {
             let executor = Arc::new(async_executor::Executor::new());
-            for n in 0..threads {
+            for n in 1..threads {
                 let ex = executor.clone();
                 std::thread::Builder::new()
                     .name(format!("http-{n}"))
                     .spawn(move || async_io::block_on(ex.run(std::future::pending::<()>())))
                     .map_err(|e| format!("cannot start executor thread: {e}"))?;
             }
-            builder
-                .runtime(berth::runtime::Smol::with_executor(executor))
-                .bind()
+            let server = builder
+                .runtime(berth::runtime::Smol::with_executor(executor.clone()))
+                .bind();
+            (server, MainThread::Smol(executor))
         }
         RuntimeKind::Tokio => {
             let runtime = if threads == 1 {
@@ -154,17 +157,13 @@ fn run(args: Args) -> Result<(), String> {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start tokio: {e}"))?;
-            let handle = runtime.handle().clone();
-            std::thread::Builder::new()
-                .name("http-tokio".into())
-                .spawn(move || runtime.block_on(std::future::pending::<()>()))
-                .map_err(|e| format!("cannot start executor thread: {e}"))?;
-            builder
-                .runtime(berth::runtime::Tokio::from_handle(handle))
-                .bind()
+            let server = builder
+                .runtime(berth::runtime::Tokio::from_handle(runtime.handle().clone()))
+                .bind();
+            (server, MainThread::Tokio(runtime))
         }
-    }
-    .map_err(|e| e.to_string())?;
+    };
+    let server = server.map_err(|e| e.to_string())?;
     // Attached after bind, whose error is printed once, as the one error line.
     server.handle().on_error(|e| eprintln!("http: {e}"));
 
@@ -190,7 +189,7 @@ fn run(args: Args) -> Result<(), String> {
         }
     });
     // SIGTERM/SIGINT drain, SIGHUP upgrades (a failure is printed by the error hook).
-    let summary = match futures_lite::future::block_on(handle.run(&signals)) {
+    let summary = match runtime.block_on(handle.run(&signals)) {
         // `run` counts connections forced at the end of --drain-timeout in its report.
         Ok(report) if report.forced > 0 => format!(
             "shutdown complete: {} connection(s) drained, {} forced after {:?}",
@@ -201,6 +200,22 @@ fn run(args: Args) -> Result<(), String> {
     };
     println!("{summary}");
     Ok(())
+}
+
+/// The runtime, as the main thread takes part in it.
+enum MainThread {
+    Smol(Arc<async_executor::Executor<'static>>),
+    Tokio(tokio::runtime::Runtime),
+}
+
+impl MainThread {
+    /// Runs `future` to completion on this thread, serving the runtime's tasks meanwhile.
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        match self {
+            MainThread::Smol(executor) => async_io::block_on(executor.run(future)),
+            MainThread::Tokio(runtime) => runtime.block_on(future),
+        }
+    }
 }
 
 type Reply = Response<Full<Bytes>>;

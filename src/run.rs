@@ -17,6 +17,9 @@ impl ServerHandle {
     ///   and this process serves on;
     /// - the server stopping by itself (a `close` elsewhere): returns its report.
     ///
+    /// The server's runtime reads the signals, on its reactor: no thread of their own (see
+    /// [`signal`](crate::signal)).
+    ///
     /// ```no_run
     /// # fn main() -> Result<(), berth::Error> {
     /// let signals = berth::signal::Signals::with_hangup()?; // before binding
@@ -39,6 +42,8 @@ impl ServerHandle {
     /// Errors: none yet; the `Result` leaves room for setup that can fail.
     pub async fn run(&self, signals: &Signals) -> Result<ShutdownReport, Error> {
         use futures_lite::FutureExt as _;
+        // The server's runtime reads the signals: no thread for them.
+        signals.read_on(self.server_runtime());
         loop {
             let signal = async { Some(signals.recv().await) }
                 .or(async {

@@ -567,4 +567,9 @@ impl ServerHandle {
     pub(crate) fn report_error(&self, error: &ServeError) {
         self.core.hooks().error(error);
     }
+
+    /// The runtime the server runs on.
+    pub(crate) fn server_runtime(&self) -> &dyn Runtime {
+        self.core.runtime().as_ref()
+    }
 }

@@ -1,11 +1,16 @@
 //! Shutdown signals: SIGTERM and SIGINT (Ctrl-C) as a future that any runtime can await
 //! (feature `signal`, Unix).
 //!
-//! The handlers are installed once per process, by the first [`Signals::new`], and a thread
-//! of their own (`berth-signals`) turns each signal into a wake-up. No reactor is involved,
-//! so the same future works on smol, tokio, async-std or a plain `block_on`, and starts no
-//! reactor thread on tokio. Once installed, SIGINT and SIGTERM no longer end the process by
-//! themselves: the program decides (typically: drain, then return from `main`).
+//! The handlers are installed once per process, by the first [`Signals::new`], and write to
+//! a self-pipe. Who reads the pipe and turns each signal into a wake-up:
+//! [`ServerHandle::run`](crate::ServerHandle::run) has its server's runtime read it, on
+//! that runtime's reactor (smol, async-std, tokio), so the process starts no thread for its
+//! signals (a program on tokio's current-thread runtime stays one thread). Otherwise (a
+//! `Recv` awaited before or without `run`, or a runtime without a reactor, such as a
+//! simulator) a thread of their own, `berth-signals`, reads it. Either way the same future
+//! works on smol, tokio, async-std or a plain `block_on`. Once installed, SIGINT and
+//! SIGTERM no longer end the process by themselves: the program decides (typically: drain,
+//! then return from `main`).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), berth::Error> {
@@ -18,6 +23,8 @@
 //! ```
 
 use std::future::Future;
+use std::io::Read as _;
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,8 +32,11 @@ use std::task::{Context, Poll};
 
 use event_listener::{Event, EventListener};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::backend::{Handle, SignalDelivery};
+use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use crate::error::Error;
+use crate::runtime::Runtime;
 
 /// Which signal arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,11 +59,17 @@ struct Received {
     event: Event,
 }
 
+/// The handlers' self-pipe (its reading end) and the signals they recorded.
+type Delivery = SignalDelivery<UnixStream, SignalOnly>;
+
 /// The process's signal handlers, installed at most once; SIGHUP is added on demand.
 struct Installed {
     received: Arc<Received>,
-    handle: signal_hook::iterator::Handle,
+    handle: Handle,
     hangup: bool,
+    /// The pipe while nobody reads it; taken by the reader (a runtime's task or the
+    /// thread), and given back by a task that ends (its runtime shut down).
+    unread: Option<Delivery>,
 }
 
 static INSTALLED: Mutex<Option<Installed>> = Mutex::new(None);
@@ -63,30 +79,16 @@ fn install(hangup: bool) -> std::io::Result<Arc<Received>> {
     let installed = if let Some(installed) = guard.as_mut() {
         installed
     } else {
-        let mut iterator = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-        let received = Arc::new(Received {
-            counts: Default::default(),
-            event: Event::new(),
-        });
-        let sink = received.clone();
-        let handle = iterator.handle();
-        std::thread::Builder::new()
-            .name("berth-signals".into())
-            .spawn(move || {
-                for signal in iterator.forever() {
-                    let kind = match signal {
-                        SIGTERM => 0,
-                        SIGINT => 1,
-                        _ => 2,
-                    };
-                    sink.counts[kind].fetch_add(1, Ordering::AcqRel);
-                    sink.event.notify(usize::MAX);
-                }
-            })?;
+        let (read, write) = UnixStream::pair()?;
+        let delivery = SignalDelivery::with_pipe(read, write, SignalOnly, [SIGTERM, SIGINT])?;
         guard.insert(Installed {
-            received,
-            handle,
+            received: Arc::new(Received {
+                counts: Default::default(),
+                event: Event::new(),
+            }),
+            handle: delivery.handle(),
             hangup: false,
+            unread: Some(delivery),
         })
     };
     if hangup && !installed.hangup {
@@ -94,6 +96,103 @@ fn install(hangup: bool) -> std::io::Result<Arc<Received>> {
         installed.hangup = true;
     }
     Ok(installed.received.clone())
+}
+
+/// Counts the signals recorded since the last call and wakes every `Recv`. The caller saw
+/// the pipe readable (the handler records, then writes): nothing recorded before that is
+/// missed, and `pending` empties the pipe, so one recorded later wakes the reader again.
+fn deliver(delivery: &mut Delivery, received: &Received) {
+    let mut any = false;
+    for signal in delivery.pending() {
+        let kind = match signal {
+            SIGTERM => 0,
+            SIGINT => 1,
+            _ => 2,
+        };
+        received.counts[kind].fetch_add(1, Ordering::AcqRel);
+        any = true;
+    }
+    if any {
+        received.event.notify(usize::MAX);
+    }
+}
+
+/// Has `rt` read the pipe, unless someone reads it already or `rt` cannot (no reactor).
+#[cfg_attr(not(any(feature = "async-io", feature = "tokio")), allow(dead_code))]
+fn read_on(rt: &dyn Runtime) {
+    let Some(reactor) = rt.reactor() else {
+        return;
+    };
+    let Some((delivery, received)) = take_unread() else {
+        return;
+    };
+    let stream = delivery
+        .get_read()
+        .try_clone()
+        .and_then(|read| reactor.register_unix_stream(read));
+    // From here on the lease gives the pipe back if this reader goes (also at once, if the
+    // stream cannot be registered or the runtime drops the task unpolled).
+    let mut lease = Lease(Some(delivery));
+    let Ok(mut stream) = stream else {
+        return;
+    };
+    rt.spawn(Box::pin(async move {
+        let mut wake = [0u8; 64];
+        // Ends on an error or end of file (neither happens to a pipe whose writing end the
+        // handlers hold), or with the runtime.
+        while let Ok(1..) = futures_lite::AsyncReadExt::read(&mut stream, &mut wake).await {
+            if let Some(delivery) = &mut lease.0 {
+                deliver(delivery, &received);
+            }
+        }
+    }));
+}
+
+/// Has a thread of its own read the pipe, unless someone reads it already.
+fn read_on_a_thread() {
+    let Some((delivery, received)) = take_unread() else {
+        return;
+    };
+    // A runtime's reactor may have made the (shared) descriptor non-blocking.
+    let _ = delivery.get_read().set_nonblocking(false);
+    let mut lease = Lease(Some(delivery));
+    // If the thread cannot start, the lease comes back with the closure: the next
+    // receiver tries again.
+    let _ = std::thread::Builder::new()
+        .name("berth-signals".into())
+        .spawn(move || {
+            let Some(delivery) = &mut lease.0 else {
+                return;
+            };
+            let mut wake = [0u8; 64];
+            loop {
+                match delivery.get_read_mut().read(&mut wake) {
+                    Ok(0) => return,
+                    Ok(_) => deliver(delivery, &received),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+        });
+}
+
+/// The pipe, if nobody reads it, for a reader to take.
+fn take_unread() -> Option<(Delivery, Arc<Received>)> {
+    let mut guard = crate::sync::lock(&INSTALLED);
+    let installed = guard.as_mut()?;
+    let delivery = installed.unread.take()?;
+    Some((delivery, installed.received.clone()))
+}
+
+/// A reader's hold on the pipe: given back when the reader ends.
+struct Lease(Option<Delivery>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(installed) = crate::sync::lock(&INSTALLED).as_mut() {
+            installed.unread = self.0.take();
+        }
+    }
 }
 
 /// SIGTERM and SIGINT (and SIGHUP when asked for), from the moment it is created. See the
@@ -149,7 +248,15 @@ impl Signals {
         Recv {
             signals: self.clone(),
             listener: None,
+            reading: false,
         }
+    }
+
+    /// Has `rt` read the signals from now on, on its reactor, if nobody reads them yet (see
+    /// the [module docs](self)).
+    #[cfg_attr(not(any(feature = "async-io", feature = "tokio")), allow(dead_code))]
+    pub(crate) fn read_on(&self, rt: &dyn Runtime) {
+        read_on(rt);
     }
 
     fn take(&self) -> Option<Signal> {
@@ -176,6 +283,8 @@ impl Signals {
 pub struct Recv {
     signals: Signals,
     listener: Option<EventListener>,
+    /// Someone reads the pipe (checked at the first poll).
+    reading: bool,
 }
 
 impl std::fmt::Debug for Recv {
@@ -189,6 +298,10 @@ impl Future for Recv {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Signal> {
         let this = self.get_mut();
+        if !this.reading {
+            read_on_a_thread();
+            this.reading = true;
+        }
         loop {
             if let Some(signal) = this.signals.take() {
                 this.listener = None;
@@ -203,5 +316,52 @@ impl Future for Recv {
                 None => this.listener = Some(this.signals.received.event.listen()),
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "tokio"))]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Signal, Signals};
+
+    fn signal_thread_running() -> bool {
+        std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .any(|name| name.trim() == "berth-signals")
+    }
+
+    /// The one test of this process's handlers (they are process-wide): a runtime with a
+    /// reactor reads the signals, with no thread; once that runtime is gone, a receiver
+    /// awaited on no runtime at all gets them from the thread.
+    #[test]
+    fn a_runtime_reads_the_signals_and_the_thread_takes_over_when_it_goes() {
+        let signals = Signals::with_hangup().expect("handlers");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let tokio = crate::runtime::Tokio::current().expect("in tokio");
+            signals.read_on(&tokio);
+            signal_hook::low_level::raise(signal_hook::consts::SIGHUP).expect("raise");
+            let got = tokio::time::timeout(Duration::from_secs(10), signals.recv()).await;
+            assert_eq!(got, Ok(Signal::Hangup), "read on the runtime");
+        });
+        assert!(!signal_thread_running(), "no thread while a runtime reads");
+        // The runtime drops its reading task: the pipe goes back, and a receiver on no
+        // runtime starts the thread.
+        drop(runtime);
+        signal_hook::low_level::raise(signal_hook::consts::SIGHUP).expect("raise");
+        let got = futures_lite::future::block_on(futures_lite::future::or(
+            async { Some(signals.recv().await) },
+            async {
+                async_io::Timer::after(Duration::from_secs(10)).await;
+                None
+            },
+        ));
+        assert_eq!(got, Some(Signal::Hangup), "read on the thread");
+        assert!(signal_thread_running());
     }
 }

@@ -111,6 +111,18 @@ pub trait Reactor: Send + Sync {
         &self,
         listener: std::os::unix::net::UnixListener,
     ) -> io::Result<Box<dyn ListeningSocket>>;
+
+    /// Registers a connected Unix domain stream (berth reads its signal self-pipe this
+    /// way, without a thread of its own). The default: `Unsupported`, and berth falls back
+    /// to what it did without.
+    #[cfg(unix)]
+    fn register_unix_stream(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+    ) -> io::Result<Box<dyn ByteStream>> {
+        drop(stream);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// A listening socket registered with a [`Reactor`]: it accepts connections as boxed

@@ -38,6 +38,14 @@ impl Reactor for AsyncIo {
     ) -> io::Result<Box<dyn ListeningSocket>> {
         Ok(Box::new(Async::new(listener)?))
     }
+
+    #[cfg(unix)]
+    fn register_unix_stream(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+    ) -> io::Result<Box<dyn ByteStream>> {
+        Ok(Box::new(AsyncIoStream::new(Async::new(stream)?)))
+    }
 }
 
 impl ListeningSocket for Async<std::net::TcpListener> {

@@ -4,7 +4,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::{BoxFuture, BoxTimer, Runtime, Timer};
-use crate::stream::{ListeningSocket, Reactor};
+use crate::stream::{ByteStream, ListeningSocket, Reactor};
 
 mod stream;
 
@@ -118,6 +118,16 @@ impl Reactor for Tokio {
             tokio::net::UnixListener::from_std(listener)
         })?;
         Ok(Box::new(listener))
+    }
+
+    #[cfg(unix)]
+    fn register_unix_stream(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+    ) -> io::Result<Box<dyn ByteStream>> {
+        stream.set_nonblocking(true)?;
+        let stream = register(&self.handle, || tokio::net::UnixStream::from_std(stream))?;
+        Ok(stream::boxed(stream))
     }
 }
 

@@ -35,6 +35,12 @@ impl ListeningSocket for tokio::net::UnixListener {
     }
 }
 
+/// A connected tokio stream as berth's boxed stream.
+#[cfg(unix)]
+pub(super) fn boxed(stream: tokio::net::UnixStream) -> Box<dyn ByteStream> {
+    Box::new(TokioStream::new(stream))
+}
+
 /// tokio's TCP and Unix streams, as far as readiness goes (the inherent methods both have).
 pub(super) trait TokioSocket:
     AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static
