@@ -131,8 +131,12 @@ fn read_on(rt: &dyn Runtime) {
         .try_clone()
         .and_then(|read| reactor.register_unix_stream(read));
     // From here on the lease gives the pipe back if this reader goes (also at once, if the
-    // stream cannot be registered or the runtime drops the task unpolled).
-    let mut lease = Lease(Some(delivery));
+    // stream cannot be registered or the runtime drops the task unpolled), and hands it to
+    // the thread if a receiver waits.
+    let mut lease = Lease {
+        delivery: Some(delivery),
+        hand_on: true,
+    };
     let Ok(mut stream) = stream else {
         return;
     };
@@ -141,7 +145,7 @@ fn read_on(rt: &dyn Runtime) {
         // Ends on an error or end of file (neither happens to a pipe whose writing end the
         // handlers hold), or with the runtime.
         while let Ok(1..) = futures_lite::AsyncReadExt::read(&mut stream, &mut wake).await {
-            if let Some(delivery) = &mut lease.0 {
+            if let Some(delivery) = &mut lease.delivery {
                 deliver(delivery, &received);
             }
         }
@@ -155,13 +159,16 @@ fn read_on_a_thread() {
     };
     // A runtime's reactor may have made the (shared) descriptor non-blocking.
     let _ = delivery.get_read().set_nonblocking(false);
-    let mut lease = Lease(Some(delivery));
+    let mut lease = Lease {
+        delivery: Some(delivery),
+        hand_on: false,
+    };
     // If the thread cannot start, the lease comes back with the closure: the next
-    // receiver tries again.
+    // receiver to wait tries again.
     let _ = std::thread::Builder::new()
         .name("berth-signals".into())
         .spawn(move || {
-            let Some(delivery) = &mut lease.0 else {
+            let Some(delivery) = &mut lease.delivery else {
                 return;
             };
             let mut wake = [0u8; 64];
@@ -185,12 +192,24 @@ fn take_unread() -> Option<(Delivery, Arc<Received>)> {
 }
 
 /// A reader's hold on the pipe: given back when the reader ends.
-struct Lease(Option<Delivery>);
+struct Lease {
+    delivery: Option<Delivery>,
+    /// A runtime's task: when it goes and a receiver waits, the thread takes over.
+    hand_on: bool,
+}
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(installed) = crate::sync::lock(&INSTALLED).as_mut() {
-            installed.unread = self.0.take();
+        let waiting = match crate::sync::lock(&INSTALLED).as_mut() {
+            Some(installed) => {
+                installed.unread = self.delivery.take();
+                installed.received.event.total_listeners() > 0
+            }
+            None => false,
+        };
+        // A receiver that starts waiting from now on starts the thread itself (`Recv`).
+        if waiting && self.hand_on {
+            read_on_a_thread();
         }
     }
 }
@@ -248,7 +267,6 @@ impl Signals {
         Recv {
             signals: self.clone(),
             listener: None,
-            reading: false,
         }
     }
 
@@ -283,8 +301,6 @@ impl Signals {
 pub struct Recv {
     signals: Signals,
     listener: Option<EventListener>,
-    /// Someone reads the pipe (checked at the first poll).
-    reading: bool,
 }
 
 impl std::fmt::Debug for Recv {
@@ -298,10 +314,6 @@ impl Future for Recv {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Signal> {
         let this = self.get_mut();
-        if !this.reading {
-            read_on_a_thread();
-            this.reading = true;
-        }
         loop {
             if let Some(signal) = this.signals.take() {
                 this.listener = None;
@@ -313,7 +325,13 @@ impl Future for Recv {
                     this.listener = None;
                 }
                 // Listen, then loop to check again: a notification before `listen` is lost.
-                None => this.listener = Some(this.signals.received.event.listen()),
+                None => {
+                    this.listener = Some(this.signals.received.event.listen());
+                    // Someone must read the pipe for the listener to hear of a signal: the
+                    // thread, unless a runtime does (after the listener: a runtime's reader
+                    // that goes meanwhile sees it and starts the thread, see `Lease`).
+                    read_on_a_thread();
+                }
             }
         }
     }
@@ -333,8 +351,9 @@ mod tests {
     }
 
     /// The one test of this process's handlers (they are process-wide): a runtime with a
-    /// reactor reads the signals, with no thread; once that runtime is gone, a receiver
-    /// awaited on no runtime at all gets them from the thread.
+    /// reactor reads the signals, with no thread; when that runtime goes while a receiver
+    /// waits (on no runtime at all), the thread takes over and the receiver hears of the
+    /// next signal.
     #[test]
     fn a_runtime_reads_the_signals_and_the_thread_takes_over_when_it_goes() {
         let signals = Signals::with_hangup().expect("handlers");
@@ -350,18 +369,32 @@ mod tests {
             assert_eq!(got, Ok(Signal::Hangup), "read on the runtime");
         });
         assert!(!signal_thread_running(), "no thread while a runtime reads");
-        // The runtime drops its reading task: the pipe goes back, and a receiver on no
-        // runtime starts the thread.
+
+        // A receiver waits on a plain thread, with no runtime...
+        let waiting = signals.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let got = futures_lite::future::block_on(waiting.recv());
+            let _ = tx.send(got);
+        });
+        let listening = std::time::Instant::now();
+        while signals.received.event.total_listeners() == 0 {
+            assert!(
+                listening.elapsed() < Duration::from_secs(10),
+                "no receiver waits"
+            );
+            std::thread::yield_now();
+        }
+        assert!(!signal_thread_running(), "the runtime still reads");
+        // ...when the runtime goes: its task gives the pipe to the thread.
         drop(runtime);
         signal_hook::low_level::raise(signal_hook::consts::SIGHUP).expect("raise");
-        let got = futures_lite::future::block_on(futures_lite::future::or(
-            async { Some(signals.recv().await) },
-            async {
-                async_io::Timer::after(Duration::from_secs(10)).await;
-                None
-            },
-        ));
-        assert_eq!(got, Some(Signal::Hangup), "read on the thread");
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Ok(Signal::Hangup),
+            "read on the thread"
+        );
+        // It named itself before it could read anything.
         assert!(signal_thread_running());
     }
 }
