@@ -17,8 +17,8 @@ impl ServerHandle {
     ///   and this process serves on;
     /// - the server stopping by itself (a `close` elsewhere): returns its report.
     ///
-    /// The server's runtime reads the signals, on its reactor: no thread of their own (see
-    /// [`signal`](crate::signal)).
+    /// While it runs, it reads the signals itself, on the server's runtime's reactor: no
+    /// thread of their own (see [`signal`](crate::signal)).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), berth::Error> {
@@ -42,8 +42,19 @@ impl ServerHandle {
     /// Errors: none yet; the `Result` leaves room for setup that can fail.
     pub async fn run(&self, signals: &Signals) -> Result<ShutdownReport, Error> {
         use futures_lite::FutureExt as _;
-        // The server's runtime reads the signals: no thread for them.
-        signals.read_on(self.server_runtime());
+        // Reads the signals on the server's runtime while this runs: no thread for them.
+        match signals.read_on(self.server_runtime()) {
+            Some(reading) => {
+                let reading = async { match reading.await {} };
+                self.serve_signals(signals).or(reading).await
+            }
+            None => self.serve_signals(signals).await,
+        }
+    }
+
+    /// `run`'s loop.
+    async fn serve_signals(&self, signals: &Signals) -> Result<ShutdownReport, Error> {
+        use futures_lite::FutureExt as _;
         loop {
             let signal = async { Some(signals.recv().await) }
                 .or(async {

@@ -2,11 +2,12 @@
 //! (feature `signal`, Unix).
 //!
 //! The handlers are installed once per process, by the first [`Signals::new`], and write to
-//! a self-pipe. Who reads the pipe and turns each signal into a wake-up:
-//! [`ServerHandle::run`](crate::ServerHandle::run) has its server's runtime read it, on
-//! that runtime's reactor (smol, async-std, tokio), so the process starts no thread for its
-//! signals (a program on tokio's current-thread runtime stays one thread). Otherwise (a
-//! `Recv` awaited before or without `run`, or a runtime without a reactor, such as a
+//! a self-pipe. Who reads the pipe and turns each signal into a wake-up: while
+//! [`ServerHandle::run`](crate::ServerHandle::run) runs, `run` itself reads it, on its
+//! server's runtime's reactor (smol, async-std, tokio), so the process starts no thread for
+//! its signals (a program on tokio's current-thread runtime stays one thread; signals wait,
+//! like everything else, while a handler blocks the thread that polls `run`). Otherwise (a
+//! `Recv` awaited before, after or without `run`, or a runtime without a reactor, such as a
 //! simulator) a thread of their own, `berth-signals`, reads it. Either way the same future
 //! works on smol, tokio, async-std or a plain `block_on`. Once installed, SIGINT and
 //! SIGTERM no longer end the process by themselves: the program decides (typically: drain,
@@ -22,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io::Read as _;
 use std::os::unix::net::UnixStream;
@@ -117,39 +119,36 @@ fn deliver(delivery: &mut Delivery, received: &Received) {
     }
 }
 
-/// Has `rt` read the pipe, unless someone reads it already or `rt` cannot (no reactor).
+/// Reads the pipe on `rt`'s reactor for as long as the returned future is polled, unless
+/// someone reads it already or `rt` cannot (no reactor): then `None`. The future never
+/// completes; dropping it gives the pipe back (to the thread, if a receiver waits).
 #[cfg_attr(not(any(feature = "async-io", feature = "tokio")), allow(dead_code))]
-fn read_on(rt: &dyn Runtime) {
-    let Some(reactor) = rt.reactor() else {
-        return;
-    };
-    let Some((delivery, received)) = take_unread() else {
-        return;
-    };
+fn read_on(rt: &dyn Runtime) -> Option<impl Future<Output = Infallible> + Send + 'static> {
+    let reactor = rt.reactor()?;
+    let (delivery, received) = take_unread()?;
     let stream = delivery
         .get_read()
         .try_clone()
         .and_then(|read| reactor.register_unix_stream(read));
-    // From here on the lease gives the pipe back if this reader goes (also at once, if the
-    // stream cannot be registered or the runtime drops the task unpolled), and hands it to
-    // the thread if a receiver waits.
+    // From here on the lease gives the pipe back when this reader goes (at once, if the
+    // stream cannot be registered), and hands it to the thread if a receiver waits.
     let mut lease = Lease {
         delivery: Some(delivery),
         hand_on: true,
     };
-    let Ok(mut stream) = stream else {
-        return;
-    };
-    rt.spawn(Box::pin(async move {
+    let mut stream = stream.ok()?;
+    Some(async move {
         let mut wake = [0u8; 64];
-        // Ends on an error or end of file (neither happens to a pipe whose writing end the
-        // handlers hold), or with the runtime.
+        // Stops on an error or end of file (neither happens to a pipe whose writing end
+        // the handlers hold): then the thread takes over.
         while let Ok(1..) = futures_lite::AsyncReadExt::read(&mut stream, &mut wake).await {
             if let Some(delivery) = &mut lease.delivery {
                 deliver(delivery, &received);
             }
         }
-    }));
+        drop(lease);
+        std::future::pending().await
+    })
 }
 
 /// Has a thread of its own read the pipe, unless someone reads it already.
@@ -157,7 +156,8 @@ fn read_on_a_thread() {
     let Some((delivery, received)) = take_unread() else {
         return;
     };
-    // A runtime's reactor may have made the (shared) descriptor non-blocking.
+    // A runtime's reactor made the (shared) descriptor non-blocking. Should making it
+    // blocking again fail, the thread below looks every 100 ms instead of waiting.
     let _ = delivery.get_read().set_nonblocking(false);
     let mut lease = Lease {
         delivery: Some(delivery),
@@ -177,6 +177,9 @@ fn read_on_a_thread() {
                     Ok(0) => return,
                     Ok(_) => deliver(delivery, &received),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
                     Err(_) => return,
                 }
             }
@@ -251,6 +254,13 @@ impl Signals {
 
     fn listen(hangup: bool) -> Result<Self, Error> {
         let received = install(hangup).map_err(Error::Signal)?;
+        // Signals that came while nobody read the pipe count before this receiver's
+        // snapshot: it hears of signals from its creation on, not of older ones.
+        if let Some(installed) = crate::sync::lock(&INSTALLED).as_mut() {
+            if let Some(delivery) = installed.unread.as_mut() {
+                deliver(delivery, &installed.received);
+            }
+        }
         let seen = Arc::new(std::array::from_fn(|kind| {
             AtomicU64::new(received.counts[kind].load(Ordering::Acquire))
         }));
@@ -270,11 +280,15 @@ impl Signals {
         }
     }
 
-    /// Has `rt` read the signals from now on, on its reactor, if nobody reads them yet (see
-    /// the [module docs](self)).
+    /// Reads the signals on `rt`'s reactor while the returned future is polled, if nobody
+    /// reads them yet and `rt` has a reactor (see the [module docs](self)). It never
+    /// completes; `run` polls it beside its own work.
     #[cfg_attr(not(any(feature = "async-io", feature = "tokio")), allow(dead_code))]
-    pub(crate) fn read_on(&self, rt: &dyn Runtime) {
-        read_on(rt);
+    pub(crate) fn read_on(
+        &self,
+        rt: &dyn Runtime,
+    ) -> Option<impl Future<Output = Infallible> + Send> {
+        read_on(rt)
     }
 
     fn take(&self) -> Option<Signal> {
@@ -350,44 +364,60 @@ mod tests {
             .any(|name| name.trim() == "berth-signals")
     }
 
-    /// The one test of this process's handlers (they are process-wide): a runtime with a
-    /// reactor reads the signals, with no thread; when that runtime goes while a receiver
-    /// waits (on no runtime at all), the thread takes over and the receiver hears of the
-    /// next signal.
+    /// The one test of this process's handlers (they are process-wide): `read_on`'s future
+    /// reads the signals on a runtime, with no thread; when it goes while a receiver waits
+    /// (on no runtime at all), the thread takes over and the receiver hears of the next
+    /// signal.
     #[test]
     fn a_runtime_reads_the_signals_and_the_thread_takes_over_when_it_goes() {
+        use futures_lite::future::or;
+
         let signals = Signals::with_hangup().expect("handlers");
+        // A signal while nobody reads the pipe: a receiver made after it does not hear of it.
+        signal_hook::low_level::raise(signal_hook::consts::SIGHUP).expect("raise");
+        let later = Signals::with_hangup().expect("handlers");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
         runtime.block_on(async {
             let tokio = crate::runtime::Tokio::current().expect("in tokio");
-            signals.read_on(&tokio);
-            signal_hook::low_level::raise(signal_hook::consts::SIGHUP).expect("raise");
-            let got = tokio::time::timeout(Duration::from_secs(10), signals.recv()).await;
-            assert_eq!(got, Ok(Signal::Hangup), "read on the runtime");
-        });
-        assert!(!signal_thread_running(), "no thread while a runtime reads");
-
-        // A receiver waits on a plain thread, with no runtime...
-        let waiting = signals.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let got = futures_lite::future::block_on(waiting.recv());
-            let _ = tx.send(got);
-        });
-        let listening = std::time::Instant::now();
-        while signals.received.event.total_listeners() == 0 {
-            assert!(
-                listening.elapsed() < Duration::from_secs(10),
-                "no receiver waits"
+            let mut reading = Box::pin(signals.read_on(&tokio).expect("tokio has a reactor"));
+            let within =
+                |receiver: &Signals| tokio::time::timeout(Duration::from_secs(10), receiver.recv());
+            assert_eq!(
+                within(&signals).await,
+                Ok(Signal::Hangup),
+                "the earlier receiver"
             );
-            std::thread::yield_now();
-        }
-        assert!(!signal_thread_running(), "the runtime still reads");
-        // ...when the runtime goes: its task gives the pipe to the thread.
-        drop(runtime);
+            assert_eq!(
+                futures_lite::future::poll_once(later.recv()).await,
+                None,
+                "a receiver hears of no signal from before it"
+            );
+            signal_hook::low_level::raise(signal_hook::consts::SIGHUP).expect("raise");
+            let got = or(within(&later), async { match reading.as_mut().await {} }).await;
+            assert_eq!(got, Ok(Signal::Hangup), "read on the runtime");
+            assert!(!signal_thread_running(), "no thread while a runtime reads");
+
+            // A receiver waits on a plain thread, with no runtime...
+            let waiting = later.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(futures_lite::future::block_on(waiting.recv()));
+            });
+            let listening = std::time::Instant::now();
+            while signals.received.event.total_listeners() == 0 {
+                assert!(
+                    listening.elapsed() < Duration::from_secs(10),
+                    "no receiver waits"
+                );
+                std::thread::yield_now();
+            }
+            assert!(!signal_thread_running(), "the runtime still reads");
+            // ...when the reader goes: it gives the pipe to the thread.
+            drop(reading);
+        });
         signal_hook::low_level::raise(signal_hook::consts::SIGHUP).expect("raise");
         assert_eq!(
             rx.recv_timeout(Duration::from_secs(10)),

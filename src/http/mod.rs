@@ -50,8 +50,9 @@
 //!   service maker of [`Http::per_connection`] (no per-request cost).
 //! - **Per request**: metrics (feature `metrics`: `berth_http_requests_total{class}`,
 //!   `berth_http_requests_in_flight`, `berth_http_request_duration_seconds{class}`, a
-//!   request lasting from the first byte of its HTTP/1 head, or the start of its HTTP/2
-//!   stream, to the end of its response) and a `tracing` event per request (feature
+//!   request lasting from the first byte of its HTTP/1 head (a connection's first
+//!   request, and an HTTP/2 stream: from its call to the service) to the end of its
+//!   response) and a `tracing` event per request (feature
 //!   `tracing`, target `berth::http`, level debug).
 //! - **The runtime**: hyper's executor and timer come from the connection's runtime
 //!   ([`HyperRuntime`]); nothing is written per runtime, and the same service runs under

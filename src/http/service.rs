@@ -139,10 +139,11 @@ pub(super) struct RequestGuard {
 
 impl RequestGuard {
     fn start(shared: &Arc<Shared>, req: &Request<Incoming>) -> Self {
-        // A request lasts from its head's first byte (HTTP/1: known, no clock read).
+        // A request lasts from its head's first byte (HTTP/1 after the first request:
+        // known, no clock read).
         #[cfg(any(feature = "metrics", feature = "tracing"))]
         let started = shared
-            .head_started()
+            .head_first_byte()
             .unwrap_or_else(|| shared.info().runtime().now());
         shared.request_started(req.version() == Version::HTTP_2);
         #[cfg(feature = "metrics")]

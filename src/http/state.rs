@@ -30,7 +30,7 @@ impl Shared {
             info,
             base,
             requests: Requests::default(),
-            head_since: AtomicU64::new(1),
+            head_since: AtomicU64::new(CONNECTION_START),
             h2: AtomicBool::new(h2),
             draining: AtomicBool::new(false),
         }
@@ -74,6 +74,17 @@ impl Shared {
         }
     }
 
+    /// When the first byte of the HTTP/1 request head in hand arrived; `None` for HTTP/2
+    /// and for a connection's first head (its header timeout counts from the connection's
+    /// start, which is no byte's arrival).
+    #[cfg(any(feature = "metrics", feature = "tracing"))]
+    pub(super) fn head_first_byte(&self) -> Option<Instant> {
+        if self.head_since.load(Ordering::Relaxed) == CONNECTION_START {
+            return None;
+        }
+        self.head_started()
+    }
+
     /// When the HTTP/1 request head being awaited began; `None` between requests.
     pub(super) fn head_started(&self) -> Option<Instant> {
         let since = self.head_since.load(Ordering::Relaxed);
@@ -109,6 +120,9 @@ impl Shared {
         self.draining.load(Ordering::Acquire)
     }
 }
+
+/// `Shared::head_since` for the connection's start (its first head is awaited from then).
+const CONNECTION_START: u64 = 1;
 
 /// Requests whose response is not finished (low 32 bits) and responses finished so far
 /// (high 32 bits, wrapping) in one word: a request's end is one atomic operation.
