@@ -301,7 +301,7 @@ impl Conn {
     /// # }
     /// ```
     pub fn busy(&self) -> Busy {
-        Busy::new(self.slot.clone(), self.generation, self.core.clone())
+        self.handle().busy()
     }
 
     /// The runtime this connection's task runs on: spawn and sleep through it (as

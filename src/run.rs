@@ -43,7 +43,7 @@ impl ServerHandle {
     pub async fn run(&self, signals: &Signals) -> Result<ShutdownReport, Error> {
         use futures_lite::FutureExt as _;
         // Reads the signals on the server's runtime while this runs: no thread for them.
-        match signals.read_on(self.server_runtime()) {
+        match crate::signal::read_on(self.server_runtime()) {
             Some(reading) => {
                 let reading = async { match reading.await {} };
                 self.serve_signals(signals).or(reading).await

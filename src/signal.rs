@@ -123,7 +123,9 @@ fn deliver(delivery: &mut Delivery, received: &Received) {
 /// someone reads it already or `rt` cannot (no reactor): then `None`. The future never
 /// completes; dropping it gives the pipe back (to the thread, if a receiver waits).
 #[cfg_attr(not(any(feature = "async-io", feature = "tokio")), allow(dead_code))]
-fn read_on(rt: &dyn Runtime) -> Option<impl Future<Output = Infallible> + Send + 'static> {
+pub(crate) fn read_on(
+    rt: &dyn Runtime,
+) -> Option<impl Future<Output = Infallible> + Send + 'static> {
     let reactor = rt.reactor()?;
     let (delivery, received) = take_unread()?;
     let stream = delivery
@@ -280,17 +282,6 @@ impl Signals {
         }
     }
 
-    /// Reads the signals on `rt`'s reactor while the returned future is polled, if nobody
-    /// reads them yet and `rt` has a reactor (see the [module docs](self)). It never
-    /// completes; `run` polls it beside its own work.
-    #[cfg_attr(not(any(feature = "async-io", feature = "tokio")), allow(dead_code))]
-    pub(crate) fn read_on(
-        &self,
-        rt: &dyn Runtime,
-    ) -> Option<impl Future<Output = Infallible> + Send> {
-        read_on(rt)
-    }
-
     fn take(&self) -> Option<Signal> {
         for (kind, signal) in KINDS.iter().enumerate() {
             if *signal == Signal::Hangup && !self.hangup {
@@ -383,7 +374,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         runtime.block_on(async {
             let tokio = crate::runtime::Tokio::current().expect("in tokio");
-            let mut reading = Box::pin(signals.read_on(&tokio).expect("tokio has a reactor"));
+            let mut reading = Box::pin(super::read_on(&tokio).expect("tokio has a reactor"));
             let within =
                 |receiver: &Signals| tokio::time::timeout(Duration::from_secs(10), receiver.recv());
             assert_eq!(

@@ -55,7 +55,10 @@ impl ConnHandle {
     /// Marks the connection busy until the guard is dropped: see [`Conn::busy`](crate::Conn::busy). Once the
     /// connection has ended the guard does nothing.
     pub fn busy(&self) -> Busy {
-        Busy::new(self.slot.clone(), self.generation, self.core.clone())
+        Busy {
+            held: self.mark_busy(),
+            handle: self.clone(),
+        }
     }
 }
 
@@ -63,28 +66,14 @@ impl ConnHandle {
 /// activity.
 #[must_use = "the connection is busy only while the guard is held"]
 pub struct Busy {
-    slot: Arc<Slot>,
-    generation: u64,
-    core: Arc<Core>,
+    handle: ConnHandle,
     held: bool,
-}
-
-impl Busy {
-    pub(super) fn new(slot: Arc<Slot>, generation: u64, core: Arc<Core>) -> Busy {
-        let held = slot.enter_busy(generation);
-        Busy {
-            slot,
-            generation,
-            core,
-            held,
-        }
-    }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
         if self.held {
-            self.slot.leave_busy(self.generation, self.core.stamp());
+            self.handle.unmark_busy();
         }
     }
 }
@@ -97,14 +86,13 @@ impl std::fmt::Debug for Busy {
 
 impl ConnHandle {
     /// [`busy`](Self::busy) without a guard of its own, for a caller that holds the handle
-    /// anyway (HTTP's per-request bookkeeping): true if marked; then `unmark_busy` once.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    /// anyway (HTTP's per-request bookkeeping): true if marked (false once the connection
+    /// has ended); then `unmark_busy` once.
     pub(crate) fn mark_busy(&self) -> bool {
         self.slot.enter_busy(self.generation)
     }
 
     /// Ends a mark `mark_busy` took.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn unmark_busy(&self) {
         self.slot.leave_busy(self.generation, self.core.stamp());
     }

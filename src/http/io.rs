@@ -69,7 +69,7 @@ impl hyper::rt::Read for HyperIo {
         });
         let n = ready!(n)?;
         if n > 0 {
-            this.shared.bytes_read(this.conn.runtime().as_ref());
+            this.shared.bytes_read();
         }
         Poll::Ready(Ok(()))
     }

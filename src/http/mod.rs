@@ -277,13 +277,10 @@ impl<S> Http<S> {
             info_in_requests: S::INFO_IN_REQUESTS,
             request_timeout: self.request_timeout,
         };
-        let handle = conn.handle();
         let io = io::HyperIo::new(conn, shared.clone());
         let connection = builder.serve_connection_with_upgrades(io, svc);
         let driver = Driver {
             shared,
-            handle,
-            rt,
             header_timeout: self.header_timeout,
             drain_grace: self.drain_grace,
             draining: Some(draining),
@@ -297,9 +294,8 @@ impl<S> Http<S> {
 
 /// Runs one connection's hyper future, and around it the drain and the header timeout.
 struct Driver {
+    /// The connection's shared state, with its handle and runtime (`info`).
     shared: Arc<Shared>,
-    handle: crate::conn::ConnHandle,
-    rt: Arc<dyn crate::runtime::Runtime>,
     header_timeout: Option<Duration>,
     drain_grace: Duration,
     /// Until the drain reaches this connection.
@@ -345,7 +341,7 @@ impl Driver {
                     }
                     // Closed at once, not lingering: the client is too slow to wait for.
                     Step::Close => {
-                        self.handle.close();
+                        self.shared.info().handle().close();
                         return Poll::Ready(());
                     }
                     Step::Wait => return Poll::Pending,
@@ -369,7 +365,8 @@ impl Driver {
             match self.shared.quiet() {
                 Some(key) => {
                     if self.grace.as_ref().is_none_or(|(k, _)| *k != key) {
-                        self.grace = Some((key, self.rt.sleep(self.drain_grace)));
+                        let sleep = self.shared.info().runtime().sleep(self.drain_grace);
+                        self.grace = Some((key, sleep));
                     }
                     if let Some((_, sleep)) = &mut self.grace {
                         if sleep.as_mut().poll(cx).is_ready() {
@@ -387,7 +384,7 @@ impl Driver {
             // finds it due at once if its deadline passed meanwhile, and re-arms it.
             if let Some(started) = self.shared.head_started() {
                 let deadline = crate::runtime::deadline_after(started, timeout);
-                let rt = &self.rt;
+                let rt = self.shared.info().runtime();
                 let timer = self.header.get_or_insert_with(|| rt.timer(deadline));
                 while timer.as_mut().poll(cx).is_ready() {
                     if rt.now() >= deadline {

@@ -163,7 +163,12 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.shared.request_finished();
         #[cfg(any(feature = "metrics", feature = "tracing"))]
-        let took = (self.shared.info().runtime().now()).saturating_duration_since(self.started);
+        let took = self
+            .shared
+            .info()
+            .runtime()
+            .now()
+            .saturating_duration_since(self.started);
         let class = status_class(self.status);
         #[cfg(feature = "metrics")]
         record_request(class, took);

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::info::ConnInfo;
-use crate::runtime::Runtime;
 
 /// Shared by the connection's driver, its I/O and its service (HTTP/2 streams run as tasks
 /// of their own, hence atomics).
@@ -42,12 +41,17 @@ impl Shared {
     }
 
     /// Bytes arrived: between requests on HTTP/1, they begin the next head.
-    pub(super) fn bytes_read(&self, rt: &dyn Runtime) {
+    pub(super) fn bytes_read(&self) {
         if self.requests.now().0 > 0 || self.h2.load(Ordering::Relaxed) {
             return;
         }
         if self.head_since.load(Ordering::Relaxed) == 0 {
-            let since = rt.now().saturating_duration_since(self.base).as_nanos();
+            let since = self
+                .info
+                .runtime()
+                .now()
+                .saturating_duration_since(self.base)
+                .as_nanos();
             let since = u64::try_from(since).unwrap_or(u64::MAX - 1) + 1;
             self.head_since.store(since, Ordering::Relaxed);
         }
